@@ -1,0 +1,40 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv and install what they need on first use (torch first: see the comments below).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.edgesmith-installed
+
+.PHONY: demo test install lint clean
+
+install: $(STAMP)
+
+# torch goes in first and pinned: anything that lets pip pick a newer torch downloads ~3 GB of CUDA.
+# ccexam (a trained MNIST CNN used by the tests) declares torchvision, whose newest release drags a
+# newer torch, so it is installed on its own with --no-deps (its models need only torch).
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[all,test]"
+	$(PIP) install --quiet --no-deps ccexam
+	touch $(STAMP)
+
+# Compress the shipped MNIST CNN to INT8, export ONNX, verify on held-back real digits, profile.
+demo: $(STAMP)
+	$(VENV)/bin/edgesmith convert models/mnist_cnn.onnx --preset int8 \
+	    --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz \
+	    --out out/quickstart --force
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+test: lint
+	$(PY) -m pytest; code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$code
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,83 @@
+"""`edgesmith convert`: compress a model, export it, verify it on real data, profile it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = """\
+Runs a recipe on MODEL: compression steps, export, verification against the original on
+labelled data, and latency on this machine. Writes the artifacts, a manifest beside each,
+and DIR/report.json; prints a summary table (or the report with --json).
+
+presets:
+{presets}
+
+examples:
+  edgesmith convert models/mnist_cnn.onnx --preset int8 \\
+      --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz
+  edgesmith convert model.pt2 --recipe my.toml --out build/ --force
+  edgesmith convert model.onnx --preset int8 --dump-recipe > my.toml   # save, edit, replay
+
+exit codes: 0 done, 1 verification failed ([verify] max_drop), 2 bad input
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from ..converter.presets import PRESETS
+
+    presets = "\n".join(f"  {name:13} {desc}" for name, (desc, _) in PRESETS.items())
+    p = sub.add_parser(
+        "convert",
+        help="compress, export, verify and profile a model",
+        description=HELP.format(presets=presets),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="an .onnx file or a torch.export .pt2")
+    p.add_argument("--recipe", metavar="R.toml", help="recipe file (steps, calibration, exports ...)")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="named steps (see above); replaces the recipe's steps; default int8 when no recipe is given",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help=".npz/.npy (arrays named after the model inputs) or a folder of images with preprocess.toml",
+    )
+    p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="edgesmith-out",
+        help="output folder (default: %(default)s); refused if it holds files, unless --force",
+    )
+    p.add_argument("--force", action="store_true", help="replace the output folder's contents")
+    p.add_argument(
+        "--dump-recipe",
+        action="store_true",
+        help="print the resolved recipe as TOML and exit without converting",
+    )
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or table")
+    return p
+
+
+def main(args) -> int:
+    from ..converter import build_recipe
+    from ..converter.pipeline import run
+    from .summary import print_summary
+
+    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval)
+    if args.model:
+        recipe.model.path = args.model
+    if args.dump_recipe:
+        sys.stdout.write(recipe.to_toml())
+        return 0
+    report = run(recipe, None, args.out, force=args.force, quiet=args.quiet)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not args.quiet:
+        print_summary(report, args.out)
+    return 0

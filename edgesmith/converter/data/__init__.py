@@ -1,0 +1,1 @@
+"""Data the converter reads: calibration and evaluation sets, streamed in batches."""

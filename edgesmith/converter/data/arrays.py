@@ -1,0 +1,151 @@
+"""Calibration and evaluation data as batches of named arrays, checked against the model inputs.
+
+Sources: an `.npz` (arrays named after the model inputs, first axis = samples, optional `labels`),
+an `.npy` (memory-mapped, for a single-input model), or a folder of images with a preprocessing
+spec. Batches are read one at a time, so memory stays bounded by a batch (an `.npz` array is read
+whole when first touched: use `.npy` or an image folder for sets larger than memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError
+from ...runtime.session import TensorSpec
+from ..recipe import PreprocessConfig
+from . import images
+
+LABELS = "labels"
+
+
+class ArraySource:
+    """Samples from a file or folder, read `batch_size` at a time, at most `max_samples`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        inputs: tuple[TensorSpec, ...],
+        what: str = "calibration",
+        max_samples: int | None = None,
+        batch_size: int = 16,
+        preprocess: PreprocessConfig | None = None,
+    ):
+        self.path = Path(path)
+        self.inputs = inputs
+        self.what = what
+        self.batch_size = batch_size
+        self.labels: np.ndarray | None = None
+        self._images: list[Path] | None = None
+        if not self.path.exists():
+            raise InputError(f"{what} data {self.path}: no such file or folder; check the path")
+        if self.path.is_dir():
+            if len(inputs) != 1:
+                raise InputError(
+                    f"an image folder feeds single-input models; this one has "
+                    f"{[s.name for s in inputs]}: pass an .npz with one array per input"
+                )
+            self._images = images.list_images(self.path)
+            self.spec = images.resolve_spec(self.path, preprocess, inputs[0])
+            total = len(self._images)
+        else:
+            self._arrays = self._open_arrays()
+            total = min(len(a) for a in self._arrays.values())
+            if self.labels is not None and len(self.labels) < total:
+                raise InputError(
+                    f"{self.path}: `labels` has {len(self.labels)} rows but the inputs "
+                    f"have {total}; give one label per sample"
+                )
+        self.count = min(total, max_samples) if max_samples else total
+        if self.count == 0:
+            raise InputError(f"{what} data {self.path} holds no samples; add some")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _open_arrays(self) -> dict[str, np.ndarray]:
+        suffix = self.path.suffix.lower()
+        try:
+            if suffix == ".npy":
+                found = {"": np.load(self.path, mmap_mode="r", allow_pickle=False)}
+            elif suffix == ".npz":
+                npz = np.load(self.path, allow_pickle=False)
+                found = {name: npz[name] for name in npz.files}
+            else:
+                raise InputError(
+                    f"{self.what} data {self.path}: expected an .npz, an .npy or a folder of images"
+                )
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(
+                f"{self.path} is not a readable numpy file ({exc}); re-save it with numpy.savez"
+            ) from exc
+        if LABELS in found:
+            self.labels = np.asarray(found.pop(LABELS))
+        names = [s.name for s in self.inputs]
+        if all(n in found for n in names):
+            arrays = {n: found[n] for n in names}
+        elif len(names) == 1 and len(found) == 1:
+            arrays = {names[0]: next(iter(found.values()))}
+        else:
+            raise InputError(
+                f"{self.path} has arrays {sorted(found)} but the model's inputs are "
+                f"{names}; name the arrays after the model inputs"
+            )
+        for spec in self.inputs:
+            _check_shape(self.path, spec, arrays[spec.name])
+        counts = {len(a) for a in arrays.values()}
+        if len(counts) > 1:
+            raise InputError(f"{self.path}: the input arrays have different sample counts {sorted(counts)}")
+        return arrays
+
+    def check_finite(self) -> None:
+        """Scan array data for NaN/Inf up front, so bad data fails before any long work.
+        (Image files hold 8-bit pixels and cannot contain either.)"""
+        if self._images is None:
+            for index in range(self.num_batches(256)):
+                self.batch(index, 256)
+
+    def num_batches(self, batch_size: int | None = None) -> int:
+        size = batch_size or self.batch_size
+        return -(-self.count // size)
+
+    def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield {input name: array} batches, checked for NaN and Inf."""
+        for index in range(self.num_batches(batch_size)):
+            yield self.batch(index, batch_size)
+
+    def batch(self, index: int, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Batch number `index` (0-based), read from disk now."""
+        size = batch_size or self.batch_size
+        start, stop = index * size, min((index + 1) * size, self.count)
+        if self._images is not None:
+            name = self.inputs[0].name
+            batch = {name: np.stack([images.load_image(p, self.spec) for p in self._images[start:stop]])}
+            _check_shape(self.path, self.inputs[0], batch[name])
+        else:
+            batch = {
+                spec.name: np.ascontiguousarray(self._arrays[spec.name][start:stop], dtype=spec.dtype)
+                for spec in self.inputs
+            }
+        for name, array in batch.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad = start + int(np.argwhere(~np.isfinite(array))[0][0])
+                raise InputError(
+                    f"{self.what} data {self.path}: input '{name}' has NaN or Inf at "
+                    f"sample {bad}; clean or drop those samples"
+                )
+        return batch
+
+
+def _check_shape(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
+    want = list(spec.shape)
+    ok = array.ndim == len(want) and all(
+        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want[1:], array.shape[1:], strict=True)
+    )
+    if not ok:
+        raise InputError(
+            f"{path}: samples for input '{spec.name}' have shape {list(array.shape)} but "
+            f"the model expects {want} (first axis = samples); reshape or preprocess them"
+        )

@@ -1,0 +1,61 @@
+"""Frontends turn what the user gives (an ONNX file, a `.pt2`, a torch module) into a `Source`:
+the original model, runnable for reference, plus an fp32 ONNX file the steps work on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...runtime.session import TensorSpec
+from ..handle import ModelHandle
+
+SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "onnx" | "pt2" | "torch"
+    path: Path | None  # the user's file; None for an in-memory module
+    onnx: ModelHandle  # the fp32 ONNX the steps start from
+    inputs: tuple[TensorSpec, ...]
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # runs the original model
+
+
+def kind_of(model: Any) -> str:
+    """'onnx', 'pt2' or 'torch', after checking a path exists and has a known suffix (cheap)."""
+    if not isinstance(model, (str, Path)):
+        return "torch"
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a model file (.onnx or .pt2)")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None and path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
+        raise InputError(
+            f"{path}: pickled PyTorch files are not loaded (unsafe, and they hold no "
+            "graph); save the model with torch.export.save(...) as .pt2, or pass the "
+            "module to edgesmith.convert() in Python"
+        )
+    if kind is None:
+        raise InputError(f"{path}: unknown model format '{path.suffix}'; expected one of {sorted(SUFFIXES)}")
+    return kind
+
+
+def load(model: Any, workdir: Path, example_inputs: tuple | None = None) -> Source:
+    """Dispatch on what `model` is: a path (by suffix) or a torch module / ExportedProgram."""
+    kind = kind_of(model)
+    if kind == "onnx":
+        from . import onnx_frontend
+
+        return onnx_frontend.load(Path(model), workdir)
+    from . import torch_frontend
+
+    if kind == "pt2":
+        return torch_frontend.load_pt2(Path(model), workdir)
+    return torch_frontend.load_module(model, workdir, example_inputs)

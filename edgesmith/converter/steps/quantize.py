@@ -1,0 +1,182 @@
+"""`quantize`: INT8 static (calibrated), INT8 dynamic or FP16, with ONNX Runtime's quantization tools.
+
+Static INT8 is QDQ with per-channel weights. The activation/weight types follow the CPU that will run
+the model (see int8_types.py) and the report says which were chosen and why.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ...errors import InputError, require
+from ..handle import ModelHandle
+from . import int8_types, qdq_tidy
+from .base import StepConfig, StepContext, StepResult, register
+
+MODES = ("static", "dynamic", "fp16")
+METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+@dataclass
+class QuantizeConfig(StepConfig):
+    kind: ClassVar[str] = "quantize"
+    mode: str = "static"  # static | dynamic | fp16
+    per_channel: bool = True
+    format: str = "qdq"  # qdq | qoperator
+    activations: str = "auto"  # auto | int8 | uint8 (auto: from the target's CPU)
+    weights: str = "int8"  # int8 | uint8
+    target: str = "host"  # host | x86-vnni | x86 | arm
+    op_types: list[str] | None = None  # None: ONNX Runtime's default set
+    exclude: list[str] = field(default_factory=list)  # regexes on node names to keep in float
+    preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
+
+    def __post_init__(self):
+        for name, value, choices in (
+            ("mode", self.mode, MODES),
+            ("format", self.format, ("qdq", "qoperator")),
+            ("activations", self.activations, ("auto", "int8", "uint8")),
+            ("weights", self.weights, ("int8", "uint8")),
+            ("target", self.target, int8_types.TARGETS),
+        ):
+            if value not in choices:
+                from ...errors import closest
+
+                raise InputError(
+                    f"quantize.{name} = {value!r} is not valid{closest(str(value), choices)};"
+                    f" choose from {list(choices)}"
+                )
+
+
+def _qtype(q, name: str):
+    return {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}[name]
+
+
+def _excluded(model_path, patterns: list[str]) -> list[str]:
+    if not patterns:
+        return []
+    onnx = require("onnx", "convert")
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    regexes = [re.compile(p) for p in patterns]
+    return [n for n in names if any(r.search(n) for r in regexes)]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over our batches, read a range at a time.
+
+    ONNX Runtime collects ranges chunk by chunk when the reader has `__len__` and `set_range`
+    (its `CalibStridedMinMax` option), so only a few batches of activations are held at once.
+    """
+
+    def __init__(self, source, progress):
+        self._source, self._progress = source, progress
+        self.set_range(0, len(self))
+
+    def __len__(self) -> int:
+        return self._source.num_batches()
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._indices = iter(range(start_index, end_index))
+
+    def get_next(self):
+        index = next(self._indices, None)
+        if index is None:
+            return None
+        batch = self._source.batch(index)
+        self._progress.update(len(next(iter(batch.values()))))
+        return batch
+
+    def rewind(self):
+        self.set_range(0, len(self))
+
+
+def _stride(batches: int, most: int = 4) -> int:
+    """The largest divisor of `batches` up to `most` (ONNX Runtime needs an exact division)."""
+    return max(d for d in range(1, min(most, batches) + 1) if batches % d == 0)
+
+
+@register(QuantizeConfig)
+def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> StepResult:
+    if config.mode == "fp16":
+        return _fp16(model, ctx)
+    q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
+    source_path = model.path
+    report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
+    if config.preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepped = ctx.workdir / f"{model.path.stem}.prep.onnx"
+        try:
+            quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX's is enough
+            quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=True)
+        source_path = prepped
+    excluded = _excluded(source_path, config.exclude)
+    out = ctx.workdir / f"{model.path.stem}.{config.mode}-int8.onnx"
+    if config.mode == "dynamic":
+        q.quantize_dynamic(
+            str(source_path),
+            str(out),
+            per_channel=config.per_channel,
+            weight_type=_qtype(q, config.weights),
+            op_types_to_quantize=config.op_types,
+            nodes_to_exclude=excluded,
+        )
+        report.update(weights=config.weights, activations="uint8 (computed at run time)")
+        return StepResult(ModelHandle(out, "int8-dynamic"), report | {"excluded_nodes": excluded})
+
+    types = int8_types.choose(config.target, config.activations, config.weights)
+    cal = ctx.calibration()
+    calib = ctx.calibration_config
+    from ..progress import bar
+
+    # ONNX Runtime prints its own chatter to stdout, which belongs to `--json` output: keep it out.
+    with bar(len(cal), "calibrating", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
+        q.quantize_static(
+            str(source_path),
+            str(out),
+            _Reader(cal, progress),
+            quant_format=q.QuantFormat.QDQ if config.format == "qdq" else q.QuantFormat.QOperator,
+            op_types_to_quantize=config.op_types,
+            per_channel=config.per_channel,
+            activation_type=_qtype(q, types.activations),
+            weight_type=_qtype(q, types.weights),
+            nodes_to_exclude=excluded,
+            calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
+            extra_options={
+                # Ranges are collected a few batches at a time: bounded memory. (Not
+                # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
+                "CalibStridedMinMax": _stride(cal.num_batches()),
+                "CalibPercentile": calib.percentile,
+            },
+        )
+    onnx = require("onnx", "convert")
+    model_proto = onnx.load(str(out))
+    tidied = qdq_tidy.tidy(model_proto)
+    onnx.save(model_proto, str(out))
+    report.update(
+        tidied,
+        format=config.format,
+        calibration={"method": calib.method, "samples": len(cal), "path": str(cal.path)},
+        types=types.to_json(),
+        excluded_nodes=excluded,
+        preprocessed=config.preprocess,
+    )
+    return StepResult(ModelHandle(out, "int8"), report)
+
+
+def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
+    onnx = require("onnx", "convert")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp32 = onnx.load(str(model.path))
+    fp16 = convert_float_to_float16(fp32, keep_io_types=True)
+    out = ctx.workdir / f"{model.path.stem}.fp16.onnx"
+    onnx.save(fp16, str(out))
+    return StepResult(
+        ModelHandle(out, "fp16"),
+        {"mode": "fp16", "engine": "onnxruntime.transformers", "io_types": "float32 (kept)"},
+    )

@@ -1,0 +1,72 @@
+"""The device-side API: `load(path) -> Session`, then `session.run(feeds) -> outputs`.
+
+Only numpy crosses this boundary. This module imports numpy and the standard library; each backend
+imports its framework when a session is opened, so a device needs numpy plus one backend only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None or a name for dynamic axes), numpy dtype name and quantization of a tensor."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape with dynamic axes set to `batch` (the first) or 1 (the others)."""
+        return tuple(
+            d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(self.shape)
+        )
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None} | {"shape": list(self.shape)}
+
+
+class Session(Protocol):
+    """A loaded model. `run` takes and returns dicts of numpy arrays keyed by tensor name."""
+
+    backend: str
+    path: Path
+    threads: int | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_feeds(session: Session, feeds: dict[str, np.ndarray]) -> None:
+    """Raise InputError when `feeds` do not match the session's inputs by name, rank or fixed size.
+
+    Kept out of `Session.run` so the hot path stays a plain call into the backend.
+    """
+    names = [spec.name for spec in session.inputs]
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        raise InputError(
+            f"inputs do not match the model: model wants {names}, got {sorted(feeds)}; "
+            "name the arrays after the model's inputs"
+        )
+    for spec in session.inputs:
+        array = feeds[spec.name]
+        if array.ndim != len(spec.shape) or any(
+            isinstance(want, int) and want > 0 and want != got
+            for want, got in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise InputError(
+                f"input '{spec.name}' has shape {list(array.shape)} but the model expects "
+                f"{list(spec.shape)}; reshape or preprocess the data to match"
+            )

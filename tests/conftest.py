@@ -1,0 +1,56 @@
+"""Shared fixtures: real data from ../shared, small models built in code, the CLI run in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MNIST_DIR = SHARED / "mnist"
+SHIPPED_MODEL = ROOT / "models" / "mnist_cnn.onnx"
+SHIPPED_CALIBRATION = ROOT / "calibration_data" / "mnist"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip a `torch` test only when torch is not installed (CI installs every extra)."""
+    if importlib.util.find_spec("torch") is None:
+        skip = pytest.mark.skip(reason="torch is not installed: pip install 'edgesmith[convert]'")
+        for item in items:
+            if "torch" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST test set, normalized: float32 (10000, 1, 28, 28) and int64 labels."""
+    from edgesmith.converter.data.idx import load_mnist, normalize_mnist
+
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"the real MNIST test set is not at {MNIST_DIR}")
+    images, labels = load_mnist(MNIST_DIR)
+    return normalize_mnist(images), labels
+
+
+@pytest.fixture(scope="session")
+def mnist_eval_npz(mnist_test, tmp_path_factory) -> Path:
+    """The real MNIST test set as an `--eval` file (inputs named `input`, plus `labels`)."""
+    path = tmp_path_factory.mktemp("mnist") / "mnist_test.npz"
+    np.savez(path, input=mnist_test[0], labels=mnist_test[1])
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `edgesmith ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from edgesmith.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

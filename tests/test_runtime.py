@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgesmith.runtime as runtime
+from edgesmith.errors import InputError, MissingExtra
+from edgesmith.targets.latency import measure, random_feeds
+from models import small_cnn, two_input_add
+
+BACKENDS = [name for name, ok in runtime.available_backends().items() if ok]
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    return small_cnn(tmp_path_factory.mktemp("m") / "cnn.onnx")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conformance_same_specs_and_outputs_as_reference(cnn, backend):
+    """Every installed backend gives the numpy reference's outputs and tensor specs."""
+    reference = runtime.load(cnn, backend="numpy")
+    session = runtime.load(cnn, backend=backend, threads=1)
+    assert session.backend == backend
+    assert [(s.name, s.dtype, len(s.shape)) for s in session.inputs] == [("input", "float32", 4)]
+    assert [(s.name, s.dtype) for s in session.outputs] == [(s.name, s.dtype) for s in reference.outputs]
+    feeds = random_feeds(session, batch=3, seed=1)
+    got, want = session.run(feeds)["logits"], reference.run(feeds)["logits"]
+    assert got.shape == (3, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_onnxruntime_for_onnx(cnn):
+    assert runtime.load(cnn).backend == "ort"
+
+
+def test_multi_input_model(tmp_path):
+    session = runtime.load(two_input_add(tmp_path / "add.onnx"))
+    a, b = np.ones((2, 4), np.float32), np.full((2, 4), 2, np.float32)
+    np.testing.assert_array_equal(session.run({"a": a, "b": b})["y"], a + b)
+    with pytest.raises(InputError, match=r"model wants \['a', 'b'\], got \['a'\]"):
+        runtime.check_feeds(session, {"a": a})
+
+
+def test_load_errors(tmp_path, cnn):
+    with pytest.raises(InputError, match="no such file"):
+        runtime.load(tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="unknown backend 'onnxrt'"):
+        runtime.load(cnn, backend="onnxrt")
+    (tmp_path / "m.tflite2").write_bytes(b"x")
+    with pytest.raises(InputError, match="no backend reads '.tflite2'"):
+        runtime.load(tmp_path / "m.tflite2")
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(cnn.read_bytes()[:200])
+    with pytest.raises(InputError, match="is not a valid ONNX model"):
+        runtime.load(truncated)
+
+
+def test_missing_backend_names_the_extra(cnn, monkeypatch):
+    from edgesmith.runtime.backends import ort_backend
+
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
+    with pytest.raises(MissingExtra, match=r"pip install 'edgesmith\[ort\]'"):
+        runtime.load(cnn, backend="ort")
+
+
+def test_measure_reports_ordered_percentiles(cnn):
+    m = measure(runtime.load(cnn, threads=1), runs=30, warmup=3)
+    assert 0 < m.min_ms <= m.p50_ms <= m.p90_ms <= m.p99_ms
+    assert (m.runs, m.warmup, m.threads, m.backend, m.batch) == (30, 3, 1, "ort", 1)
+    assert m.peak_rss_mb > 10
+
+
+def test_device_side_imports_stay_light():
+    """`import edgesmith.runtime, edgesmith.targets` must not load torch, onnx or tensorflow."""
+    code = (
+        "import sys, edgesmith, edgesmith.runtime, edgesmith.targets.latency, edgesmith.targets.cpu\n"
+        "import edgesmith.runtime.backends.ort_backend\n"
+        "heavy = [m for m in ('torch', 'onnx', 'tensorflow', 'onnxruntime', 'openvino', 'nncf',"
+        " 'edgesmith.converter') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
