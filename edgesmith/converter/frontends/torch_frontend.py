@@ -58,6 +58,24 @@ def load_module(module, workdir: Path, example_inputs: tuple | None):
     return _from_program(program, "torch", None, workdir, type(module).__name__.lower())
 
 
+def strip_debug_info(proto) -> None:
+    """Drop the exporter's debug metadata (FX node dumps, stack traces with absolute paths): runtimes
+    ignore it, and it would make the bytes depend on where the code lives, breaking determinism."""
+    graph = proto.graph
+    for item in [
+        proto,
+        graph,
+        *graph.node,
+        *graph.input,
+        *graph.output,
+        *graph.value_info,
+        *graph.initializer,
+    ]:
+        del item.metadata_props[:]
+        if hasattr(item, "doc_string"):
+            item.doc_string = ""
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's chatter (missing torchvision ops, deprecation notices)."""
@@ -81,12 +99,14 @@ def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: st
     try:
         with _quiet_exporter():
             onnx_program = torch.onnx.export(program, (), dynamo=True, external_data=False, verbose=False)
-            onnx_program.save(str(out), external_data=False)
     except Exception as exc:
         raise InputError(
             f"torch.onnx.export failed on this model ({str(exc).splitlines()[0][:200]}); "
             "an op may have no ONNX translation"
         ) from exc
+    proto = onnx_program.model_proto
+    strip_debug_info(proto)
+    require("onnx", "convert").save(proto, str(out))
     session = load_session(out, backend="ort")
     module = program.module()
 
