@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import edgesmith.runtime
+
 from models import small_cnn
 
 

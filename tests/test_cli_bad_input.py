@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
+from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 from models import small_cnn, two_input_add
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
 from edgesmith.converter.handle import sha256
+
+from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
 
 @pytest.fixture(scope="module")

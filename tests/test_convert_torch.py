@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
 pytestmark = pytest.mark.torch

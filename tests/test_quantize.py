@@ -12,6 +12,7 @@ from edgesmith.converter.recipe import CalibrationConfig
 from edgesmith.converter.steps import HANDLERS, StepContext
 from edgesmith.converter.steps.int8_types import choose
 from edgesmith.converter.steps.quantize import QuantizeConfig
+
 from models import small_cnn
 
 

@@ -7,6 +7,7 @@ import pytest
 import edgesmith.runtime as runtime
 from edgesmith.errors import InputError, MissingExtra
 from edgesmith.targets.latency import measure, random_feeds
+
 from models import small_cnn, two_input_add
 
 BACKENDS = [name for name, ok in runtime.available_backends().items() if ok]
