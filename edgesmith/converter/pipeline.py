@@ -1,4 +1,4 @@
-"""Run a recipe: load the source, apply the steps, export, verify, profile, write `report.json`.
+"""Run a recipe: load the source, apply the steps, export each format, verify, profile, report.
 
 Everything is written to a hidden staging folder first and moved into place at the end, so a failed
 run leaves nothing behind and never touches an existing output folder or the input.
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, VerificationFailed
+from . import exporters
 from .data.arrays import ArraySource
-from .exporters import artifact_entry, onnx_export, write_manifest
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
 from .recipe import Recipe
@@ -21,94 +21,65 @@ from .steps import HANDLERS, StepContext
 from .steps.quantize import QuantizeConfig
 
 
-def _needs_calibration(recipe: Recipe) -> bool:
-    return any(isinstance(s, QuantizeConfig) and s.mode == "static" for s in recipe.steps)
+def _split_steps(recipe: Recipe) -> tuple[list, QuantizeConfig | None]:
+    """(graph steps, the quantize step): quantize comes last, as each exporter applies it its own way."""
+    steps = list(recipe.steps)
+    quantize = steps.pop() if steps and isinstance(steps[-1], QuantizeConfig) else None
+    if any(isinstance(s, QuantizeConfig) for s in steps):
+        raise InputError("a recipe may have one quantize step, and it must be the last step")
+    return steps, quantize
 
 
-def run(
-    recipe: Recipe,
-    model: Any,
-    out: str | Path,
-    force: bool = False,
-    quiet: bool = False,
-    example_inputs: tuple | None = None,
-) -> dict:
-    from . import frontends, profile_step, verify
-    from .environment import versions
+def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource | None]:
+    """Calibration and eval data, opened and checked before any long work starts."""
+    cal, ver = recipe.calibration, recipe.verify
+    calibration = evaluation = None
+    if cal.path:
+        calibration = ArraySource(cal.path, source.inputs, "calibration", cal.max_samples, cal.batch_size,
+                                  cal.preprocess)  # fmt: skip
+        calibration.check_finite()
+    if ver.eval:
+        evaluation = ArraySource(ver.eval, source.inputs, "eval", ver.max_samples, ver.batch_size)
+    return calibration, evaluation
+
+
+def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet: bool = False,
+        example_inputs: tuple | None = None) -> dict:  # fmt: skip
+    from . import frontends
 
     model = model if model is not None else recipe.model.path
     if model is None:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     frontends.kind_of(model)  # a missing file or unknown format fails before anything else
-    if _needs_calibration(recipe) and not recipe.calibration.path:
-        raise InputError(
-            "static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy "
-            "or image folder) or use --preset int8-dynamic"
-        )
+    steps, quantize = _split_steps(recipe)
+    if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
+        raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
+                         "folder) or use --preset int8-dynamic")  # fmt: skip
     input_hash = sha256(model_path) if model_path else None
     output = OutputDir(out, force, protect=(model_path,) if model_path else ())
     try:
         with tempfile.TemporaryDirectory(prefix="edgesmith-") as tmp:
-            work = Path(tmp)
-            source = frontends.load(model, work, example_inputs)
-            cal_cfg = recipe.calibration
-            calibration = None
-            if cal_cfg.path:  # opened (and checked) before any long work starts
-                calibration = ArraySource(
-                    cal_cfg.path,
-                    source.inputs,
-                    "calibration",
-                    cal_cfg.max_samples,
-                    cal_cfg.batch_size,
-                    cal_cfg.preprocess,
-                )
-                calibration.check_finite()
-            evaluation = None
-            if recipe.verify.eval:
-                evaluation = ArraySource(
-                    recipe.verify.eval,
-                    source.inputs,
-                    "eval",
-                    recipe.verify.max_samples,
-                    recipe.verify.batch_size,
-                )
-            ctx = StepContext(work, lambda: calibration, cal_cfg, quiet)
-            handle, steps = source.onnx, []
-            for config in recipe.steps:
+            source = frontends.load(model, Path(tmp), example_inputs)
+            calibration, evaluation = _open_data(recipe, source)
+            ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
+            handle, step_reports = source.onnx, []
+            for config in steps:
                 handle, step_report = _apply(config, handle, ctx)
-                steps.append(step_report)
-            report = {
-                "source": {**file_info(model_path), "kind": source.kind}
-                if model_path
-                else {"path": None, "kind": source.kind, **file_info(source.onnx.path) | {"path": None}},
-                "recipe": recipe.to_dict(),
-                "steps": steps,
-                "artifacts": [],
-                "environment": versions(),
-            }
+                step_reports.append(step_report)
+            report = _report(recipe, model_path, source, step_reports)
             stem = model_path.stem if model_path else source.onnx.path.stem
-            engine = next((s.get("engine") for s in steps if s.get("engine")), None)
-            for export in recipe.exports:
-                name = export.name or f"{stem}.{handle.precision}"
-                path = onnx_export.export(handle, output.staging / name)
-                manifest = _manifest(path, handle, source, recipe, steps, input_hash)
-                write_manifest(path, manifest)
-                report["artifacts"].append(artifact_entry(export.format, path, handle.precision, engine))
+            export_ctx = exporters.ExportContext(source, ctx)
+            for config in recipe.exports:
+                _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
+            if quantize is not None:  # one entry for the step; each artifact says how it was applied
+                first = report["artifacts"][0].get("quantization") or {}
+                engines = {a["format"]: a["engine"] for a in report["artifacts"]}
+                report["steps"].append({"kind": "quantize", **first, "engines": engines})
             if evaluation is not None:
-                ref = verify.reference(source, evaluation, quiet)
-                for entry in report["artifacts"]:
-                    entry["verify"] = verify.verify(Path(entry["path"]), ref, evaluation, quiet)
-                report["verify"] = report["artifacts"][0]["verify"]
-                report["original"] = {
-                    "metric": ref.metric,
-                    "score": ref.score,
-                    "size_bytes": source.onnx.size_bytes,
-                }
+                _verify(source, evaluation, report, quiet)
             if recipe.profile.enabled:
-                report["original_latency"] = profile_step.profile(source.onnx.path, recipe.profile)
-                for entry in report["artifacts"]:
-                    entry["latency"] = profile_step.profile(Path(entry["path"]), recipe.profile)
+                _profile(source, report, recipe)
             _relativize(report, output.staging, output.path)
             (output.staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     except BaseException:
@@ -131,31 +102,81 @@ def _apply(config, handle: ModelHandle, ctx: StepContext):
     return result.model, {"kind": config.kind, **result.report, **sizes}
 
 
-def _manifest(path: Path, handle: ModelHandle, source, recipe: Recipe, steps, input_hash) -> dict:
+def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dict:
+    from .environment import versions
+
+    origin = file_info(model_path) if model_path else {**file_info(source.onnx.path), "path": None}
+    return {"source": {**origin, "kind": source.kind}, "recipe": recipe.to_dict(), "steps": steps,
+            "artifacts": [], "environment": versions()}  # fmt: skip
+
+
+def _export(config, handle, quantize, stem, output, ctx, report, recipe, input_hash) -> None:
+    precision = quantize_precision(quantize)
+    dest = output.staging / (config.name or f"{stem}.{precision}")
+    exported = exporters.export(config, handle, quantize, dest, ctx)
+    taken = {a["path"] for a in report["artifacts"]}
+    if str(exported.path) in taken:
+        raise InputError(f"two exports write {exported.path.name}; give one of them a `name`")
+    exporters.write_manifest(
+        exported.path, _manifest(exported, config.format, ctx.source, recipe, input_hash)
+    )
+    entry = exporters.artifact_entry(config.format, exported)
+    if exported.quantization:
+        entry["quantization"] = exported.quantization
+    report["artifacts"].append(entry)
+
+
+def quantize_precision(quantize: QuantizeConfig | None) -> str:
+    if quantize is None:
+        return "fp32"
+    return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
+
+
+def _verify(source, evaluation: ArraySource, report: dict, quiet: bool) -> None:
+    from . import verify
+
+    ref = verify.reference(source, evaluation, quiet)
+    for entry in report["artifacts"]:
+        entry["verify"] = verify.verify(Path(entry["path"]), ref, evaluation, quiet)
+    report["verify"] = report["artifacts"][0]["verify"]
+    report["original"] = {"metric": ref.metric, "score": ref.score, "size_bytes": source.onnx.size_bytes}
+
+
+def _profile(source, report: dict, recipe: Recipe) -> None:
+    from .profile_step import profile
+
+    report["original_latency"] = profile(source.onnx.path, recipe.profile)
+    for entry in report["artifacts"]:
+        entry["latency"] = profile(Path(entry["path"]), recipe.profile)
+
+
+def _manifest(exported, fmt: str, source, recipe: Recipe, input_hash) -> dict:
     from ..runtime import load as load_session
     from .environment import versions
 
-    session = load_session(path)
+    session = load_session(exported.path)
     preprocess = recipe.calibration.preprocess
     return {
-        "format": "onnx",
-        "precision": handle.precision,
+        "format": fmt,
+        "precision": exported.precision,
         "inputs": [s.to_json() for s in session.inputs],
         "outputs": [s.to_json() for s in session.outputs],
-        "quantization": next((s for s in steps if s["kind"] == "quantize"), None),
+        "quantization": exported.quantization,
         "preprocess": preprocess.__dict__ if preprocess else None,
         "provenance": {
             "source_sha256": input_hash,
             "source_kind": source.kind,
             "recipe": recipe.to_dict(),
             "tools": versions(deterministic=True),
-        },
+        },  # fmt: skip
     }
 
 
 def _relativize(report: dict, staging: Path, final: Path) -> None:
     for entry in report["artifacts"]:
         entry["path"] = str(final / Path(entry["path"]).relative_to(staging))
+        for companion in entry.get("files", []):
+            companion["path"] = str(final / Path(companion["path"]).relative_to(staging))
 
 
 def _check_drop(report: dict, recipe: Recipe) -> None:
@@ -166,7 +187,6 @@ def _check_drop(report: dict, recipe: Recipe) -> None:
         drop = entry.get("verify", {}).get("drop")
         if drop is not None and drop > limit:
             raise VerificationFailed(
-                f"{entry['path']}: {entry['verify']['metric']} dropped {drop:.2f} "
-                f"points, more than [verify] max_drop = {limit}; try "
-                "calibration.method = 'percentile' or exclude sensitive layers"
+                f"{entry['path']}: {entry['verify']['metric']} dropped {drop:.2f} points, more than [verify] "
+                f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
             )

@@ -1,11 +1,52 @@
-"""Exporters write the final artifact files and their manifests into the output folder."""
+"""Exporters write the final artifacts, one module per format, each applying the recipe's precision
+with its own engine (ONNX Runtime's quantizer for ONNX; other formats bring theirs).
+
+An exporter module defines `FORMAT`, `SUFFIX` and
+`export(config, model, quantize, dest, ctx) -> Exported`, where `model` is the fp32 handle after the
+recipe's other steps and `quantize` the recipe's quantize step (None for fp32).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..handle import file_info
+
+if TYPE_CHECKING:
+    from ..frontends import Source
+    from ..steps import StepContext
+
+# format name -> module; adding a format is adding a module here.
+FORMATS = {
+    "onnx": "edgesmith.converter.exporters.onnx_export",
+}
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    source: Source
+    step: StepContext  # work folder, calibration data, quiet
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path  # the artifact (inside the output's staging folder)
+    precision: str
+    engine: str | None
+    quantization: dict[str, Any] | None = None  # what the quantizer did, for report and manifest
+    files: tuple[Path, ...] = field(default=())  # companions (weights .bin, .h/.cc ...)
+
+
+def module(fmt: str):
+    return importlib.import_module(FORMATS[fmt])
+
+
+def export(config, model, quantize, dest: Path, ctx: ExportContext) -> Exported:
+    return module(config.format).export(config, model, quantize, dest, ctx)
 
 
 def write_manifest(artifact: Path, manifest: dict) -> Path:
@@ -15,5 +56,9 @@ def write_manifest(artifact: Path, manifest: dict) -> Path:
     return path
 
 
-def artifact_entry(fmt: str, path: Path, precision: str, engine: str | None) -> dict:
-    return {"format": fmt, **file_info(path), "precision": precision, "engine": engine}
+def artifact_entry(fmt: str, exported: Exported) -> dict:
+    entry = {"format": fmt, **file_info(exported.path), "precision": exported.precision}
+    entry["engine"] = exported.engine
+    if exported.files:
+        entry["files"] = [file_info(f) for f in exported.files]
+    return entry

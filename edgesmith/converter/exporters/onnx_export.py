@@ -1,4 +1,5 @@
-"""ONNX export: the pipeline already works in ONNX, so the artifact is the last step's file."""
+"""ONNX export: the pipeline works in ONNX, so this applies the quantize step (ONNX Runtime's
+quantizer) to the fp32 handle and copies the result into place."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import shutil
 from pathlib import Path
 
 from ..handle import ModelHandle
+from ..steps import HANDLERS
+from . import Exported
+
+FORMAT = "onnx"
+SUFFIX = ".onnx"
 
 
-def export(model: ModelHandle, dest: Path) -> Path:
-    path = dest.with_name(dest.name + ".onnx")
+def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
+    report = None
+    if quantize is not None:
+        result = HANDLERS[type(quantize)](quantize, model, ctx.step)
+        model, report = result.model, result.report
+    path = dest.with_name(dest.name + SUFFIX)
     shutil.copyfile(model.path, path)
-    return path
+    return Exported(path, model.precision, (report or {}).get("engine"), report)

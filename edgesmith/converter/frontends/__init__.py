@@ -24,6 +24,7 @@ class Source:
     onnx: ModelHandle  # the fp32 ONNX the steps start from
     inputs: tuple[TensorSpec, ...]
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # runs the original model
+    native: Any = None  # the framework's own model (a torch ExportedProgram ...) for exporters that need it
 
 
 def kind_of(model: Any) -> str:

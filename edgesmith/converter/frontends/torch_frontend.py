@@ -116,4 +116,4 @@ def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: st
         flat, _ = torch.utils._pytree.tree_flatten(outputs)
         return [t.numpy() for t in flat]
 
-    return Source(kind, path, ModelHandle(out, "fp32"), session.inputs, reference)
+    return Source(kind, path, ModelHandle(out, "fp32"), session.inputs, reference, program)
