@@ -68,7 +68,7 @@ def test_dump_recipe_golden(cli):
 GOLDEN = """\
 version = 1
 exports = [
-    { format = "onnx" },
+    { format = "onnx", io = "float" },
 ]
 
 [model]

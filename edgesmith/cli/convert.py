@@ -48,6 +48,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument(
+        "--format",
+        action="append",
+        metavar="FMT",
+        help="artifact format, repeatable: onnx (default) and the formats of installed exporters",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         default="edgesmith-out",
@@ -69,7 +75,7 @@ def main(args) -> int:
     from ..converter.pipeline import run
     from .summary import print_summary
 
-    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval)
+    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format)
     if args.model:
         recipe.model.path = args.model
     if args.dump_recipe:

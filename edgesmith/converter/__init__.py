@@ -16,6 +16,7 @@ def build_recipe(
     preset: str | None = None,
     calibration: str | Path | None = None,
     evaluation: str | Path | None = None,
+    formats: list[str] | None = None,
 ) -> Recipe:
     """A Recipe from a TOML file (or object), with a preset and data paths layered on top."""
     from .presets import steps_for
@@ -32,6 +33,10 @@ def build_recipe(
         result.calibration.path = str(calibration)
     if evaluation is not None:
         result.verify.eval = str(evaluation)
+    if formats:
+        from .recipe import ExportConfig
+
+        result.exports = [ExportConfig(format=f) for f in formats]
     return result
 
 

@@ -73,9 +73,13 @@ class CalibrationConfig:
 class ExportConfig:
     format: str = "onnx"
     name: str | None = None  # file stem; default: <model>.<precision>
+    io: str = "float"  # full-integer formats: "int8" or "uint8" model inputs/outputs instead of float
 
     def __post_init__(self):
-        _choice("exports", "format", self.format, {"onnx"})
+        from .exporters import FORMATS
+
+        _choice("exports", "format", self.format, set(FORMATS))
+        _choice("exports", "io", self.io, {"float", "int8", "uint8"})
 
 
 @dataclass

@@ -48,7 +48,7 @@ def reference(source: Source, data: ArraySource, quiet: bool = False) -> Referen
 
 
 def verify(artifact: Path, ref: Reference, data: ArraySource, quiet: bool = False) -> dict:
-    session = load_session(artifact)
+    session = load_session(artifact, exact=True)
     outputs = []
     with bar(len(data), f"evaluating {artifact.name}", "sample", quiet) as progress:
         for batch in data.batches():

@@ -19,8 +19,15 @@ def available_backends() -> dict[str, bool]:
     return {name: backends.get(name).available() for name in backends.BACKENDS}
 
 
-def load(path: str | Path, backend: str = "auto", threads: int | None = None, **options) -> Session:
-    """Open a model file with a backend (`"auto"` picks the first installed one that reads it)."""
+def load(
+    path: str | Path, backend: str = "auto", threads: int | None = None, exact: bool = False, **options
+) -> Session:
+    """Open a model file with a backend (`"auto"` picks the first installed one that reads it).
+
+    `threads`: intra-op threads (None: the backend's default). `exact`: no reduced-precision execution
+    (a backend that would run float32 layers in bf16 or fp16 for speed runs them in float32); the
+    verifier uses it. Other keyword options go to the backend.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
@@ -41,4 +48,4 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, **
     module = backends.get(backend)
     if not module.available():
         raise MissingExtra(module.EXTRA, why=f"the '{backend}' backend")
-    return module.open(path, threads, **options)
+    return module.open(path, threads, exact=exact, **options)

@@ -60,5 +60,5 @@ class ReferenceSession:
         return dict(zip(self._names, self._evaluator.run(self._names, feeds), strict=True))
 
 
-def open(path: Path, threads: int | None = None, **options) -> ReferenceSession:  # noqa: A001
+def open(path: Path, threads: int | None = None, exact: bool = False, **options) -> ReferenceSession:  # noqa: A001
     return ReferenceSession(path, threads, **options)
