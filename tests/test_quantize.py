@@ -72,12 +72,37 @@ def test_arm_target_gets_signed_activations(setup):
 
 
 def test_type_choice_per_target():
-    assert (choose("x86-vnni").activations, choose("x86").activations, choose("arm").activations) == (
-        "uint8",
-        "int8",
-        "int8",
-    )
+    vnni, plain, arm = choose("x86-vnni"), choose("x86"), choose("arm")
+    assert (vnni.activations, vnni.reduce_range) == ("uint8", False)
+    assert (plain.activations, plain.reduce_range) == ("uint8", True)  # ORT's advice without VNNI
+    assert (arm.activations, arm.symmetric_activations) == ("int8", True)
     assert choose("x86", activations="uint8").reason == "set explicitly in the recipe"
+
+
+def test_x86_stem_is_padded_to_four_channels_with_identical_results(setup, tmp_path):
+    """The pad-stem pass (for MLAS ConvSym) must not change a single output bit."""
+    result, padded = quantize(setup, target="x86-vnni")
+    assert result.report["stem_channels_padded"] is True
+    weights = qparams(padded, "conv", 1)[0]
+    assert weights.shape == (8, 4, 3, 3) and not weights[:, 1:].any()  # 1 channel + 3 zero channels
+    # Undo the pass by hand: drop the Pad and the zero filter channels.
+    unpadded = onnx.ModelProto()
+    unpadded.CopyFrom(padded)
+    pad = next(n for n in unpadded.graph.node if n.name == "stem_channel_pad")
+    for node in unpadded.graph.node:
+        node.input[:] = [pad.input[0] if name == pad.output[0] else name for name in node.input]
+    unpadded.graph.node.remove(pad)
+    producer = {out: n for n in unpadded.graph.node for out in n.output}
+    conv = next(n for n in unpadded.graph.node if n.name == "conv")
+    init = next(i for i in unpadded.graph.initializer if i.name == producer[conv.input[1]].input[0])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:, :1], init.name))
+    onnx.save(unpadded, str(tmp_path / "unpadded.onnx"))
+    data = setup[2][1:]
+    got = runtime.load(result.model.path).run({"input": data})["logits"]
+    want = runtime.load(tmp_path / "unpadded.onnx").run({"input": data})["logits"]
+    np.testing.assert_array_equal(got, want)
+    arm, _ = quantize(setup, target="arm")
+    assert arm.report["stem_channels_padded"] is False
 
 
 def test_percentile_clips_the_outlier_minmax_keeps(setup):
