@@ -11,14 +11,17 @@ STAMP  := $(VENV)/.edgesmith-installed
 install: $(STAMP)
 
 # torch goes in first and pinned: anything that lets pip pick a newer torch downloads ~3 GB of CUDA.
-# ccexam (a trained MNIST CNN used by the tests) declares torchvision, whose newest release drags a
-# newer torch, so it is installed on its own with --no-deps (its models need only torch).
+# Installed on their own with --no-deps, because their declared dependencies would drag a newer torch
+# or TensorFlow (torchvision, tensorflow<2.15.1) that they do not need for what we use:
+#   onnx2torch   ONNX -> torch for the ONNX -> TFLite path (declares torchvision; we stub it)
+#   ccexam       a trained MNIST CNN the tests use (declares torchvision; its models need only torch)
+#   basic-pitch, silero-vad   real third-party ONNX/TFLite files the tests convert
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[all,test]"
-	$(PIP) install --quiet --no-deps ccexam
+	$(PIP) install --quiet --no-deps onnx2torch==1.5.15 ccexam==1.0.0 basic-pitch==0.4.0 silero-vad==6.2.3
 	touch $(STAMP)
 
 # Compress the shipped MNIST CNN to INT8, export ONNX, verify on held-back real digits, profile.

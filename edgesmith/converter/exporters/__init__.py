@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 # format name -> module; adding a format is adding a module here.
 FORMATS = {
     "onnx": "edgesmith.converter.exporters.onnx_export",
+    "tflite": "edgesmith.converter.exporters.tflite_export",
+    "c-array": "edgesmith.converter.exporters.c_array",
+    "openvino": "edgesmith.converter.exporters.openvino_export",
 }
 
 
@@ -39,6 +42,7 @@ class Exported:
     engine: str | None
     quantization: dict[str, Any] | None = None  # what the quantizer did, for report and manifest
     files: tuple[Path, ...] = field(default=())  # companions (weights .bin, .h/.cc ...)
+    files_are_weights: bool = False  # the companions hold part of the model (OpenVINO's .bin): count them
 
 
 def module(fmt: str):
@@ -57,8 +61,13 @@ def write_manifest(artifact: Path, manifest: dict) -> Path:
 
 
 def artifact_entry(fmt: str, exported: Exported) -> dict:
+    """The report row: path and sha256 of the main file; `size_bytes` is the model's size, so it counts
+    companions that hold weights (an OpenVINO .xml is nothing without its .bin) but not the C source
+    that merely spells a .tflite out again."""
     entry = {"format": fmt, **file_info(exported.path), "precision": exported.precision}
     entry["engine"] = exported.engine
     if exported.files:
         entry["files"] = [file_info(f) for f in exported.files]
+        if exported.files_are_weights:
+            entry["size_bytes"] += sum(f["size_bytes"] for f in entry["files"])
     return entry

@@ -14,12 +14,12 @@ from ...errors import InputError
 from ...runtime.session import TensorSpec
 from ..handle import ModelHandle
 
-SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".keras": "keras", ".h5": "keras"}
 
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "onnx" | "pt2" | "torch"
+    kind: str  # "onnx" | "pt2" | "torch" | "keras"
     path: Path | None  # the user's file; None for an in-memory module
     onnx: ModelHandle  # the fp32 ONNX the steps start from
     inputs: tuple[TensorSpec, ...]
@@ -28,14 +28,14 @@ class Source:
 
 
 def kind_of(model: Any) -> str:
-    """'onnx', 'pt2' or 'torch', after checking a path exists and has a known suffix (cheap)."""
+    """'onnx', 'pt2', 'keras' or 'torch', after checking a path exists and has a known suffix (cheap)."""
     if not isinstance(model, (str, Path)):
         return "torch"
     path = Path(model)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a model file (.onnx or .pt2)")
+        raise InputError(f"{path} is a folder; give a model file (.onnx, .pt2, .keras or .h5)")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None and path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
         raise InputError(
@@ -55,6 +55,10 @@ def load(model: Any, workdir: Path, example_inputs: tuple | None = None) -> Sour
         from . import onnx_frontend
 
         return onnx_frontend.load(Path(model), workdir)
+    if kind == "keras":
+        from . import keras_frontend
+
+        return keras_frontend.load(Path(model), workdir)
     from . import torch_frontend
 
     if kind == "pt2":

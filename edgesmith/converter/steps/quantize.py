@@ -18,6 +18,7 @@ from . import int8_types, qdq_tidy
 from .base import StepConfig, StepContext, StepResult, register
 
 MODES = ("static", "dynamic", "fp16")
+ENGINES = ("auto", "onnxruntime", "nncf", "inc")  # auto: the export format's native engine
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
@@ -33,6 +34,7 @@ class QuantizeConfig(StepConfig):
     op_types: list[str] | None = None  # None: ONNX Runtime's default set
     exclude: list[str] = field(default_factory=list)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
+    engine: str = "auto"  # auto | onnxruntime | nncf | inc (auto: ONNX Runtime for ONNX, NNCF for OpenVINO)
 
     def __post_init__(self):
         for name, value, choices in (
@@ -41,6 +43,7 @@ class QuantizeConfig(StepConfig):
             ("activations", self.activations, ("auto", "int8", "uint8")),
             ("weights", self.weights, ("int8", "uint8")),
             ("target", self.target, int8_types.TARGETS),
+            ("engine", self.engine, ENGINES),
         ):
             if value not in choices:
                 from ...errors import closest
@@ -145,8 +148,10 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             activation_type=_qtype(q, types.activations),
             weight_type=_qtype(q, types.weights),
             nodes_to_exclude=excluded,
+            reduce_range=types.reduce_range,
             calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
             extra_options={
+                "ActivationSymmetric": types.symmetric_activations,
                 # Ranges are collected a few batches at a time: bounded memory. (Not
                 # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
                 "CalibStridedMinMax": _stride(cal.num_batches()),
@@ -155,7 +160,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         )
     onnx = require("onnx", "convert")
     model_proto = onnx.load(str(out))
-    tidied = qdq_tidy.tidy(model_proto)
+    tidied = qdq_tidy.tidy(model_proto, isa="x86" if types.target.startswith("x86") else "arm")
     onnx.save(model_proto, str(out))
     report.update(
         tidied,

@@ -12,6 +12,8 @@ from types import ModuleType
 # In order of preference for `backend="auto"`.
 BACKENDS = {
     "ort": "edgesmith.runtime.backends.ort_backend",
+    "litert": "edgesmith.runtime.backends.litert_backend",
+    "openvino": "edgesmith.runtime.backends.openvino_backend",
     "numpy": "edgesmith.runtime.backends.numpy_reference",
 }
 

@@ -1,0 +1,54 @@
+"""Keras to TFLite with TensorFlow's own converter: the path Keras models are meant to take, and the
+only one that keeps their dynamic batch axis and NHWC layout exactly as trained.
+
+Precision maps onto the converter's options: fp16 = float16 weights (`supported_types`), dynamic =
+`Optimize.DEFAULT` alone, static = `Optimize.DEFAULT` + a representative dataset (the recipe's
+calibration data, one sample per step) + `TFLITE_BUILTINS_INT8` only, so an op without an int8
+kernel fails conversion instead of silently staying float.
+"""
+
+from __future__ import annotations
+
+from ...errors import InputError, require
+from .tflite_torch import quiet
+
+
+def convert(model, mode: str | None, calibration, inputs, io: str) -> tuple[bytes, dict | None]:
+    tf = require("tensorflow", "convert-tflite", "TFLite export from Keras")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    report: dict | None = None
+    if mode is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        report = {"mode": mode, "engine": "tensorflow.lite"}
+    if mode == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        report.update(weights="float16", activations="float32")
+    elif mode == "dynamic":
+        report.update(weights="int8 per channel", activations="float (quantized at run time)")
+    elif mode == "static":
+        names = [s.name for s in inputs]
+
+        def representative():
+            for batch in calibration.batches():
+                for i in range(len(batch[names[0]])):
+                    yield [batch[n][i : i + 1] for n in names]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io]
+        converter.inference_input_type = converter.inference_output_type = dtype
+        report.update(
+            weights="int8 per channel (symmetric)",
+            activations="int8 per tensor (asymmetric)",
+            calibration={"samples": len(calibration), "path": str(calibration.path), "method": "minmax"},
+        )
+    try:
+        with quiet():
+            data = converter.convert()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"TensorFlow's TFLite converter failed on the Keras model ({first}); an op may have no "
+            "TFLite (or int8) kernel"
+        ) from exc
+    return bytes(data), report

@@ -1,0 +1,135 @@
+"""ONNX-only sources to a torch module with onnx2torch, for litert-torch (see
+docs/decisions/onnx-to-tflite.md for why this path and not onnx2tf).
+
+The module keeps the ONNX model's NCHW layout at its inputs and outputs; litert-torch moves the
+inside to NHWC itself (transposes it then folds), so the `.tflite` takes the same arrays as the ONNX
+file and verification feeds it the same eval set.
+
+torch.export cannot trace onnx2torch's shape-taking ops (Reshape, Pad, Slice read their shape
+tensors' values: a data-dependent guard). The TFLite model has batch 1, so every shape is known:
+ONNX Runtime's basic (hardware-independent) constant folding first turns shape computations into
+constants, then those ops get their constants as Python values, baked in.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+from ...errors import InputError, require
+
+HINT = "export the model without it, or convert from the PyTorch/Keras original"
+
+
+def _torchvision_stub() -> dict:
+    """onnx2torch imports torchvision at module level for two converters (NonMaxSuppression,
+    RoiAlign). torchvision's PyPI wheels are built for torch's CUDA build and fail to import next to
+    the CPU torch, so when it is missing or broken those two ops get a stub that raises."""
+    vision, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+
+    def missing(*args, **kwargs):
+        raise InputError(f"this op needs a working torchvision; {HINT}")
+
+    ops.nms = ops.roi_align = ops.box_convert = missing
+    vision.ops = ops
+    return {"torchvision": vision, "torchvision.ops": ops}
+
+
+def _forget(*prefixes: str) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] in prefixes]:
+        del sys.modules[name]
+
+
+def _onnx2torch():
+    """onnx2torch, imported with the real torchvision when that works, else with the stub (kept in
+    `sys.modules` for the duration of the import only: other code still sees no torchvision)."""
+    if "onnx2torch" in sys.modules:
+        return sys.modules["onnx2torch"]
+    import importlib.util
+
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise InputError(
+            "TFLite export of an ONNX file needs onnx2torch: run `pip install --no-deps onnx2torch==1.5.15`"
+        )
+    if importlib.util.find_spec("torchvision") is not None:
+        try:
+            import onnx2torch
+
+            return onnx2torch
+        except Exception:  # a CUDA-built torchvision next to the CPU torch: "torchvision::nms does not exist"
+            _forget("onnx2torch", "torchvision")
+    stub = _torchvision_stub()
+    sys.modules.update(stub)
+    try:
+        import onnx2torch
+    finally:
+        for name in stub:
+            sys.modules.pop(name, None)
+    return onnx2torch
+
+
+def _relax_reshapes(model) -> None:
+    """torch's dynamo exporter writes `Reshape(allowzero=1)`, which onnx2torch refuses. With a constant
+    shape that has no 0 the attribute changes nothing, so it is dropped."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+    for node in model.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        shape = constants.get(node.input[1])
+        if shape is not None and (shape != 0).all():
+            kept = [a for a in node.attribute if a.name != "allowzero"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+
+
+def _fold_static(path: Path, inputs, workdir: Path):
+    """The model with batch 1 (dynamic axes set as `TensorSpec.concrete_shape`), constants folded."""
+    onnx = require("onnx", "convert")
+    ort = require("onnxruntime", "convert")
+    model = onnx.load(str(path))
+    shapes = {s.name: s.concrete_shape(1) for s in inputs}
+    for value in model.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    static, folded = workdir / f"{path.stem}.static.onnx", workdir / f"{path.stem}.folded.onnx"
+    onnx.save(model, str(static))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(folded))
+    _relax_reshapes(model)
+    return model
+
+
+def to_torch(path: Path, inputs, workdir: Path):
+    """The fp32 ONNX file as a torch.fx module (batch 1), or an InputError naming the op with no path."""
+    model = _fold_static(path, inputs, workdir)
+    onnx2torch = _onnx2torch()
+    try:
+        module = onnx2torch.convert(model).eval()
+    except NotImplementedError as exc:
+        text = str(exc)
+        op = re.search(r"operation_type='([^']+)'", text)
+        if op:
+            raise InputError(
+                f"op '{op.group(1)}' has no TFLite conversion path (onnx2torch cannot translate it); {HINT}"
+            ) from exc
+        raise InputError(f"the ONNX model cannot be converted to TFLite ({text[:160]}); {HINT}") from exc
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"the ONNX model cannot be converted to TFLite ({first}); {HINT}") from exc
+    from .tflite_bake import bake_constants
+
+    return bake_constants(module)

@@ -1,0 +1,113 @@
+"""Static INT8 with NNCF's post-training `quantize`: OpenVINO IR (its native engine) and, with
+`engine = "nncf"`, ONNX.
+
+The calibration data is the recipe's, the same batches ONNX Runtime's quantizer sees, fed to NNCF one
+sample at a time: NNCF averages per-item activation ranges (`MEAN_MINMAX` by default) and warns that
+statistics over batches of several samples are not what it was tuned for.
+
+Settings (chosen with `benchmarks/openvino_int8.py`; see docs/decisions/openvino.md):
+- `preset=PERFORMANCE` (symmetric activations and weights): the fastest CPU kernels; the asymmetric
+  `MIXED` preset bought no accuracy on CNNs here.
+- `fast_bias_correction=True` (NNCF's default): the full `BiasCorrection` costs minutes on ResNet-50
+  and gave no measurable accuracy on our eval sets.
+- `subset_size` = every calibration sample (NNCF's default stops at 300: the recipe's
+  `calibration.max_samples` is the knob instead).
+- `calibration.method`: minmax -> NNCF's default estimators; percentile -> `MEAN_QUANTILE`;
+  entropy -> `HISTOGRAM`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from contextlib import redirect_stdout
+from typing import Any
+
+from ...errors import InputError, require
+from ..handle import ModelHandle
+from .base import StepContext, StepResult
+
+PRESET = "performance"
+FAST_BIAS_CORRECTION = True
+
+
+class Samples:
+    """The calibration source as single-sample feeds; iterable again for each NNCF pass."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __iter__(self):
+        for batch in self._source.batches():
+            count = len(next(iter(batch.values())))
+            for i in range(count):
+                yield {name: array[i : i + 1] for name, array in batch.items()}
+
+
+def _estimators(nncf, method: str):
+    """The AdvancedQuantizationParameters for the recipe's calibration method."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    chosen = {"percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}.get(method)
+    if chosen is None:
+        return AdvancedQuantizationParameters(), "nncf default (per-sample min/max, averaged)"
+    params = getattr(RangeEstimatorParametersSet, chosen)
+    return AdvancedQuantizationParameters(activations_range_estimator_params=params), chosen.lower()
+
+
+def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
+    """NNCF static INT8 of an in-memory model (`openvino.Model` or `onnx.ModelProto`)."""
+    if config.mode != "static":
+        raise InputError(
+            f"NNCF quantizes static INT8 only, not mode = {config.mode!r}; use --preset int8 (static, "
+            "calibrated) or engine = 'onnxruntime' for ONNX"
+        )
+    nncf = require("nncf", "convert-openvino", "NNCF quantizes OpenVINO and ONNX models")
+    nncf.set_log_level(logging.ERROR)
+    cal = ctx.calibration()
+    if cal is None:
+        raise InputError("static INT8 needs calibration data: pass --calibration PATH")
+    advanced, method = _estimators(nncf, ctx.calibration_config.method)
+    ignored = nncf.IgnoredScope(patterns=list(config.exclude), validate=False) if config.exclude else None
+    from ..progress import bar
+
+    # NNCF draws its own progress bars on stdout, which belongs to `--json` output: keep them out.
+    with bar(len(cal), "calibrating (nncf)", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(Samples(cal)),
+            preset=getattr(nncf.QuantizationPreset, PRESET.upper()),
+            target_device=nncf.TargetDevice.CPU,
+            subset_size=len(cal),
+            fast_bias_correction=FAST_BIAS_CORRECTION,
+            ignored_scope=ignored,
+            advanced_parameters=advanced,
+        )
+        progress.update(len(cal))
+    report = {
+        "mode": "static",
+        "engine": "nncf",
+        "nncf_version": nncf.__version__,
+        "preset": PRESET,
+        "target_device": "CPU",
+        "fast_bias_correction": FAST_BIAS_CORRECTION,
+        "per_channel": True,  # NNCF quantizes weights per output channel on CPU
+        "calibration": {"method": method, "samples": len(cal), "path": str(cal.path)},
+        "excluded": list(config.exclude),
+    }
+    return quantized, report
+
+
+def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:
+    """`engine = "nncf"` for an ONNX export: NNCF's QDQ model instead of ONNX Runtime's."""
+    onnx = require("onnx", "convert")
+    proto = onnx.load(str(model.path))
+    quantized, report = quantize_model(proto, config, ctx)
+    quantized.ir_version = min(quantized.ir_version, proto.ir_version)
+    out = ctx.workdir / f"{model.path.stem}.nncf-int8.onnx"
+    onnx.save(quantized, str(out))
+    return StepResult(ModelHandle(out, "int8"), report | {"format": "qdq"})
