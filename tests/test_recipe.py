@@ -91,6 +91,7 @@ weights = "int8"
 target = "host"
 exclude = []
 preprocess = true
+engine = "auto"
 
 [verify]
 batch_size = 64
@@ -100,4 +101,5 @@ enabled = true
 runs = 100
 warmup = 10
 threads = 1
+targets = []
 """

@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+from backend_models import small_cnn_openvino, small_cnn_tflite
 
 import edgesmith.runtime as runtime
 from edgesmith.errors import InputError, MissingExtra
@@ -18,18 +19,39 @@ def cnn(tmp_path_factory):
     return small_cnn(tmp_path_factory.mktemp("m") / "cnn.onnx")
 
 
+@pytest.fixture(scope="module")
+def cnn_for(cnn):
+    """small_cnn in a backend's format (.onnx, .tflite, .xml), built from the same weights on first use."""
+    built = {".onnx": cnn}
+    builders = {".tflite": small_cnn_tflite, ".xml": small_cnn_openvino}
+
+    def get(backend: str):
+        suffix = runtime.backends.get(backend).SUFFIXES[0]
+        if suffix not in built:
+            built[suffix] = builders[suffix](cnn, cnn.with_suffix(suffix))
+        return built[suffix]
+
+    return get
+
+
+def _specs(specs):
+    return [(s.name, s.shape, s.dtype) for s in specs]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_conformance_same_specs_and_outputs_as_reference(cnn, backend):
-    """Every installed backend gives the numpy reference's outputs and tensor specs."""
+def test_conformance_same_specs_and_outputs_as_reference(cnn, cnn_for, backend):
+    """Every installed backend, on the same model in its own format, gives the numpy reference's
+    tensor specs and outputs, at any batch size."""
     reference = runtime.load(cnn, backend="numpy")
-    session = runtime.load(cnn, backend=backend, threads=1)
-    assert session.backend == backend
-    assert [(s.name, s.dtype, len(s.shape)) for s in session.inputs] == [("input", "float32", 4)]
-    assert [(s.name, s.dtype) for s in session.outputs] == [(s.name, s.dtype) for s in reference.outputs]
-    feeds = random_feeds(session, batch=3, seed=1)
-    got, want = session.run(feeds)["logits"], reference.run(feeds)["logits"]
-    assert got.shape == (3, 10)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    session = runtime.load(cnn_for(backend), backend=backend, threads=1, exact=True)
+    assert session.backend == backend and session.threads == 1
+    assert _specs(session.inputs) == _specs(reference.inputs) == [("input", (None, 1, 28, 28), "float32")]
+    assert _specs(session.outputs) == _specs(reference.outputs) == [("logits", (None, 10), "float32")]
+    for batch in (3, 1, 5):  # a changing batch size: backends with static shapes must resize
+        feeds = random_feeds(session, batch=batch, seed=batch)
+        got, want = session.run(feeds)["logits"], reference.run(feeds)["logits"]
+        assert got.shape == (batch, 10) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_auto_picks_onnxruntime_for_onnx(cnn):
@@ -77,8 +99,13 @@ def test_device_side_imports_stay_light():
     """`import edgesmith.runtime, edgesmith.targets` must not load torch, onnx or tensorflow."""
     code = (
         "import sys, edgesmith, edgesmith.runtime, edgesmith.targets.latency, edgesmith.targets.cpu\n"
-        "import edgesmith.runtime.backends.ort_backend\n"
-        "heavy = [m for m in ('torch', 'onnx', 'tensorflow', 'onnxruntime', 'openvino', 'nncf',"
+        "import edgesmith.targets.spec, edgesmith.targets.costmodel, edgesmith.targets.graph, edgesmith.targets.mcu\n"
+        "import edgesmith.targets.power, edgesmith.targets.ssh, edgesmith.targets.adb, edgesmith.targets.report\n"
+        "import edgesmith.targets.svg, edgesmith.targets.hostprofile, edgesmith.targets.runner\n"
+        "import edgesmith.targets.tflite_graph\n"
+        "import edgesmith.runtime.backends.ort_backend, edgesmith.runtime.backends.litert_backend\n"
+        "import edgesmith.runtime.backends.openvino_backend\n"
+        "heavy = [m for m in ('torch', 'onnx', 'tensorflow', 'onnxruntime', 'openvino', 'nncf', 'ai_edge_litert',"
         " 'edgesmith.converter') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

@@ -82,6 +82,8 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 _profile(source, report, recipe)
             _relativize(report, output.staging, output.path)
             (output.staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            if recipe.profile.enabled and recipe.profile.targets:
+                _html_report(output, recipe)
     except BaseException:
         output.discard()
         raise
@@ -148,6 +150,19 @@ def _profile(source, report: dict, recipe: Recipe) -> None:
     report["original_latency"] = profile(source.onnx.path, recipe.profile)
     for entry in report["artifacts"]:
         entry["latency"] = profile(Path(entry["path"]), recipe.profile)
+    if recipe.profile.targets:
+        from .profile_step import per_target
+
+        for entry in report["artifacts"]:
+            entry["targets"] = per_target(Path(entry["path"]), recipe.profile)
+
+
+def _html_report(output: OutputDir, recipe: Recipe) -> None:
+    """report.html next to report.json; artifact paths in report.json already point at the final folder,
+    so the report reads the staged copies by file name."""
+    from ..targets.report import write
+
+    write(output.staging, recipe.profile.targets)
 
 
 def _manifest(exported, fmt: str, source, recipe: Recipe, input_hash) -> dict:

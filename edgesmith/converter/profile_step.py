@@ -10,5 +10,13 @@ from .recipe import ProfileConfig
 
 
 def profile(path: Path, config: ProfileConfig) -> dict:
-    session = load_session(path, threads=config.threads or None)
+    # exact: time what verify checked (OpenVINO would otherwise run float layers in bf16 here)
+    session = load_session(path, threads=config.threads or None, exact=True)
     return measure(session, runs=config.runs, warmup=config.warmup).to_json()
+
+
+def per_target(path: Path, config: ProfileConfig) -> dict:
+    """Estimated latency, energy and MCU fit on each `[profile] targets` device (cost model)."""
+    from ..targets.report import target_results
+
+    return target_results(path, config.targets, top=10)

@@ -96,10 +96,16 @@ class ProfileConfig:
     runs: int = 100
     warmup: int = 10
     threads: int = 1
+    targets: list[str] = field(default_factory=list)  # device specs to estimate on (edgesmith targets)
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.threads < 0:
             raise InputError("profile.runs must be >= 1, warmup >= 0, threads >= 0 (0 = all cores)")
+        if self.targets:
+            from ..targets import spec
+
+            for name in self.targets:
+                spec.get(name)  # an unknown name fails here, before any long work, with a suggestion
 
 
 @dataclass

@@ -1,0 +1,203 @@
+"""A model file as a list of layers: op class, dtype, MACs, parameter and activation bytes.
+
+This is the host-side half of the cost model: it reads ONNX with the `onnx` package (imported
+inside the functions, so `import edgesmith.targets` stays light). It folds what every runtime
+fuses anyway (an activation right after a conv or matmul, BatchNorm, Q/DQ pairs around an integer
+kernel, shape-only ops), so one layer here is one kernel launch on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"}
+FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant", "Identity", "Gather",
+        "Cast", "Transpose", "ConstantOfShape", "Dropout", "QuantizeLinear", "DequantizeLinear",
+        "BatchNormalization"}  # fmt: skip
+CONVS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose"}
+GEMMS = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "MatMulNBits"}
+POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
+
+
+@dataclass
+class Layer:
+    """One kernel: what it computes and how many bytes it touches."""
+
+    name: str
+    op: str
+    op_class: str  # conv, dwconv, gemm, pool, elementwise, other
+    dtype: str  # fp32 or int8
+    macs: int
+    param_bytes: int
+    in_bytes: int
+    out_bytes: int
+    outputs: list[str] = field(default_factory=list)  # tensor names (for matching profiles)
+    inputs: list[str] = field(default_factory=list)  # activations read, through shape-only ops
+    in_sizes: list[int] = field(default_factory=list)  # bytes of each input
+
+    @property
+    def bytes(self) -> int:
+        return self.param_bytes + self.in_bytes + self.out_bytes
+
+
+def layers(path: str | Path, batch: int = 1) -> list[Layer]:
+    """The layers of an ONNX model (TFLite: see `tflite_layers`), with dynamic axes set to `batch`."""
+    path = Path(path)
+    if path.suffix.lower() == ".tflite":
+        from .tflite_graph import tflite_layers
+
+        return tflite_layers(path)
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{path.name}: the cost model reads .onnx and .tflite files, not '{path.suffix}'")
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise InputError(f"{path} is not a valid ONNX model ({exc}); check the file is complete") from exc
+    for value in model.graph.input:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value"):
+                dim.dim_value = batch if i == 0 else 1
+    inits = _strip_weights(model)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return _walk(model.graph, inits)
+
+
+@dataclass(frozen=True)
+class _Init:
+    shape: tuple[int, ...]
+    nbytes: int
+    dtype: int  # onnx TensorProto data type
+
+
+def _strip_weights(model) -> dict[str, _Init]:
+    """Shapes and sizes of all initializers; the large ones leave the graph (as typed inputs) so
+    shape inference does not copy megabytes of weights it never reads."""
+    from onnx import helper
+
+    inits, keep = {}, []
+    for t in model.graph.initializer:
+        itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        inits[t.name] = _Init(tuple(t.dims), math.prod(t.dims) * itemsize, t.data_type)
+        if math.prod(t.dims) > 1024:
+            model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return inits
+
+
+def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
+    shapes, dtypes = {}, {}
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = v.type.tensor_type
+        shapes[v.name] = [d.dim_value for d in t.shape.dim]
+        dtypes[v.name] = t.elem_type
+    for name, info in inits.items():
+        shapes[name], dtypes[name] = list(info.shape), info.dtype
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+
+    out: list[Layer] = []
+    fused_into: dict[str, Layer] = {}
+    alias: dict[str, str] = {}  # output of a shape-only op -> the tensor whose bytes it reuses
+    for node in graph.node:
+        op = node.op_type
+        if op in FREE and node.input and node.output:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+        src = producer.get(node.input[0]) if node.input else None
+        if op in ACTIVATIONS and src is not None and src.output[0] in fused_into and \
+                len(consumers.get(node.input[0], [])) == 1:  # fmt: skip
+            layer = fused_into[src.output[0]]  # conv + activation run as one kernel
+            layer.outputs.append(node.output[0])
+            alias[node.input[0]] = node.output[0]
+            fused_into[node.output[0]] = layer
+            continue
+        if op in FREE:
+            continue
+        int8 = (
+            op.startswith("QLinear")
+            or op.endswith("Integer")
+            or (op in CONVS | GEMMS and node.input[0] in quantized_inputs)
+        )
+        dtype = "int8" if int8 else "fp32"
+        size = 1 if int8 else 4
+        weights = [i for i in node.input[1:] if i in inits or (producer.get(i) and producer[i].op_type
+                   == "DequantizeLinear" and producer[i].input[0] in inits)]  # fmt: skip
+        param_bytes = sum(_init_bytes(inits, producer, w, int8) for w in weights)
+        acts_in = [i for i in node.input if i and i not in weights and i not in inits]
+        out_elems = _elems(shapes.get(node.output[0]))
+        macs, op_class = _macs(node, shapes, inits, producer, out_elems)
+        layer = Layer(
+            name=node.name or node.output[0],
+            op=op,
+            op_class=op_class,
+            dtype=dtype,
+            macs=macs,
+            param_bytes=param_bytes,
+            in_bytes=sum(_elems(shapes.get(i)) for i in acts_in) * size,
+            out_bytes=out_elems * size,
+            outputs=list(node.output),
+            inputs=[alias.get(i, i) for i in acts_in],
+            in_sizes=[_elems(shapes.get(i)) * size for i in acts_in],
+        )
+        out.append(layer)
+        if op in CONVS | GEMMS:
+            fused_into[node.output[0]] = layer
+    return out
+
+
+def _elems(shape) -> int:
+    return math.prod(d for d in shape if d > 0) if shape else 0
+
+
+def _init_bytes(inits, producer, name: str, int8: bool) -> int:
+    if name in inits:
+        return inits[name].nbytes
+    return inits[producer[name].input[0]].nbytes  # DequantizeLinear of a constant
+
+
+def _weight_shape(name, shapes, inits, producer):
+    if name in inits:
+        return list(inits[name].shape)
+    p = producer.get(name)
+    if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits:
+        return list(inits[p.input[0]].shape)
+    return shapes.get(name)
+
+
+def _macs(node, shapes, inits, producer, out_elems: int) -> tuple[int, str]:
+    op = node.op_type
+    attrs = {a.name: a for a in node.attribute}
+    if op in CONVS:
+        w_index = 3 if op == "QLinearConv" else 1
+        w = _weight_shape(node.input[w_index], shapes, inits, producer) or [1, 1, 1, 1]
+        group = attrs["group"].i if "group" in attrs else 1
+        per_output = math.prod(w[1:])  # C/group x kh x kw
+        in_channels = w[1] * group
+        depthwise = group > 1 and group == in_channels
+        return out_elems * per_output, "dwconv" if depthwise else "conv"
+    if op in GEMMS:
+        a_index = 0
+        a = shapes.get(node.input[a_index]) or [1]
+        k = a[-1] if a else 1
+        if op == "Gemm" and "transA" in attrs and attrs["transA"].i:
+            k = a[0]
+        return out_elems * max(k, 1), "gemm"
+    if op in POOLS:
+        in_elems = _elems(shapes.get(node.input[0]))
+        return max(in_elems, out_elems), "pool"
+    if op in {"Add", "Mul", "Sub", "Div", "Relu", "Clip", "Sigmoid", "HardSwish", "Concat",
+              "QLinearAdd", "QLinearMul", "Softmax", "LeakyRelu", "Tanh", "Pow", "Sqrt", "Erf"}:  # fmt: skip
+        return out_elems, "elementwise"
+    return out_elems, "other"

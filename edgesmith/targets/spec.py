@@ -1,0 +1,146 @@
+"""Device specs as data: one TOML file per target in `specs/`, read into a frozen `Target`.
+
+Adding a board is adding a file (see docs/adding_a_target.md). Every figure in a spec cites its
+source in a comment; the cost-model section (`[model]`) says which numbers were fitted and to what,
+so an estimate can always be traced back to a datasheet or a published measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import tomllib
+
+from ..errors import InputError, closest
+
+SPECS = Path(__file__).with_name("specs")
+KINDS = ("host", "linux", "android", "mcu")
+OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "other")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the cost model, the profilers and the report need to know about one device."""
+
+    name: str
+    title: str
+    kind: str  # host, linux (SSH), android (adb) or mcu (estimate + fit only)
+    core: str
+    isa: str
+    cores: int
+    clock_ghz: float
+    features: tuple[str, ...]
+    macs_per_cycle: dict[str, float]  # peak multiply-accumulates per cycle per core, by dtype
+    bandwidth_gbs: float  # sustained DRAM (or SRAM/flash on MCUs) bandwidth
+    ram_bytes: int
+    flash_bytes: int | None
+    idle_w: float
+    active_w: float  # whole-board power with the cores busy
+    formats: tuple[str, ...]
+    runtimes: tuple[str, ...]
+    stack: str  # the runtime/kernel library the efficiencies describe
+    efficiency: dict[str, dict[str, float]]  # dtype -> op class -> fraction of peak
+    op_overhead_us: float  # fixed cost per executed operator (dispatch, requantize, sync)
+    parallel_fraction: float  # Amdahl p for intra-op threads
+    runtime_ram_bytes: int = 0  # MCU: interpreter + stack; 0 elsewhere
+    runtime_flash_bytes: int = 0
+    fitted: str = ""  # which measurements the efficiencies were fitted to
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def is_mcu(self) -> bool:
+        return self.kind == "mcu"
+
+    def peak_macs_per_s(self, dtype: str, threads: int = 1) -> float:
+        per_cycle = self.macs_per_cycle.get(dtype) or self.macs_per_cycle["fp32"]
+        return per_cycle * self.clock_ghz * 1e9 * self.speedup(threads)
+
+    def speedup(self, threads: int) -> float:
+        """Amdahl's law over the cores actually used."""
+        n = max(1, min(threads, self.cores))
+        p = self.parallel_fraction
+        return 1.0 / ((1.0 - p) + p / n)
+
+    def eff(self, dtype: str, op_class: str) -> float:
+        table = self.efficiency.get(dtype) or self.efficiency["fp32"]
+        return table.get(op_class, table.get("other", 0.1))
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "path"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _parse(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"target spec {path} is not valid TOML: {exc}") from exc
+    try:
+        cpu, mem, power, rt, model = (data[k] for k in ("cpu", "memory", "power", "runtime", "model"))
+        target = Target(
+            name=data["name"],
+            title=data["title"],
+            kind=data["kind"],
+            core=cpu["core"],
+            isa=cpu["isa"],
+            cores=int(cpu["cores"]),
+            clock_ghz=float(cpu["clock_ghz"]),
+            features=tuple(cpu.get("features", ())),
+            macs_per_cycle={k: float(v) for k, v in cpu["macs_per_cycle"].items()},
+            bandwidth_gbs=float(mem["bandwidth_gbs"]),
+            ram_bytes=int(mem["ram_kb"] * 1024),
+            flash_bytes=int(mem["flash_kb"] * 1024) if "flash_kb" in mem else None,
+            idle_w=float(power["idle_w"]),
+            active_w=float(power["active_w"]),
+            formats=tuple(rt["formats"]),
+            runtimes=tuple(rt["runtimes"]),
+            stack=model["stack"],
+            efficiency={d: dict(t) for d, t in model["efficiency"].items()},
+            op_overhead_us=float(model["op_overhead_us"]),
+            parallel_fraction=float(model.get("parallel_fraction", 0.9)),
+            runtime_ram_bytes=int(rt.get("runtime_ram_kb", 0) * 1024),
+            runtime_flash_bytes=int(rt.get("runtime_flash_kb", 0) * 1024),
+            fitted=model.get("fitted", ""),
+            path=path,
+        )
+    except KeyError as exc:
+        raise InputError(f"target spec {path} lacks {exc}; see docs/adding_a_target.md") from exc
+    if target.kind not in KINDS:
+        raise InputError(f"target spec {path}: kind '{target.kind}' is not one of {list(KINDS)}")
+    if target.name != path.stem:
+        raise InputError(f"target spec {path}: name '{target.name}' must match the file name")
+    return target
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, Target]:
+    """Every shipped target by name (the `specs/*.toml` files)."""
+    return {p.stem: _parse(p) for p in sorted(SPECS.glob("*.toml"))}
+
+
+def get(name: str) -> Target:
+    """The target called `name` (the host's figures are read from this machine)."""
+    targets = registry()
+    if name not in targets:
+        raise InputError(
+            f"unknown target '{name}'{closest(name, targets)}; run `edgesmith targets` for the list"
+        )
+    target = targets[name]
+    return _detect_host(target) if target.kind == "host" else target
+
+
+def _detect_host(target: Target) -> Target:
+    """Fill the host spec's core count and clock from this machine (the file holds fallbacks)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    clock = target.clock_ghz
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("cpu mhz"):
+                clock = float(line.split(":")[1]) / 1000
+                break
+    except (OSError, ValueError):
+        pass
+    return replace(target, cores=cores or target.cores, clock_ghz=clock)

@@ -1,0 +1,77 @@
+"""TFLite flatbuffers as cost-model layers, read through LiteRT's interpreter (host side).
+
+The interpreter lists the ops with their input/output tensor indices, and the tensors with shapes
+and dtypes; weights are the second input of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (TFLite
+weight layouts: OHWI, 1HW(C*m), [out, in]). Activations are fused into the op by the converter, so
+one op is one kernel, as in `graph.layers` for ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import InputError, require
+from .graph import Layer
+
+FREE = {"RESHAPE", "SQUEEZE", "QUANTIZE", "DEQUANTIZE", "DELEGATE", "EXPAND_DIMS", "SHAPE"}
+POOLS = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN"}
+ELEMENTWISE = {
+    "ADD",
+    "MUL",
+    "SUB",
+    "RELU",
+    "RELU6",
+    "LOGISTIC",
+    "HARD_SWISH",
+    "SOFTMAX",
+    "CONCATENATION",
+    "TANH",
+}
+
+
+def tflite_layers(path: str | Path) -> list[Layer]:
+    interpreter_mod = require("ai_edge_litert.interpreter", "litert", why="to read .tflite graphs")
+    try:
+        interpreter = interpreter_mod.Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} is not a valid TFLite model ({exc}); check the file is complete") from exc
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    out = []
+    for op in interpreter._get_ops_details():  # the only public-enough op listing LiteRT has
+        name = op["op_name"]
+        if name in FREE:
+            continue
+        inputs = [i for i in op["inputs"] if i >= 0]
+        outs = [tensors[i] for i in op["outputs"]]
+        out_elems = sum(math.prod(int(d) for d in t["shape"]) for t in outs)
+        weights = inputs[1:] if name in {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} else []
+        acts = [i for i in inputs if i not in weights]
+        macs, op_class = _macs(name, out_elems, [tensors[w]["shape"] for w in weights[:1]])
+        int8 = bool(weights) and tensors[weights[0]]["dtype"].__name__ in ("int8", "uint8")
+        size = 1 if int8 or outs[0]["dtype"].__name__ in ("int8", "uint8") else 4
+        out.append(Layer(
+            name=outs[0]["name"], op=name, op_class=op_class, dtype="int8" if int8 else "fp32", macs=macs,
+            param_bytes=sum(_nbytes(tensors[w]) for w in weights),
+            in_bytes=sum(_nbytes(tensors[i]) for i in acts), out_bytes=out_elems * size,
+            outputs=[t["name"] for t in outs], inputs=[tensors[i]["name"] for i in acts],
+            in_sizes=[_nbytes(tensors[i]) for i in acts],
+        ))  # fmt: skip
+    return out
+
+
+def _nbytes(t) -> int:
+    return math.prod(int(d) for d in t["shape"]) * t["dtype"]().itemsize if len(t["shape"]) else 0
+
+
+def _macs(name: str, out_elems: int, weight_shapes) -> tuple[int, str]:
+    w = [int(d) for d in weight_shapes[0]] if weight_shapes else []
+    if name == "CONV_2D":
+        return out_elems * math.prod(w[1:]), "conv"
+    if name == "DEPTHWISE_CONV_2D":
+        return out_elems * w[1] * w[2], "dwconv"
+    if name == "FULLY_CONNECTED":
+        return out_elems * w[1], "gemm"
+    if name in POOLS:
+        return out_elems, "pool"
+    return out_elems, "elementwise" if name in ELEMENTWISE else "other"
