@@ -1,0 +1,236 @@
+"""`prune_transformer`: remove attention heads, FFN neurons and whole layers from a BERT-like model.
+
+Why these three: in an encoder the FFN holds about two thirds of the MACs, attention heads are largely
+redundant (Michel et al. 2019), and a dropped layer saves everything at once. Each cut is structural
+(smaller Linear layers, fewer layers), so any dense runtime runs it faster.
+
+Importance comes from data when given (a dict of input_ids/attention_mask arrays): a head scores the
+mean norm of what it adds to the residual stream (its context vectors through its slice of the output
+projection), an FFN neuron the mean |activation| times the norm of its output weights. Without data,
+weight norms stand in. The same number of heads and neurons is kept in every layer: the shapes stay
+uniform and `intermediate_size` / `num_hidden_layers` in config.json describe the model exactly.
+
+Head counts cannot be written in a stock BERT config (it derives the head size from hidden_size /
+num_attention_heads), so the kept heads are recorded as `edgesmith_heads` in config.json and
+`load_pruned(folder)` rebuilds the model from it; everything else is plain Hugging Face.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import InputError, require
+from .base import StepConfig
+
+WHY = "transformer pruning works on Hugging Face models"
+
+
+@dataclass
+class TransformerPruneConfig(StepConfig):
+    kind: ClassVar[str] = "prune_transformer"
+    consumes: ClassVar[str] = "torch"
+    heads: float = 0.0  # fraction of the attention heads removed in every layer
+    ffn: float = 0.0  # fraction of the FFN (intermediate) neurons removed in every layer
+    layers: int | None = None  # keep this many layers, evenly spaced (None: all)
+    batch_size: int = 32
+
+    def __post_init__(self):
+        for name in ("heads", "ffn"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise InputError(f"prune_transformer.{name} = {value} must be in [0, 1)")
+        if self.layers is not None and self.layers < 1:
+            raise InputError("prune_transformer.layers must be at least 1")
+
+
+def _encoder(model):
+    for path in ("encoder", "bert.encoder", "roberta.encoder", "model.encoder"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None and hasattr(obj, "layer"):
+            return obj
+    raise InputError(
+        f"{type(model).__name__} has no BERT-like encoder.layer list; prune_transformer supports BERT-like models"
+    )
+
+
+def load_model(model_or_path):
+    """A Hugging Face model from a folder (config.json + weights), or the module itself."""
+    if not isinstance(model_or_path, (str, Path)):
+        return model_or_path
+    path = Path(model_or_path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face model folder (no config.json)")
+    config = json.loads((path / "config.json").read_text())
+    if "edgesmith_heads" in config:
+        return load_pruned(path)
+    return require("transformers", "convert", WHY).AutoModel.from_pretrained(str(path))
+
+
+def _slice(torch, linear, index, dim: int):
+    """A new Linear holding only `index` along its output (dim 0) or input (dim 1) features."""
+    weight = linear.weight.index_select(dim, index)
+    bias = linear.bias if dim == 1 or linear.bias is None else linear.bias[index]
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out
+
+
+def _keep_heads(torch, layer, heads: list[int]) -> None:
+    attn = layer.attention.self
+    d = attn.attention_head_size
+    index = torch.tensor([h * d + i for h in sorted(heads) for i in range(d)])
+    for name in ("query", "key", "value"):
+        setattr(attn, name, _slice(torch, getattr(attn, name), index, 0))
+    layer.attention.output.dense = _slice(torch, layer.attention.output.dense, index, 1)
+    attn.num_attention_heads, attn.all_head_size = len(heads), len(heads) * d
+
+
+def _keep_neurons(torch, layer, index) -> None:
+    layer.intermediate.dense = _slice(torch, layer.intermediate.dense, index, 0)
+    layer.output.dense = _slice(torch, layer.output.dense, index, 1)
+
+
+def _scores(torch, model, layers, data, batch_size: int):
+    """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,)."""
+    heads = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+    ffn = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    if data is None:  # weight norms: each head's slice of the output projection, each neuron's row
+        for i, layer in enumerate(layers):
+            w = layer.attention.output.dense.weight
+            heads[i] = w.reshape(w.shape[0], len(heads[i]), -1).norm(dim=(0, 2)).detach()
+            ffn[i] = (
+                layer.intermediate.dense.weight.norm(dim=1) * layer.output.dense.weight.norm(dim=0)
+            ).detach()
+        return heads, ffn
+    mask: list = [None]
+
+    def head_hook(i):
+        def hook(module, inputs):
+            ctx = inputs[0]  # (B, T, H*d): every head's context vectors, before the output projection
+            h = len(heads[i])
+            w = module.weight.reshape(module.weight.shape[0], h, -1)  # (out, H, d)
+            parts = torch.einsum("bthd,ohd->btho", ctx.reshape(*ctx.shape[:2], h, -1), w).norm(dim=-1)
+            heads[i] += (parts * mask[0][..., None]).sum((0, 1))
+
+        return hook
+
+    def ffn_hook(i):
+        def hook(module, inputs, output):
+            ffn[i] += (output.abs() * mask[0][..., None]).sum((0, 1)) * layers[i].output.dense.weight.norm(
+                dim=0
+            )
+
+        return hook
+
+    hooks = [
+        layer.attention.output.dense.register_forward_pre_hook(head_hook(i)) for i, layer in enumerate(layers)
+    ]
+    hooks += [layer.intermediate.register_forward_hook(ffn_hook(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            n = len(data["input_ids"])
+            for start in range(0, n, batch_size):
+                batch = {
+                    k: torch.as_tensor(np.asarray(v[start : start + batch_size])) for k, v in data.items()
+                }
+                mask[0] = batch["attention_mask"].float()
+                model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return heads, ffn
+
+
+def prune_transformer(model_or_path, config: TransformerPruneConfig, data=None) -> tuple[Any, dict]:
+    """Return (the pruned model, report). The model is pruned in place when given as a module."""
+    torch = require("torch", "convert", WHY)
+    model = load_model(model_or_path).eval()
+    encoder = _encoder(model)
+    layers = list(encoder.layer)
+    params0 = sum(p.numel() for p in model.parameters())
+    if config.layers is not None and config.layers > len(layers):
+        raise InputError(
+            f"prune_transformer.layers = {config.layers} but the model has only {len(layers)} layers"
+        )
+    if data is not None:
+        data = {
+            k: np.asarray(v)
+            for k, v in data.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        if "attention_mask" not in data:
+            data["attention_mask"] = np.ones_like(data["input_ids"])
+    head_scores, ffn_scores = _scores(torch, model, layers, data, config.batch_size)
+    kept_heads = []
+    for i, layer in enumerate(layers):
+        n = len(head_scores[i])
+        keep = max(1, round(n * (1 - config.heads)))
+        chosen = sorted(torch.argsort(head_scores[i], descending=True)[:keep].tolist())
+        if keep < n:
+            _keep_heads(torch, layer, chosen)
+        kept_heads.append(chosen)
+        m = len(ffn_scores[i])
+        keep_ffn = max(1, round(m * (1 - config.ffn)))
+        if keep_ffn < m:
+            _keep_neurons(
+                torch, layer, torch.argsort(ffn_scores[i], descending=True)[:keep_ffn].sort().values
+            )
+    kept_layers = list(range(len(layers)))
+    if config.layers is not None and config.layers < len(layers):
+        kept_layers = sorted({round(x) for x in np.linspace(0, len(layers) - 1, config.layers)})
+        encoder.layer = torch.nn.ModuleList([layers[i] for i in kept_layers])
+    for new_index, layer in enumerate(encoder.layer):
+        if hasattr(layer.attention.self, "layer_idx"):
+            layer.attention.self.layer_idx = new_index
+    model.config.num_hidden_layers = len(encoder.layer)
+    model.config.intermediate_size = encoder.layer[0].intermediate.dense.out_features
+    heads = [kept_heads[i] for i in kept_layers]
+    if any(len(h) != model.config.num_attention_heads for h in heads):
+        model.config.edgesmith_heads = heads
+    params = sum(p.numel() for p in model.parameters())
+    report = {
+        "layers": [len(layers), len(encoder.layer)],
+        "kept_layers": kept_layers,
+        "heads_per_layer": [len(head_scores[0]), len(heads[0])],
+        "ffn_neurons": [len(ffn_scores[0]), model.config.intermediate_size],
+        "params": [params0, params],
+        "importance": "data" if data is not None else "weight norms",
+    }
+    return model, report
+
+
+def load_pruned(path):
+    """Load a folder written by `save_pretrained` after `prune_transformer` (heads rebuilt from config)."""
+    torch = require("torch", "convert", WHY)
+    transformers = require("transformers", "convert", WHY)
+    path = Path(path)
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    heads = getattr(config, "edgesmith_heads", None)
+    model = transformers.AutoModel.from_config(config)
+    if heads:
+        for layer, kept in zip(_encoder(model).layer, heads, strict=True):
+            _keep_heads(torch, layer, kept)
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{path} has no .safetensors weights; save with save_pretrained(path)")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if getattr(model, "pooler", None) is not None and not any(k.startswith("pooler.") for k in state):
+        model.pooler = None  # saved without a pooler (sentence encoders), so build none
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise InputError(f"{path}: weights do not match the pruned config ({(unexpected or missing)[0]})")
+    return model.eval()
