@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,17 @@ class ModelHandle:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class TorchHandle:
+    """A PyTorch module between torch-level steps (prune, distill, binarize), before the ONNX export.
+
+    Steps never modify `module`: they return a new handle with a changed copy."""
+
+    module: Any  # torch.nn.Module
+    example: tuple  # example inputs (numpy, batch >= 2) to trace and export with
+    precision: str = "fp32"  # "binary" once binarized: exporters then store weights as bits
 
 
 def sha256(path: Path) -> str:

@@ -21,13 +21,58 @@ from .steps import HANDLERS, StepContext
 from .steps.quantize import QuantizeConfig
 
 
-def _split_steps(recipe: Recipe) -> tuple[list, QuantizeConfig | None]:
-    """(graph steps, the quantize step): quantize comes last, as each exporter applies it its own way."""
+def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
+    """(PyTorch steps, ONNX steps, the quantize step). PyTorch steps run first, on the module; quantize
+    comes last, as each exporter applies it its own way."""
     steps = list(recipe.steps)
     quantize = steps.pop() if steps and isinstance(steps[-1], QuantizeConfig) else None
     if any(isinstance(s, QuantizeConfig) for s in steps):
         raise InputError("a recipe may have one quantize step, and it must be the last step")
-    return steps, quantize
+    kinds = [s.consumes for s in steps]
+    first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
+    if "torch" in kinds[first_onnx:]:
+        raise InputError("PyTorch steps (prune, distill, binarize) must come before ONNX steps in the recipe")
+    return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize
+
+
+def _torch_stage(steps: list, source, ctx: StepContext):
+    """Run the PyTorch-level steps on the source module, then export the result to ONNX. Returns the
+    source the exporters work from (the changed model), the context and the step reports; verification
+    still compares every artifact with the original `source`."""
+    if not steps:
+        return source, ctx, []
+    import dataclasses
+
+    from .frontends import torch_frontend
+    from .handle import TorchHandle
+
+    if source.module is None:
+        raise InputError(
+            f"step '{steps[0].kind}' changes a PyTorch module, and a {source.kind} file holds none (a .pt2 "
+            "is a traced graph without its layers): call edgesmith.convert(module, example_inputs=...) in Python"
+        )
+    ctx = dataclasses.replace(ctx, original=source.module)
+    handle, reports, before = TorchHandle(source.module, source.example), [], _state_hash(source.module)
+    for config in steps:
+        result = HANDLERS[type(config)](config, handle, ctx)
+        reports.append({"kind": config.kind, **result.report})
+        handle = result.model
+    if _state_hash(source.module) != before:
+        raise RuntimeError("internal error: a PyTorch step modified the original module")
+    (ctx.workdir / "after-torch-steps").mkdir()
+    changed = torch_frontend.load_module(handle.module, ctx.workdir / "after-torch-steps", handle.example)
+    onnx = ModelHandle(changed.onnx.path, handle.precision)
+    return dataclasses.replace(changed, onnx=onnx), ctx, reports
+
+
+def _state_hash(module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource | None]:
@@ -52,7 +97,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     frontends.kind_of(model)  # a missing file or unknown format fails before anything else
-    steps, quantize = _split_steps(recipe)
+    torch_steps, steps, quantize = _split_steps(recipe)
     if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
                          "folder) or use --preset int8-dynamic")  # fmt: skip
@@ -63,13 +108,14 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             source = frontends.load(model, Path(tmp), example_inputs)
             calibration, evaluation = _open_data(recipe, source)
             ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
-            handle, step_reports = source.onnx, []
+            changed, ctx, step_reports = _torch_stage(torch_steps, source, ctx)
+            handle = changed.onnx
             for config in steps:
                 handle, step_report = _apply(config, handle, ctx)
                 step_reports.append(step_report)
             report = _report(recipe, model_path, source, step_reports)
             stem = model_path.stem if model_path else source.onnx.path.stem
-            export_ctx = exporters.ExportContext(source, ctx)
+            export_ctx = exporters.ExportContext(changed, ctx)
             for config in recipe.exports:
                 _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
             if quantize is not None:  # one entry for the step; each artifact says how it was applied

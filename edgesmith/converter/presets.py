@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .steps import StepConfig
+from .steps.binarize import BinarizeConfig
+from .steps.distill import DistillConfig
+from .steps.prune import PruneConfig
 from .steps.quantize import QuantizeConfig
 
-PRESETS: dict[str, tuple[str, callable]] = {
+PRESETS: dict[str, tuple[str, Callable[[], list[StepConfig]]]] = {
     "int8": (
-        "static INT8: QDQ, per-channel int8 weights, calibrated activations (types chosen "
-        "for the target CPU)",
+        "static INT8: QDQ, per-channel int8 weights, calibrated activations (types chosen for the target CPU)",
         lambda: [QuantizeConfig(mode="static")],
     ),
     "int8-dynamic": (
@@ -17,6 +21,24 @@ PRESETS: dict[str, tuple[str, callable]] = {
     ),
     "fp16": ("FP16 weights and compute, float32 inputs and outputs", lambda: [QuantizeConfig(mode="fp16")]),
     "fp32": ("no compression: export, verify and profile the original", lambda: []),
+    "pruned50-int8": (
+        "PyTorch modules: prune channels to 50% of the MACs, distill from the original (give the distill "
+        "step a training set: data = 'train.npz'; 256 calibration samples are too few), then static INT8",
+        lambda: [
+            PruneConfig(target_macs=0.5),
+            DistillConfig(epochs=10, lr=2e-3),
+            QuantizeConfig(mode="static"),
+        ],
+    ),
+    "bnn": (
+        "PyTorch modules: 1-bit weights and activations in the hidden layers (first and last stay float), "
+        "trained with distillation from the original; ONNX/OpenVINO store 1 bit per weight",
+        lambda: [BinarizeConfig(activations="binary")],
+    ),
+    "bnn-weights": (
+        "PyTorch modules: 1-bit weights, float activations, trained with distillation",
+        lambda: [BinarizeConfig(activations="float")],
+    ),
 }
 
 

@@ -208,7 +208,9 @@ def _check_type(where: str, value: Any, annotation: str) -> None:
     allowed = [a.strip() for a in annotation.split("|")]
     for a in allowed:
         base = a.split("[")[0]
-        if base == "None" or (base == "list" and isinstance(value, list)):
+        if base == "None" or (
+            base in ("list", "dict") and isinstance(value, {"list": list, "dict": dict}[base])
+        ):
             return
         if (
             base in _TYPES

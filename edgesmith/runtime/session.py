@@ -70,3 +70,25 @@ def check_feeds(session: Session, feeds: dict[str, np.ndarray]) -> None:
                 f"input '{spec.name}' has shape {list(array.shape)} but the model expects "
                 f"{list(spec.shape)}; reshape or preprocess the data to match"
             )
+
+
+def run_in_chunks(run, size: int):
+    """Wrap a model with a fixed batch `size` so it takes any batch: feeds are cut into chunks of
+    `size` (the last one zero-padded, its extra rows dropped after) and the outputs concatenated."""
+
+    def chunked(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        total = len(next(iter(feeds.values())))
+        if total == size:
+            return run(feeds)
+        parts = []
+        for start in range(0, total, size):
+            chunk = {k: v[start : start + size] for k, v in feeds.items()}
+            short = size - len(next(iter(chunk.values())))
+            if short:
+                chunk = {
+                    k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()
+                }
+            parts.append(run(chunk))
+        return {name: np.concatenate([p[name] for p in parts])[:total] for name in parts[0]}
+
+    return chunked

@@ -17,10 +17,15 @@ SUFFIX = ".onnx"
 
 def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
     report = None
+    path = dest.with_name(dest.name + SUFFIX)
+    if model.precision == "binary":  # a binarized model: its +-alpha weights are stored as bits
+        _no_quantize_after_binarize(quantize)
+        from .binary_onnx import pack
+
+        return Exported(path, "binary", "edgesmith bit-pack", pack(model.path, path))
     if quantize is not None:
         result = _quantizer(quantize)(quantize, model, ctx.step)
         model, report = result.model, result.report
-    path = dest.with_name(dest.name + SUFFIX)
     shutil.copyfile(model.path, path)
     return Exported(path, model.precision, (report or {}).get("engine"), report)
 
@@ -34,3 +39,11 @@ def _quantizer(quantize):
     if quantize.engine == "inc":
         raise InputError("engine 'inc' is not available yet; use engine = 'onnxruntime' or 'nncf'")
     return HANDLERS[type(quantize)]
+
+
+def _no_quantize_after_binarize(quantize) -> None:
+    if quantize is not None:
+        raise InputError(
+            "a binarized model is exported with 1-bit weights; drop the quantize step after binarize "
+            "(its first and last layers stay float by design)"
+        )

@@ -64,6 +64,14 @@ def _stable_names(ov_model, onnx_path: Path) -> None:
 
 
 def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
+    xml = dest.with_name(dest.name + SUFFIX)
+    if model.precision == "binary":  # BinaryConvolution with u1 weights where it can, u1 weights elsewhere
+        from .binary_openvino import convert
+        from .onnx_export import _no_quantize_after_binarize
+
+        _no_quantize_after_binarize(quantize)
+        report = convert(model.path, xml)
+        return Exported(xml, "binary", "edgesmith binary IR", report, (xml.with_suffix(".bin"),), True)
     _check(config, quantize)
     ov = require("openvino", "convert-openvino", "the openvino format is written with it")
     try:
@@ -83,6 +91,5 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
         ov_model, report = quantize_model(ov_model, quantize, ctx.step)
         precision, engine = "int8", "nncf"
     _stable_names(ov_model, model.path)
-    xml = dest.with_name(dest.name + SUFFIX)
     ov.save_model(ov_model, str(xml), compress_to_fp16=precision == "fp16")
     return Exported(xml, precision, engine, report, files=(xml.with_suffix(".bin"),), files_are_weights=True)

@@ -41,6 +41,14 @@ def _torch_module(model: ModelHandle, source, workdir: Path):
 
 def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
     """The `.tflite` bytes, their precision and the report (converter, quantizer, layout, I/O)."""
+    binary_note = None
+    if model.precision == "binary":  # no 1-bit TFLite: +-alpha weights as int8 per channel (exact, 4x)
+        from ..steps.quantize import QuantizeConfig
+        from .binary_tflite import NOTE
+        from .onnx_export import _no_quantize_after_binarize
+
+        _no_quantize_after_binarize(quantize)
+        quantize, binary_note = QuantizeConfig(mode="dynamic"), NOTE
     source, mode = ctx.source, (quantize.mode if quantize is not None else None)
     if config.io != "float" and mode != "static":
         raise InputError(
@@ -66,6 +74,8 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
             report = {**quant, **report}
         data = tflite_fb.set_io_type(data, config.io)
     report["io"] = config.io
+    if binary_note:
+        report["binary"] = binary_note
     report["layout"] = "as the source model (NHWC for Keras, NCHW for PyTorch/ONNX)"
     return data, PRECISIONS[mode], report
 

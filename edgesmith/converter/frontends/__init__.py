@@ -25,6 +25,8 @@ class Source:
     inputs: tuple[TensorSpec, ...]
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # runs the original model
     native: Any = None  # the framework's own model (a torch ExportedProgram ...) for exporters that need it
+    module: Any = None  # the torch.nn.Module itself, for steps that train or reshape it (torch sources)
+    example: tuple | None = None  # example inputs as numpy arrays (torch sources)
 
 
 def kind_of(model: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import warnings
@@ -55,7 +56,9 @@ def load_module(module, workdir: Path, example_inputs: tuple | None):
             f"torch.export could not trace the module ({str(exc).splitlines()[0][:200]}); "
             "make forward() traceable or export it yourself and pass the .pt2"
         ) from exc
-    return _from_program(program, "torch", None, workdir, type(module).__name__.lower())
+    source = _from_program(program, "torch", None, workdir, type(module).__name__.lower())
+    example = tuple(a.numpy() for a in args)
+    return dataclasses.replace(source, module=module, example=example)
 
 
 def strip_debug_info(proto) -> None:

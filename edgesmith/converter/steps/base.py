@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @dataclass
 class StepConfig:
     kind: ClassVar[str]
+    consumes: ClassVar[str] = "onnx"  # "torch": runs on the PyTorch module, before the ONNX export
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class StepContext:
     calibration: Callable[[], ArraySource]  # opened on demand: not every step needs data
     calibration_config: CalibrationConfig
     quiet: bool = False
+    original: Any = None  # the unchanged torch module, for steps that distill from it
 
 
 Handler = Callable[[Any, "ModelHandle", StepContext], StepResult]

@@ -9,13 +9,14 @@ INT8 layers of a quantized IR run in INT8 whatever the hint.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import InputError, require
-from ..session import TensorSpec
+from ..session import TensorSpec, run_in_chunks
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -76,6 +77,8 @@ class OpenVINOSession:
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
+        if precision is None and any(op.get_type_name() == "BinaryConvolution" for op in model.get_ops()):
+            precision = "f32"  # under bf16 the inputs' sign bits can flip: 1-bit layers need f32
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         try:
@@ -91,6 +94,11 @@ class OpenVINOSession:
         self.outputs = tuple(_spec(p) for p in compiled.outputs)
         self._compiled = compiled
         self.run = _runner(ov.Tensor, compiled.create_infer_request(), self.inputs, self.outputs)
+        batches = {spec.shape[0] if spec.shape else None for spec in self.inputs}
+        if len(batches) == 1 and isinstance(fixed := batches.pop(), int):  # e.g. BinaryConvolution IRs
+            self.run = run_in_chunks(self.run, fixed)
+            self.inputs = tuple(dataclasses.replace(s, shape=(None, *s.shape[1:])) for s in self.inputs)
+            self.outputs = tuple(dataclasses.replace(s, shape=(None, *s.shape[1:])) for s in self.outputs)
 
 
 def _runner(tensor, request, inputs, outputs):
