@@ -108,21 +108,23 @@ def _pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(i, round(i * n_teacher / n_student)) for i in range(n_student + 1)]
 
 
+def _hidden_pairs(config, s_out, t_out, s_feats, t_feats, hf: bool) -> list[tuple]:
+    """(key, student feature, teacher feature) for each distilled hidden state: evenly spaced layer
+    pairs for transformers, the recipe's `hidden_layers` map for CNNs."""
+    if hf:
+        return [
+            (str(i), s_out["hidden"][i], t_out["hidden"][j])
+            for i, j in _pairs(len(s_out["hidden"]) - 1, len(t_out["hidden"]) - 1)
+        ]
+    return [(s.replace(".", "_"), s_feats.out[s], t_feats.out[t]) for s, t in config.hidden_layers.items()]
+
+
 def _projections(torch, config, s_out, t_out, s_feats, t_feats, hf: bool):
     """Learned width adapters where a student feature is narrower than its teacher's."""
     projections = torch.nn.ModuleDict()
     if "hidden" not in config.losses:
         return projections
-    if hf:
-        pairs = [
-            (str(i), s_out["hidden"][i], t_out["hidden"][j])
-            for i, j in _pairs(len(s_out["hidden"]) - 1, len(t_out["hidden"]) - 1)
-        ]
-    else:
-        pairs = [
-            (s.replace(".", "_"), s_feats.out[s], t_feats.out[t]) for s, t in config.hidden_layers.items()
-        ]
-    for key, s, t in pairs:
+    for key, s, t in _hidden_pairs(config, s_out, t_out, s_feats, t_feats, hf):
         ds, dt = s.shape[1 if s.dim() == 4 else -1], t.shape[1 if t.dim() == 4 else -1]
         if ds != dt:
             projections[key] = (
@@ -147,15 +149,7 @@ def _loss(torch, config, s_out, t_out, s_feats, t_feats, projections, labels, hf
             else F.mse_loss(s, t)
         )
     if "hidden" in config.losses:
-        if hf:
-            pairs = [
-                (str(i), s_out["hidden"][i], t_out["hidden"][j])
-                for i, j in _pairs(len(s_out["hidden"]) - 1, len(t_out["hidden"]) - 1)
-            ]
-        else:
-            pairs = [
-                (s.replace(".", "_"), s_feats.out[s], t_feats.out[t]) for s, t in config.hidden_layers.items()
-            ]
+        pairs = _hidden_pairs(config, s_out, t_out, s_feats, t_feats, hf)
         parts = [F.mse_loss(projections[k](s) if k in projections else s, t.detach()) for k, s, t in pairs]
         terms["hidden"] = sum(parts) / max(1, len(parts))
     if "attention" in config.losses:
