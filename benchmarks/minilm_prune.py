@@ -32,7 +32,11 @@ from scipy.stats import spearmanr
 from transformers import AutoModel, AutoTokenizer
 
 from edgesmith.converter.steps.distill import DistillConfig, distill_module
-from edgesmith.converter.steps.prune_transformer import TransformerPruneConfig, prune_transformer
+from edgesmith.converter.steps.prune_transformer import (
+    TransformerPruneConfig,
+    encoder_module,
+    prune_transformer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB = ROOT.parent / "shared" / "data" / "stsb"
@@ -74,25 +78,11 @@ def sts_score(model, tok, test) -> float:
     return round(100 * float(spearmanr(cos, test[2]).statistic), 2)
 
 
-def _Encoder(model):
-    """input_ids, attention_mask -> last_hidden_state, positionally (what the TorchScript exporter traces)."""
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    return Encoder()
-
-
 def export(model, path: Path, seq: int = 128) -> Path:
     ids = torch.ones(1, seq, dtype=torch.long)
     mask = torch.ones(1, seq, dtype=torch.long)
     torch.onnx.export(
-        _Encoder(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=17,
+        encoder_module(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=17,
         input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
     )  # fmt: skip
     return path

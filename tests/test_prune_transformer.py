@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from edgesmith.converter.steps.prune_transformer import encoder_module
 from edgesmith.errors import InputError
 
 pytestmark = pytest.mark.torch
@@ -26,21 +27,6 @@ def _bert():
 RNG = np.random.default_rng(0)
 DATA = {"input_ids": RNG.integers(1, 100, (16, 12)), "attention_mask": np.ones((16, 12), np.int64)}
 DATA["attention_mask"][:4, 8:] = 0
-
-
-def _Encoder(model):
-    """input_ids, attention_mask -> last_hidden_state, positionally (what the TorchScript exporter traces)."""
-    import torch
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    return Encoder()
 
 
 def _run(model, data=DATA):
@@ -105,7 +91,7 @@ def test_pruned_model_exports_to_onnx(tmp_path):
     ids, mask = torch.as_tensor(DATA["input_ids"][:2]), torch.as_tensor(DATA["attention_mask"][:2])
     path = tmp_path / "bert.onnx"
     names = ["input_ids", "attention_mask"]
-    torch.onnx.export(_Encoder(model).eval(), (ids, mask), str(path), dynamo=False, input_names=names)
+    torch.onnx.export(encoder_module(model).eval(), (ids, mask), str(path), dynamo=False, input_names=names)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     np.testing.assert_allclose(got, _run(model, {"input_ids": ids, "attention_mask": mask}), atol=1e-4)

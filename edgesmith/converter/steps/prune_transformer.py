@@ -60,6 +60,22 @@ def _encoder(model):
     )
 
 
+def encoder_module(model):
+    """`(input_ids, attention_mask) -> last_hidden_state` as a plain module with positional inputs, the
+    form ONNX exporters trace; pooling and normalization stay outside, as in sentence-transformers."""
+    torch = require("torch", "convert", "the transformer wrapper is a torch module")
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return Encoder()
+
+
 def load_model(model_or_path):
     """A Hugging Face model from a folder (config.json + weights), or the module itself."""
     if not isinstance(model_or_path, (str, Path)):
