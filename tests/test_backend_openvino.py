@@ -165,7 +165,7 @@ def test_nncf_engine_for_onnx(cli, tmp_path, mnist_eval_npz):
     result = cli(
         "convert", SHIPPED_MODEL, "--recipe", recipe, "--calibration", SHIPPED_CALIBRATION, "--out", out
     )
-    assert_refused(result, "engine 'inc' is not available yet", out=out)
+    assert_refused(result, "engine 'inc' quantizes PyTorch models", out=out)
 
 
 @pytest.mark.torch

@@ -1,5 +1,5 @@
 """ONNX export: the pipeline works in ONNX, so this applies the quantize step (ONNX Runtime's
-quantizer) to the fp32 handle and copies the result into place."""
+quantizer, NNCF's, or INC's on the PyTorch source) to the fp32 handle and copies the result into place."""
 
 from __future__ import annotations
 
@@ -24,21 +24,24 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
 
         return Exported(path, "binary", "edgesmith bit-pack", pack(model.path, path))
     if quantize is not None:
-        result = _quantizer(quantize)(quantize, model, ctx.step)
+        result = _quantize(quantize, model, ctx)
         model, report = result.model, result.report
     shutil.copyfile(model.path, path)
     return Exported(path, model.precision, (report or {}).get("engine"), report)
 
 
-def _quantizer(quantize):
-    """The handler for the recipe's `engine`: ONNX Runtime's (auto) or NNCF's."""
+def _quantize(quantize, model: ModelHandle, ctx):
+    """The recipe's `engine`: ONNX Runtime's (auto), NNCF's, or INC's (which quantizes the PyTorch
+    source, so it takes the whole ExportContext)."""
     if quantize.engine == "nncf":
         from ..steps.nncf_quantize import quantize_onnx
 
-        return quantize_onnx
+        return quantize_onnx(quantize, model, ctx.step)
     if quantize.engine == "inc":
-        raise InputError("engine 'inc' is not available yet; use engine = 'onnxruntime' or 'nncf'")
-    return HANDLERS[type(quantize)]
+        from ..steps.inc_quantize import quantize_onnx
+
+        return quantize_onnx(quantize, model, ctx)
+    return HANDLERS[type(quantize)](quantize, model, ctx.step)
 
 
 def _no_quantize_after_binarize(quantize) -> None:

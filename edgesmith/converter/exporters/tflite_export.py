@@ -49,6 +49,11 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
 
         _no_quantize_after_binarize(quantize)
         quantize, binary_note = QuantizeConfig(mode="dynamic"), NOTE
+    if quantize is not None and quantize.engine not in ("auto",):
+        raise InputError(
+            f"TFLite is quantized by its own converter and the AI Edge Quantizer, not engine = "
+            f"{quantize.engine!r}; set engine = 'auto', or export that engine's result as --format onnx"
+        )
     source, mode = ctx.source, (quantize.mode if quantize is not None else None)
     if config.io != "float" and mode != "static":
         raise InputError(
