@@ -185,3 +185,18 @@ def test_openvino_u1_weight_path(tmp_path, activations, width, ops):
     session = load(tmp_path / "m.xml", backend="openvino", threads=1, exact=True)
     got = session.run({session.inputs[0].name: x})[session.outputs[0].name]
     assert np.abs(got - _torch_logits(student, x)).max() < 1e-4
+
+
+def test_numpy_reference_runs_binary_convs_with_xnor_popcount(tmp_path):
+    """The numpy reference backend computes the packed graph's binary conv with its XNOR kernel, and
+    agrees bit for bit with ONNX Runtime."""
+    from edgesmith.runtime.backends import numpy_reference
+
+    _binary_conv_onnx(tmp_path / "conv.onnx")
+    binary_onnx.pack(tmp_path / "conv.onnx", tmp_path / "packed.onnx")
+    x = np.random.default_rng(2).standard_normal((2, 64, 12, 12)).astype(np.float32)
+    reference = load(tmp_path / "packed.onnx", backend="numpy")
+    before = numpy_reference._xnor_calls()
+    got = reference.run({"x": x})["y"]
+    assert numpy_reference._xnor_calls() == before + 1
+    assert np.array_equal(got, load(tmp_path / "packed.onnx", backend="ort").run({"x": x})["y"])

@@ -53,16 +53,20 @@ def test_binary_weights_reach_onnx_and_openvino_as_bits(mnistnet, eval_npz, tmp_
     recipe = Recipe.from_dict({
         "steps": [{"kind": "binarize", "activations": "float", "epochs": 1}],
         "calibration": {"path": str(SHIPPED_CALIBRATION)},
-        "exports": [{"format": "onnx"}, {"format": "openvino"}],
+        "exports": [{"format": "onnx"}, {"format": "openvino"}, {"format": "c-array"}],
         "verify": {"eval": str(eval_npz)},
         "profile": {"enabled": False},
     })  # fmt: skip
     report = edgesmith.convert(mnistnet, recipe=recipe, out=tmp_path / "out", example_inputs=EXAMPLE)
-    onnx_row, openvino_row = report["artifacts"]
+    onnx_row, openvino_row, firmware = report["artifacts"]
     assert onnx_row["precision"] == openvino_row["precision"] == "binary"
-    for row in report["artifacts"]:  # the hidden layers hold ~97% of the weights: 1 bit each now
+    for row in (onnx_row, openvino_row):  # the hidden layers hold ~97% of the weights: 1 bit each now
         assert row["size_bytes"] < 0.08 * report["original"]["size_bytes"], row
         assert row["verify"]["drop"] <= 2.0, row["verify"]
+    # TFLite (Micro) has no 1-bit type: +-1 weights as full-integer int8, and the report says so
+    assert firmware["precision"] == "int8" and "1-bit" in firmware["quantization"]["binary"]
+    assert firmware["size_bytes"] < 0.3 * report["original"]["size_bytes"]
+    assert firmware["verify"]["drop"] <= 2.0, firmware["verify"]
     assert onnx_row["verify"]["agreement"] == openvino_row["verify"]["agreement"]
 
 

@@ -48,7 +48,9 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
         from .onnx_export import _no_quantize_after_binarize
 
         _no_quantize_after_binarize(quantize)
-        quantize, binary_note = QuantizeConfig(mode="dynamic"), NOTE
+        # Full-integer when there is calibration data (TFLite Micro runs only that), else dynamic range.
+        mode = "static" if ctx.step.calibration() is not None else "dynamic"
+        quantize, binary_note = QuantizeConfig(mode=mode), NOTE
     if quantize is not None and quantize.engine not in ("auto",):
         raise InputError(
             f"TFLite is quantized by its own converter and the AI Edge Quantizer, not engine = "

@@ -1,4 +1,5 @@
-"""Reference backend: ONNX's own numpy evaluator (`onnx.reference.ReferenceEvaluator`).
+"""Reference backend: ONNX's own numpy evaluator (`onnx.reference.ReferenceEvaluator`), with an
+XNOR-popcount Conv for binary layers.
 
 Slow and exact; it is the yardstick the other backends are tested against. It needs the `onnx`
 package, so it is meant for hosts and tests, not for devices.
@@ -37,6 +38,42 @@ def _spec(value_info) -> TensorSpec:
     )
 
 
+_COUNTS = {"xnor": 0}  # binary layers computed with the XNOR kernel in this process (tests read it)
+
+
+def _xnor_calls() -> int:
+    return _COUNTS["xnor"]
+
+
+def _xnor_conv_class():
+    """ONNX's reference Conv, except that a binary layer (inputs all +-1, weights +-alpha_c per output
+    channel, no groups or dilation) is computed with the XNOR-popcount kernel on packed words: the
+    independent yardstick the bit-packed ONNX and OpenVINO BinaryConvolution exports are tested
+    against."""
+    from onnx.reference.ops.op_conv import Conv as ReferenceConv
+
+    from .xnor import binary_conv2d
+
+    class Conv(ReferenceConv):  # the evaluator matches new ops by class name
+        op_domain = ""
+
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+                 pads=None, strides=None):  # fmt: skip
+            alpha = np.abs(W.reshape(len(W), -1)[:, 0]) if W.ndim == 4 else None
+            binary = (
+                alpha is not None and (group or 1) == 1 and all(d == 1 for d in dilations or [1])
+                and auto_pad in (None, "NOTSET") and not any(pads or [0])
+                and np.all(np.abs(X) == 1) and np.all(np.abs(W) == alpha[:, None, None, None])
+            )  # fmt: skip
+            if not binary:
+                return super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                                    kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+            _COUNTS["xnor"] += 1
+            return (binary_conv2d(X, W, alpha, B, stride=tuple(strides or (1, 1))),)
+
+    return Conv
+
+
 class ReferenceSession:
     backend = NAME
 
@@ -48,7 +85,7 @@ class ReferenceSession:
             model = onnx.load(str(path))
         except Exception as exc:
             raise InputError(f"{path} is not a valid ONNX model ({exc}); check the file is complete") from exc
-        self._evaluator = ReferenceEvaluator(model)
+        self._evaluator = ReferenceEvaluator(model, new_ops=[_xnor_conv_class()])
         initializers = {init.name for init in model.graph.initializer}
         self.path = Path(path)
         self.threads = threads
