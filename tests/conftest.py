@@ -43,6 +43,23 @@ def mnist_eval_npz(mnist_test, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mnistnet():
+    """ccexam's trained MNISTNet (a real third-party model: 99.05% on the MNIST test set), eval mode.
+    Its state_dict is read with weights_only=True: no unpickling of arbitrary objects."""
+    import importlib.resources
+
+    import torch
+
+    pytest.importorskip("ccexam", reason="ccexam is installed with --no-deps by the Makefile")
+    from ccexam.models import MNISTNet
+
+    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
+    model = MNISTNet(28)
+    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `edgesmith ARGS...` in-process; returns (exit code, stdout, stderr)."""

@@ -169,22 +169,14 @@ def test_nncf_engine_for_onnx(cli, tmp_path, mnist_eval_npz):
 
 
 @pytest.mark.torch
-def test_ccexam_mnistnet_openvino_int8_drop_at_most_0_2_point(mnist_eval_npz, tmp_path):
+def test_ccexam_mnistnet_openvino_int8_drop_at_most_0_2_point(mnistnet, mnist_eval_npz, tmp_path):
     """A real third-party trained model given as an nn.Module, through NNCF to OpenVINO INT8."""
-    import importlib.resources
-
-    import torch
-    from ccexam.models import MNISTNet
-
     import edgesmith
     from edgesmith.converter import build_recipe
 
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
     recipe = build_recipe(None, "int8", SHIPPED_CALIBRATION, mnist_eval_npz, ["openvino"])
     example = (np.zeros((2, 1, 28, 28), np.float32),)
-    report = edgesmith.convert(model.eval(), recipe=recipe, out=tmp_path / "out", example_inputs=example)
+    report = edgesmith.convert(mnistnet, recipe=recipe, out=tmp_path / "out", example_inputs=example)
     (row,) = report["artifacts"]
     assert (row["format"], row["engine"]) == ("openvino", "nncf")
     verify = row["verify"]

@@ -33,19 +33,6 @@ def test_pt2_through_the_cli_matches_torch(cli, tmp_path, mnist_test):
     assert report["verify"]["drop"] <= 0.3
 
 
-@pytest.fixture(scope="module")
-def mnistnet():
-    import importlib.resources
-
-    import torch
-    from ccexam.models import MNISTNet
-
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model = MNISTNet(28)
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
 def test_ccexam_mnistnet_int8_drop_at_most_0_1_point(mnistnet, mnist_eval_npz, tmp_path):
     """A real third-party trained model (99.05% on the MNIST test set), given as an nn.Module."""
     import edgesmith

@@ -21,19 +21,6 @@ def _recipe(eval_path=None):
     return Recipe.from_dict(recipe)
 
 
-@pytest.fixture(scope="module")
-def mnistnet():
-    import importlib.resources
-
-    import torch
-    from ccexam.models import MNISTNet
-
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model = MNISTNet(28)
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
 def test_ccexam_mnistnet_inc_int8_drop_at_most_0_2_point(mnistnet, mnist_test, tmp_path):
     import onnx
 

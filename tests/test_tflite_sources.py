@@ -33,17 +33,8 @@ def convert(model, tmp, preset=None, **kwargs):
     return edgesmith.convert(model, recipe=tmp / "r.toml", preset=preset, out=tmp / "out", **kwargs)
 
 
-def test_ccexam_mnistnet_int8_tflite_drop_at_most_0_2_point(mnist_eval_npz, tmp_path):
-    import importlib.resources
-
-    import torch
-    from ccexam.models import MNISTNet
-
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    model.eval()
-    report = convert(model, tmp_path, "int8", calibration=SHIPPED_CALIBRATION, evaluation=mnist_eval_npz,
+def test_ccexam_mnistnet_int8_tflite_drop_at_most_0_2_point(mnistnet, mnist_eval_npz, tmp_path):
+    report = convert(mnistnet, tmp_path, "int8", calibration=SHIPPED_CALIBRATION, evaluation=mnist_eval_npz,
                      example_inputs=(np.zeros((2, 1, 28, 28), np.float32),))  # fmt: skip
     verify = report["artifacts"][0]["verify"]
     assert verify["samples"] == 10_000

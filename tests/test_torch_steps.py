@@ -14,19 +14,6 @@ EXAMPLE = (np.zeros((2, 1, 28, 28), np.float32),)
 
 
 @pytest.fixture(scope="module")
-def mnistnet():
-    import importlib.resources
-
-    import torch
-    from ccexam.models import MNISTNet
-
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def eval_npz(mnist_test, tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "mnist_3000.npz"
     np.savez(path, input=mnist_test[0][:3000], labels=mnist_test[1][:3000])
