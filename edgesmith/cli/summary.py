@@ -46,8 +46,24 @@ def rows(report: dict) -> list[list[str]]:
     return table
 
 
-def print_summary(report: dict, out) -> None:
-    table = rows(report)
+def _count(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def stage_rows(report: dict) -> list[list[str]]:
+    """One row per step: what the model costs and scores after it (the first row is the original)."""
+    stages = report.get("stages") or []
+    metric = next((s["metric"] for s in stages if s.get("metric")), "metric")
+    table = [["after step", "MACs", "params", "size", metric, "p50 ms"]]
+    for s in stages:
+        table.append([s["after"], _count(s.get("macs")), _count(s.get("params")), _size(s["size_bytes"]),
+                      _num(s.get("score")), _num(s.get("p50_ms"), "{:.3f}")])  # fmt: skip
+    return table
+
+
+def _print_table(table: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         print(
@@ -58,6 +74,13 @@ def print_summary(report: dict, out) -> None:
         )
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def print_summary(report: dict, out) -> None:
+    _print_table(rows(report))
+    if report.get("stages"):
+        print()
+        _print_table(stage_rows(report))
     for step in report["steps"]:
         if "types" in step:
             t = step["types"]

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError, VerificationFailed
 from . import exporters
 from .data.arrays import ArraySource
@@ -46,21 +48,29 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     from .frontends import torch_frontend
     from .handle import TorchHandle
 
+    if source.module is None and source.kind == "pt2":  # rebuild the layers the steps change
+        from .frontends import torch_lift
+
+        source = dataclasses.replace(
+            source, module=torch_lift.lift(source.native), example=torch_lift.example_inputs(source.native)
+        )
     if source.module is None:
         raise InputError(
-            f"step '{steps[0].kind}' changes a PyTorch module, and a {source.kind} file holds none (a .pt2 "
-            "is a traced graph without its layers): call edgesmith.convert(module, example_inputs=...) in Python"
+            f"step '{steps[0].kind}' changes a PyTorch module, and a {source.kind} file holds none: "
+            "start from the PyTorch model (a .pt2, or edgesmith.convert(module, example_inputs=...) in Python)"
         )
     ctx = dataclasses.replace(ctx, original=source.module)
     handle, reports, before = TorchHandle(source.module, source.example), [], _state_hash(source.module)
-    for config in steps:
+    for i, config in enumerate(steps):
         result = HANDLERS[type(config)](config, handle, ctx)
-        reports.append({"kind": config.kind, **result.report})
         handle = result.model
+        # each step's result is exported, so the report can show what every step bought
+        folder = ctx.workdir / f"after-{i + 1}-{config.kind}"
+        folder.mkdir()
+        changed = torch_frontend.load_module(handle.module, folder, handle.example)
+        reports.append({"kind": config.kind, **result.report, "stage_onnx": str(changed.onnx.path)})
     if _state_hash(source.module) != before:
         raise RuntimeError("internal error: a PyTorch step modified the original module")
-    (ctx.workdir / "after-torch-steps").mkdir()
-    changed = torch_frontend.load_module(handle.module, ctx.workdir / "after-torch-steps", handle.example)
     onnx = ModelHandle(changed.onnx.path, handle.precision)
     return dataclasses.replace(changed, onnx=onnx), ctx, reports
 
@@ -122,10 +132,11 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 first = report["artifacts"][0].get("quantization") or {}
                 engines = {a["format"]: a["engine"] for a in report["artifacts"]}
                 report["steps"].append({"kind": "quantize", **first, "engines": engines})
-            if evaluation is not None:
-                _verify(source, evaluation, report, quiet)
+            ref = _verify(source, evaluation, report, quiet) if evaluation is not None else None
             if recipe.profile.enabled:
                 _profile(source, report, recipe)
+            if report["steps"]:
+                report["stages"] = _stages(source, report, ref, evaluation, recipe, quiet)
             _relativize(report, output.staging, output.path)
             (output.staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             if recipe.profile.enabled and recipe.profile.targets:
@@ -147,7 +158,7 @@ def _apply(config, handle: ModelHandle, ctx: StepContext):
     if sha256(handle.path) != before or result.model.path == handle.path:
         raise RuntimeError(f"step '{config.kind}' broke its contract: it must write a new file")
     sizes = {"size_before": handle.size_bytes, "size_after": result.model.size_bytes}
-    return result.model, {"kind": config.kind, **result.report, **sizes}
+    return result.model, {"kind": config.kind, **result.report, **sizes, "stage_onnx": str(result.model.path)}
 
 
 def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dict:
@@ -180,7 +191,7 @@ def quantize_precision(quantize: QuantizeConfig | None) -> str:
     return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
 
 
-def _verify(source, evaluation: ArraySource, report: dict, quiet: bool) -> None:
+def _verify(source, evaluation: ArraySource, report: dict, quiet: bool):
     from . import verify
 
     ref = verify.reference(source, evaluation, quiet)
@@ -188,6 +199,60 @@ def _verify(source, evaluation: ArraySource, report: dict, quiet: bool) -> None:
         entry["verify"] = verify.verify(Path(entry["path"]), ref, evaluation, quiet)
     report["verify"] = report["artifacts"][0]["verify"]
     report["original"] = {"metric": ref.metric, "score": ref.score, "size_bytes": source.onnx.size_bytes}
+    return ref
+
+
+def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) -> list[dict]:
+    """MACs, parameters, size, metric and host latency of the model before and after each step: the
+    original, each step's ONNX result, and the quantized first artifact. Metric and latency come
+    from the same code as the artifacts' (verify against the original; the recipe's [profile])."""
+    from . import verify
+    from .profile_step import profile
+
+    def measure(name: str, path: Path, known: dict | None = None) -> dict:
+        known = known or {}
+        row = {"after": name, **_graph_stats(path), "size_bytes": path.stat().st_size}
+        if ref is not None:
+            result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
+            row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"))
+        if recipe.profile.enabled:
+            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile))["p50_ms"]
+        return row
+
+    original = {"verify": {"metric": ref.metric, "artifact": ref.score}} if ref is not None else {}
+    if "original_latency" in report:
+        original["latency"] = report["original_latency"]
+    rows = [measure("original", source.onnx.path, original)]
+    for step in report["steps"]:
+        stage = step.pop("stage_onnx", None)
+        if stage is not None:
+            rows.append(measure(step["kind"], Path(stage)))
+    if report["steps"][-1]["kind"] == "quantize":
+        first = report["artifacts"][0]
+        rows.append(measure("quantize", Path(first["path"]), first))
+    for before, row in zip(rows, rows[1:], strict=False):  # a TFLite artifact: the counts do not change
+        row.setdefault("macs", before.get("macs"))
+        row.setdefault("params", before.get("params"))
+    return rows
+
+
+def _graph_stats(path: Path) -> dict:
+    """MACs (the cost model's count) and parameters (weights + biases, in elements) of an ONNX file."""
+    if path.suffix != ".onnx":
+        return {}
+    from ..targets.graph import layers
+
+    graph = layers(path)
+    return {"macs": sum(layer.macs for layer in graph), "params": _param_count(path)}
+
+
+def _param_count(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(
+        int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) >= 1 and int(np.prod(t.dims)) > 1
+    )
 
 
 def _profile(source, report: dict, recipe: Recipe) -> None:

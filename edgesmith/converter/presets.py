@@ -22,11 +22,12 @@ PRESETS: dict[str, tuple[str, Callable[[], list[StepConfig]]]] = {
     "fp16": ("FP16 weights and compute, float32 inputs and outputs", lambda: [QuantizeConfig(mode="fp16")]),
     "fp32": ("no compression: export, verify and profile the original", lambda: []),
     "pruned50-int8": (
-        "PyTorch modules: prune channels to 50% of the MACs, distill from the original (give the distill "
-        "step a training set: data = 'train.npz'; 256 calibration samples are too few), then static INT8",
+        "PyTorch models (.pt2 or module): prune channels to 50% of the MACs, distill from the original on "
+        "the calibration data (at least 300 batches; a recipe can give distill a bigger `data` set), then "
+        "static INT8",
         lambda: [
             PruneConfig(target_macs=0.5),
-            DistillConfig(epochs=10, lr=2e-3),
+            DistillConfig(epochs=10, min_steps=300, lr=2e-3),
             QuantizeConfig(mode="static"),
         ],
     ),

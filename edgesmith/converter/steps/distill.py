@@ -40,6 +40,7 @@ class DistillConfig(StepConfig):
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft term when labels exist
     epochs: int = 5
+    min_steps: int = 0  # train at least this many batches: a small data set is repeated for more epochs
     lr: float = 1e-3
     batch_size: int = 64
     weights: dict[str, float] = field(default_factory=dict)  # per-term weight, default 1
@@ -60,6 +61,8 @@ class DistillConfig(StepConfig):
             raise InputError("distill.embedding must be 'cosine' or 'mse'")
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1 or self.temperature <= 0:
             raise InputError("distill.epochs, lr, batch_size and temperature must be positive")
+        if self.min_steps < 0:
+            raise InputError(f"distill.min_steps = {self.min_steps} must be 0 or more")
 
 
 class _Features:
@@ -229,12 +232,14 @@ def distill_module(
         }
     params = [p for p in student.parameters() if p.requires_grad] + list(projections.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    steps = config.epochs * -(-n // config.batch_size)
+    per_epoch = -(-n // config.batch_size)
+    epochs = max(config.epochs, -(-config.min_steps // per_epoch))
+    steps = epochs * per_epoch
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     rng = np.random.default_rng(config.seed)
     history = []
     with bar(steps, "distill", "batch", quiet) as progress:
-        for _ in range(config.epochs):
+        for _ in range(epochs):
             student.train()
             order = torch.from_numpy(rng.permutation(n))
             total = 0.0
@@ -272,6 +277,6 @@ def distill_module(
     for f in (s_feats, t_feats):
         if f is not None:
             f.close()
-    report = {"losses": list(config.losses), "samples": n, "epochs": config.epochs, "epoch_loss": history,
+    report = {"losses": list(config.losses), "samples": n, "epochs": epochs, "epoch_loss": history,
               "before": before, "after": after}  # fmt: skip
     return student, report
