@@ -5,13 +5,15 @@ Host: per-layer ONNX Runtime profiles of the FIT models give the host efficienci
 (1 thread, the machine's noise is what it is: it is shared). Errors are reported separately for the
 fit set and the held-out set.
 
-Devices: XNNPACK's published MobileNet v1/v2 figures (docs/device_figures.md). The shared arm64
-efficiencies (conv, dwconv) are fitted to Pixel 2 single-thread v1 + v2, the parallel fraction to
-Pixel 2 4-thread v1; every other figure (Pixel 2 4-thread v2, Pixel 3a, Raspberry Pi 4) is held out.
-esp-dl's ESP32-S3 MobileNetV2 INT8 is the only ESP32-S3 figure: reported with the spec's prior
-efficiencies (no held-out check possible).
+Devices: published figures (FIGURES below; sources in docs/device_figures.md), on graphs rebuilt by
+benchmarks/device_graphs.py. Each kernel stack's efficiencies are fitted on the figures marked
+"fit" (costmodel.fit_figures; the parallel fraction on "fit-threads", costmodel.fit_parallel) and
+checked on the "held-out" ones, which are other devices (Pixel 3a for a Pixel 2 fit; Cortex-M7 and
+-M33 boards for Cortex-M4 fits) or, for the one-board Raspbian XNNPACK stack, other models.
+"prior" figures are compared with the spec's unfitted values (one figure per stack: nothing would
+be left to check a fit).
 
-    .venv/bin/python benchmarks/costmodel_validation.py [--fit-only]
+    .venv/bin/python benchmarks/costmodel_validation.py [--skip-host] [--skip-devices]
 
 Prints the fitted tables as TOML to paste into the specs, then the error tables and timings.
 """
@@ -24,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +40,64 @@ from edgesmith.runtime import load  # noqa: E402
 from edgesmith.targets import costmodel, graph, hostprofile, spec  # noqa: E402
 from edgesmith.targets.latency import random_feeds  # noqa: E402
 
-# Published figures (ms). Sources in docs/device_figures.md.
-XNNPACK = {  # (target, model, threads): ms
-    ("pixel2", "mobilenet_v1", 1): 86, ("pixel2", "mobilenet_v2", 1): 53,
-    ("pixel3a", "mobilenet_v1", 1): 88, ("pixel3a", "mobilenet_v2", 1): 55,
-    ("pixel2", "mobilenet_v1", 4): 27, ("pixel2", "mobilenet_v2", 4): 18,
-    ("pixel3a", "mobilenet_v1", 2): 46, ("pixel3a", "mobilenet_v2", 2): 28,
-    ("rpi4", "mobilenet_v1", 4): 75, ("rpi4", "mobilenet_v2", 4): 44,
-}  # fmt: skip
-ARM_FIT = {("pixel2", "mobilenet_v1", 1), ("pixel2", "mobilenet_v2", 1)}
-ARM_FIT_THREADS = ("pixel2", "mobilenet_v1", 4)
-ESP_DL = {("esp32-s3", "mobilenet_v2_int8", 1): 423.3}
+
+# Published figures (ms); sources and roles in docs/device_figures.md. The split was decided before
+# fitting: stacks are fitted on one device and checked on others (Pixel 2 -> Pixel 3a; Cortex-M4 ->
+# Cortex-M7 and -M33). Only the Raspbian (armv7) XNNPACK stack has a single device: it is fitted on
+# MobileNet v1 + v2 and checked on the v3 models of the same board (held-out models, not device).
+@dataclass(frozen=True)
+class Figure:
+    target: str  # the edgesmith spec whose core describes the device
+    model: str  # a graph from benchmarks/device_graphs.py
+    threads: int
+    ms: float
+    role: str  # fit, fit-threads (parallel fraction), held-out, prior (not fitted)
+    stack: str  # the kernel stack the figure was measured with
+    board: str = ""  # when the board is not the target itself: its name ...
+    clock_ghz: float | None = None  # ... and clock (same core family as `target`)
+    source: str = ""
+
+
+def _per_s(rate: float) -> float:
+    return round(1e3 / rate, 3)  # MLPerf Tiny reports inferences per second
+
+
+XN, XN7 = "xnnpack-arm64", "xnnpack-armv7"
+XNNPACK_README = "github.com/google/XNNPACK README (2020)"
+FIGURES = [
+    *[Figure("pixel2", m, 1, ms, "fit", XN, source=XNNPACK_README) for m, ms in
+      (("mobilenet_v1", 86), ("mobilenet_v2", 53), ("mobilenet_v3_large", 42), ("mobilenet_v3_small", 14))],
+    *[Figure("pixel2", m, 4, ms, "fit-threads", XN, source=XNNPACK_README) for m, ms in
+      (("mobilenet_v1", 27), ("mobilenet_v2", 18))],
+    *[Figure("pixel2", m, 4, ms, "held-out", XN, source=XNNPACK_README) for m, ms in
+      (("mobilenet_v3_large", 16), ("mobilenet_v3_small", 6))],
+    *[Figure("pixel3a", m, th, ms, "held-out", XN, source=XNNPACK_README) for m, th, ms in
+      (("mobilenet_v1", 1, 88), ("mobilenet_v2", 1, 55), ("mobilenet_v3_large", 1, 44),
+       ("mobilenet_v3_small", 1, 14), ("mobilenet_v1", 2, 46), ("mobilenet_v2", 2, 28),
+       ("mobilenet_v3_large", 2, 24), ("mobilenet_v3_small", 2, 8))],
+    *[Figure("rpi4", m, 4, ms, "fit", XN7, source=XNNPACK_README + ", Raspbian Buster build") for m, ms in
+      (("mobilenet_v1", 75), ("mobilenet_v2", 44))],
+    *[Figure("rpi4", m, 4, ms, "held-out", XN7, source=XNNPACK_README + ", Raspbian Buster build") for m, ms in
+      (("mobilenet_v3_large", 41), ("mobilenet_v3_small", 14))],
+    # MLPerf Tiny v1.1, Krai (github.com/mlcommons/tiny_results_v1.1 closed/Krai/results/README.md)
+    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "x-cube-ai", "NUCLEO-L4R5ZI", 0.12, "MLPerf Tiny v1.1 Krai")
+      for m, r in (("vww", 4.522), ("ic_resnet8", 4.505), ("kws_dscnn", 13.759), ("ad_fc_ae", 131.950))],
+    *[Figure("stm32f746", m, 1, _per_s(r), "held-out", "x-cube-ai", "NUCLEO-H7A3ZI", 0.28,
+             "MLPerf Tiny v1.1 Krai")
+      for m, r in (("vww", 19.867), ("ic_resnet8", 18.215), ("kws_dscnn", 60.988), ("ad_fc_ae", 547.234))],
+    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "tflm-cmsis-nn", "NUCLEO-L4R5ZI", 0.12, "MLPerf Tiny v1.1 Krai")
+      for m, r in (("vww", 3.324), ("ic_resnet8", 2.567), ("kws_dscnn", 10.019), ("ad_fc_ae", 116.212))],
+    *[Figure("nrf52840", m, 1, _per_s(r), "held-out", "tflm-cmsis-nn", "nRF5340-DK (Cortex-M33)", 0.128,
+             "MLPerf Tiny v1.1 Krai")
+      for m, r in (("vww", 4.286), ("ic_resnet8", 3.146), ("kws_dscnn", 13.074), ("ad_fc_ae", 159.020))],
+    # MLPerf Tiny v0.5 reference (tiny_results_v0.5 closed/reference): TFLM 2.3.1, one board only
+    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "tflm-reference", "NUCLEO-L4R5ZI", 0.12,
+             "MLPerf Tiny v0.5 reference")
+      for m, r in (("vww", 1.665), ("ic_resnet8", 1.420), ("kws_dscnn", 5.497))],
+    Figure("esp32-s3", "mobilenet_v2_int8", 1, 423.3, "prior", "esp-dl", source="esp-dl imagenet_cls 0.4.1"),
+    Figure("esp32-s3", "person_detect", 1, 54.0, "prior", "esp-dl", source="esp-tflite-micro README (ESP-NN)"),
+]  # fmt: skip
+ARM_STACKS = (XN, XN7)
 
 
 def mobilenet_v1(path: Path) -> Path:
@@ -154,45 +204,79 @@ def _times(session, runs: int) -> np.ndarray:
     return out
 
 
-def devices(paths: dict[str, Path]) -> None:
-    layers = {n: graph.layers(paths[n]) for n in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v2_int8")}
-    base = spec.get("pixel2")
-    table = costmodel.fit_totals([(layers[m], ms) for (t, m, th), ms in XNNPACK.items()
-                                  if (t, m, th) in ARM_FIT], base, threads=1)  # fmt: skip
-    fitted = dataclasses.replace(base, efficiency=table)
-    t, m, th = ARM_FIT_THREADS
-    p = _fit_parallel(fitted, layers[m], XNNPACK[ARM_FIT_THREADS], th)
-    print("\n# arm64 (xnnpack) efficiencies fitted on Pixel 2 single-thread MobileNet v1 + v2,")
-    print(f"# parallel_fraction on Pixel 2 4-thread v1: parallel_fraction = {p:.3f}")
-    _toml(table)
-    print("\npublished figure                         published  estimated  error")
-    for group in ("fit", "held-out"):
-        errors = []
-        for (name, model, threads), ms in XNNPACK.items():
-            is_fit = (name, model, threads) in ARM_FIT or (name, model, threads) == ARM_FIT_THREADS
-            if is_fit != (group == "fit"):
-                continue
-            target = dataclasses.replace(spec.get(name), efficiency=table, parallel_fraction=p)
-            est = costmodel.estimate(layers[model], target, threads).p50_ms
-            errors.append(abs(est - ms) / ms)
-            print(
-                f"  {group:8} XNNPACK {name:8} {model:13} {threads}t {ms:8.1f} {est:10.1f} {(est - ms) / ms:+7.1%}"
+def figure_target(fig: Figure, table: dict | None = None, parallel: float | None = None):
+    """The spec describing the figure's device and stack (+ a fitted table to try)."""
+    target = spec.get(fig.target)
+    target = target.with_stack(fig.stack) if fig.stack in target.stacks else target
+    if fig.clock_ghz:  # same core on another board: MCU buses run at the core clock
+        scale = fig.clock_ghz / target.clock_ghz
+        target = dataclasses.replace(
+            target,
+            clock_ghz=fig.clock_ghz,
+            bandwidth_gbs=target.bandwidth_gbs * scale,
+            op_overhead_us=target.op_overhead_us / scale,
+        )  # dispatch costs cycles
+    if table is not None:
+        target = dataclasses.replace(target, efficiency=table)
+    if parallel is not None:
+        target = dataclasses.replace(target, parallel_fraction=parallel)
+    return target
+
+
+def devices(graphs: dict[str, Path]) -> dict:
+    """Fit each stack on its fit figures, then print fit and held-out errors. Returns the tables."""
+    layers = {name: graph.layers(p) for name, p in graphs.items()}
+    fitted: dict[str, tuple[dict, float | None]] = {}
+    for stack in dict.fromkeys(f.stack for f in FIGURES):
+        figs = [f for f in FIGURES if f.stack == stack]
+        fit = [f for f in figs if f.role == "fit"]
+        if not fit:
+            fitted[stack] = (None, None)
+            continue
+        classes = ("conv", "dwconv") if stack in ARM_STACKS else ("conv", "dwconv", "gemm")
+        table = costmodel.fit_figures([(layers[f.model], f.ms, figure_target(f), f.threads) for f in fit],
+                                      classes=classes)  # fmt: skip
+        threads_figs = [f for f in figs if f.role == "fit-threads"]
+        parallel = None
+        if threads_figs:
+            parallel = costmodel.fit_parallel(
+                [(layers[f.model], f.ms, figure_target(f, table), f.threads) for f in threads_figs]
             )
-        print(f"  {group}: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}")
-    for (name, model, threads), ms in ESP_DL.items():
-        est = costmodel.estimate(layers[model], spec.get(name), threads).p50_ms
-        print(f"  prior    esp-dl  {name:8} {model:13} {threads}t {ms:8.1f} {est:10.1f} {(est - ms) / ms:+7.1%}"
-              "   (spec priors, not fitted; the only ESP32-S3 figure)")  # fmt: skip
-
-
-def _fit_parallel(target, layers, ms: float, threads: int) -> float:
-    """Bisection on the Amdahl fraction so the estimate at `threads` matches `ms`."""
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        est = costmodel.estimate(layers, dataclasses.replace(target, parallel_fraction=mid), threads).p50_ms
-        lo, hi = (mid, hi) if est > ms else (lo, mid)
-    return round((lo + hi) / 2, 3)
+        fitted[stack] = (table, parallel)
+        print(f"\n# stack {stack}: fitted on {len(fit)} figures ({', '.join(sorted({f.board or f.target for f in fit}))})"
+              + (f"; parallel_fraction = {parallel} from {len(threads_figs)} multi-thread figures" if parallel else ""))  # fmt: skip
+        _toml(table)
+        for name, shipped in spec.registry().items():  # every spec that carries this stack
+            if stack != shipped.stack and stack not in shipped.stacks:
+                continue
+            shipped = shipped.with_stack(stack)
+            same = all(
+                shipped.eff(d, c) == v
+                for d, t in table.items()
+                for c, v in t.items()
+                if d in shipped.efficiency
+            )
+            same = same and (parallel is None or shipped.parallel_fraction == parallel)
+            print(
+                f"# {name}.toml {'matches this fit' if same else 'DIFFERS from this fit: paste the values'}"
+            )
+    print("\nfigure (stack, device, model, threads)                    published  estimated   error")
+    errors: dict[str, list[float]] = {}
+    for role in ("fit", "fit-threads", "held-out", "prior"):
+        for f in (f for f in FIGURES if f.role == role):
+            table, parallel = fitted[f.stack]
+            est = costmodel.estimate(layers[f.model], figure_target(f, table, parallel), f.threads).p50_ms
+            err = (est - f.ms) / f.ms
+            group = "fit" if role.startswith("fit") else role
+            errors.setdefault(group, []).append(abs(err))
+            print(f"  {role:11} {f.stack:14} {(f.board or f.target)[:14]:14} {f.model:18} {f.threads}t"
+                  f" {f.ms:9.2f} {est:10.2f} {err:+7.1%}")  # fmt: skip
+    for group, errs in errors.items():
+        print(
+            f"  device {group}: median |error| {statistics.median(errs):.1%}, max {max(errs):.1%}, "
+            f"{sum(e <= 0.15 for e in errs)} of {len(errs)} figures within 15%"
+        )
+    return fitted
 
 
 def _toml(table: dict) -> None:
@@ -208,10 +292,17 @@ def main() -> None:
     parser.add_argument("--skip-devices", action="store_true", help="only the host comparison")
     args = parser.parse_args()
     start = time.perf_counter()
-    paths = models()
-    print(f"models ready in {time.perf_counter() - start:.1f} s (cache {CACHE})")
     if not args.skip_devices:
-        devices(paths)
+        import device_graphs
+
+        graphs = device_graphs.all_graphs()
+        print(f"device graphs ready in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        devices(graphs)
+        print(f"device fits and estimates took {time.perf_counter() - start:.2f} s")
+    start = time.perf_counter()
+    paths = models()
+    print(f"host models ready in {time.perf_counter() - start:.1f} s (cache {CACHE})")
     if not args.skip_host:
         host(paths)
 

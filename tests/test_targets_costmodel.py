@@ -8,7 +8,9 @@ import importlib.util
 
 import pytest
 
+from edgesmith.errors import InputError
 from edgesmith.targets import costmodel, graph, hostprofile, mcu, spec
+from edgesmith.targets.graph import Layer
 
 from conftest import SHIPPED_MODEL
 from models import small_cnn
@@ -50,6 +52,107 @@ def test_fit_recovers_the_efficiencies_that_produced_the_times(cnn):
     table, overhead = costmodel.fit(samples, dataclasses.replace(truth, efficiency={"fp32": {}}), threads=1)
     assert overhead == pytest.approx(5.0, rel=0.05)
     assert table["fp32"]["conv"] == pytest.approx(0.7, rel=0.05)  # tiny layers pin the overhead, not MACs
+
+
+def mobilenet_v1(alpha=1.0, res=224, cin=3, classes=1000, dtype="fp32") -> list[Layer]:
+    """MobileNet v1 as the TFLite converter lays out Keras' `MobileNet` (benchmarks/device_graphs.py
+    builds the same graph; graph.layers of that file gives these layers, checked when written):
+    conv, 13 x (depthwise, pointwise), mean, 1x1 classifier, softmax."""
+    size, bias = (1 if dtype == "int8" else 4), 4
+
+    def ch(n):
+        return int(n * alpha)
+
+    h, c = res // 2, ch(32)
+    out = [Layer("conv1", "CONV_2D", "conv", dtype, h * h * c * 9 * cin, c * (9 * cin * size + bias),
+                 res * res * cin * size, h * h * c * size)]  # fmt: skip
+    cfg = (
+        [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    )
+    for i, (cout, stride) in enumerate(cfg):
+        hin, h = h, h // stride
+        out += [Layer(f"dw{i}", "DEPTHWISE_CONV_2D", "dwconv", dtype, h * h * c * 9, c * (9 * size + bias),
+                      hin * hin * c * size, h * h * c * size),
+                Layer(f"pw{i}", "CONV_2D", "conv", dtype, h * h * ch(cout) * c, ch(cout) * (c * size + bias),
+                      h * h * c * size, h * h * ch(cout) * size)]  # fmt: skip
+        c = ch(cout)
+    return out + [
+        Layer("pool", "MEAN", "pool", dtype, c, 0, h * h * c * size, c * size),
+        Layer(
+            "fc", "CONV_2D", "conv", dtype, c * classes, classes * (c * size + bias), c * size, classes * size
+        ),
+        Layer("softmax", "SOFTMAX", "elementwise", dtype, classes, 0, classes * size, classes * size),
+    ]
+
+
+def on_board(name: str, stack: str, clock_ghz: float) -> spec.Target:
+    """A spec's core on another board (as benchmarks/costmodel_validation.py does for MCU figures)."""
+    target = spec.get(name).with_stack(stack)
+    scale = clock_ghz / target.clock_ghz
+    return dataclasses.replace(target, clock_ghz=clock_ghz, bandwidth_gbs=target.bandwidth_gbs * scale,
+                               op_overhead_us=target.op_overhead_us / scale)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "layers", "threads", "published_ms", "tolerance"),
+    [  # published figures (docs/device_figures.md); tolerances are what the model achieves, rounded up
+        ("pixel2", dict(), 1, 86, 0.05),  # fit: XNNPACK README, Pixel 2, 1 thread
+        ("pixel3a", dict(), 1, 88, 0.05),  # held out (other core): Pixel 3a, 1 thread
+        ("pixel3a", dict(), 2, 46, 0.06),  # held out: Pixel 3a, 2 threads
+        (("nrf52840", "x-cube-ai", 0.12), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 221.14, 0.06),
+        (("stm32f746", "x-cube-ai", 0.28), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 50.34, 0.12),
+    ],
+    ids=[
+        "pixel2-v1-fit",
+        "pixel3a-v1-held-out",
+        "pixel3a-v1-2t-held-out",
+        "vww-l4r5-fit",
+        "vww-h7a3-held-out",
+    ],
+)
+def test_estimate_matches_published_figures(target, layers, threads, published_ms, tolerance):
+    target = spec.get(target) if isinstance(target, str) else on_board(*target)
+    estimated = costmodel.estimate(mobilenet_v1(**layers), target, threads).p50_ms
+    assert estimated == pytest.approx(published_ms, rel=tolerance)
+
+
+def test_issue_width_and_kernel_stacks_shape_the_rate():
+    pixel2, pixel3a, rpi4 = spec.get("pixel2"), spec.get("pixel3a"), spec.get("rpi4")
+    # the same XNNPACK loop (3.37 MACs/instruction) starves a 2-wide A73 but not a 3-wide A75
+    assert pixel2.macs_per_cycle_for("fp32", "conv") == pytest.approx(2 * 3.37)
+    assert pixel3a.macs_per_cycle_for("fp32", "conv") == pixel3a.macs_per_cycle["fp32"] == 8
+    assert pixel2.macs_per_cycle_for("fp32", "pool") == 8  # no loop declared: the vector peak
+    assert pixel2.efficiency == pixel3a.efficiency, "one xnnpack-arm64 table, cores differ in the cpu section"
+    armv7 = rpi4.with_stack("xnnpack-armv7")
+    assert (
+        armv7.stack == "xnnpack-armv7"
+        and armv7.efficiency != rpi4.efficiency
+        and rpi4.with_stack(rpi4.stack) is rpi4
+    )
+    v1 = mobilenet_v1()
+    assert costmodel.estimate(v1, armv7, 4).p50_ms > 1.5 * costmodel.estimate(v1, rpi4, 4).p50_ms
+    with pytest.raises(InputError, match="did you mean 'xnnpack-armv7'"):
+        rpi4.with_stack("xnnpack-armv8")
+
+
+def test_fit_figures_and_parallel_fraction_recover_what_produced_the_times():
+    """End-to-end times made with known efficiencies on two cores are fitted back to them."""
+    truth = {"fp32": {"conv": 0.5, "dwconv": 0.15, "pool": 0.1, "elementwise": 0.1}}
+    cores = [
+        dataclasses.replace(spec.get(n), efficiency=truth, parallel_fraction=0.8)
+        for n in ("pixel2", "pixel3a")
+    ]
+    graphs = [mobilenet_v1(), mobilenet_v1(alpha=0.5, res=160)]
+    figures = [(g, costmodel.estimate(g, t, 1).p50_ms, t, 1) for g in graphs for t in cores]
+    start = [(g, ms, dataclasses.replace(t, efficiency={"fp32": {"pool": 0.1, "elementwise": 0.1}}), n)
+             for g, ms, t, n in figures]  # fmt: skip
+    table = costmodel.fit_figures(start)
+    assert table["fp32"]["conv"] == pytest.approx(0.5, rel=0.02) and table["fp32"]["dwconv"] == pytest.approx(
+        0.15, rel=0.05
+    )
+    threads = [(g, costmodel.estimate(g, t, 2).p50_ms, dataclasses.replace(t, parallel_fraction=0.3), 2)
+               for g in graphs for t in cores]  # fmt: skip
+    assert costmodel.fit_parallel(threads) == pytest.approx(0.8, abs=0.01)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")

@@ -1,11 +1,20 @@
 """Latency estimate for a model on a target without the device: a per-layer roofline.
 
-For each layer (see `graph.py`): compute time = MACs / (peak MACs/s of the dtype x the efficiency
-of the runtime's kernels for that op class), memory time = bytes touched / sustained bandwidth;
-the layer takes the larger of the two plus a fixed per-op overhead (dispatch, requantization,
-thread sync). Threads scale the compute term by Amdahl's law with the target's parallel fraction.
-Efficiencies are the only fitted numbers; `fit` derives them from per-layer measurements, and
-the spec's `[model] fitted` says from which. docs/targets.md reports the measured error.
+For each layer (see `graph.py`): compute time = MACs / (attainable MACs/s x the efficiency of the
+kernel stack for that op class), memory time = bytes touched / sustained bandwidth; the layer takes
+the larger of the two plus a fixed per-op overhead (dispatch, requantization, thread sync).
+
+The attainable rate is a property of the core AND the stack: `clock x min(macs_per_cycle[dtype],
+issue_width x macs_per_instruction[class])`. The first term is the vector units' peak (the core's
+optimisation guide); the second is how fast the core can decode the stack's inner loop (a kernel
+whose loop is 1/3 loads cannot keep a 2-wide core's FMA pipes busy). So the same stack table
+transfers across cores: efficiencies describe the software, the spec's cpu section the hardware.
+Threads scale the compute term by Amdahl's law with the stack's parallel fraction. A device
+measured with another stack (a 32-bit OS build, X-CUBE-AI instead of TFLM) uses `Target.with_stack`.
+
+Efficiencies (and the parallel fraction) are the only fitted numbers: `fit` from per-layer
+measurements, `fit_figures` / `fit_parallel` from end-to-end published figures; the spec's
+`[model] fitted` says from which. docs/device_figures.md reports the fit and held-out errors.
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ class Estimate:
 
 def layer_ms(layer: Layer, target: Target, threads: int = 1) -> float:
     """The roofline time of one layer on `target`, in milliseconds."""
-    rate = target.peak_macs_per_s(layer.dtype, threads) * target.eff(layer.dtype, layer.op_class)
+    rate = target.peak_macs_per_s(layer.dtype, threads, layer.op_class) * target.eff(
+        layer.dtype, layer.op_class
+    )
     compute = layer.macs / rate if rate > 0 else 0.0
     memory = layer.bytes / (target.bandwidth_gbs * 1e9)
     return (max(compute, memory) + target.op_overhead_us * 1e-6) * 1e3
@@ -104,10 +115,65 @@ def fit(
     for (dtype, op_class), inv in zip(keys, solution[1:], strict=True):
         if inv > 0:
             table.setdefault(dtype, {})[op_class] = round(
-                1 / (inv * target.peak_macs_per_s(dtype, threads)), 4
+                1 / (inv * target.peak_macs_per_s(dtype, threads, op_class)), 4
             )
     overhead_us = round(max(float(solution[0]), 0.0) * 1e6, 2)
     return {d: {c: v[c] for c in OP_CLASSES if c in v} for d, v in table.items()}, overhead_us
+
+
+def fit_figures(figures: list[tuple[list[Layer], float, Target, int]], classes=("conv", "dwconv")) -> dict:
+    """Efficiencies from end-to-end times only (published figures), shared by every figure's target.
+
+    `figures`: (layers, measured ms, target, threads). One unknown 1/efficiency per (dtype, class)
+    in `classes` that occurs in the layers; every other layer keeps its target's roofline time.
+    Least squares on relative residuals (each figure's equation divided by its time), so a 1 ms and
+    a 500 ms figure weigh the same. A fitted-class layer that the current solution puts on the memory
+    roof counts as fixed memory time; a few rounds settle which side each layer is on. Returns the
+    first figure's table with the fitted classes set.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    keys = sorted({(lay.dtype, lay.op_class) for g, *_ in figures for lay in g if lay.op_class in classes})
+    table = {d: dict(v) for d, v in figures[0][2].efficiency.items()}
+    for _ in range(6):
+        rows, rhs = [], []
+        for graph, measured_ms, target, threads in figures:
+            current = replace(target, efficiency=table)
+            row, fixed = [0.0] * len(keys), 0.0
+            for layer in graph:
+                key = (layer.dtype, layer.op_class)
+                peak = target.peak_macs_per_s(layer.dtype, threads, layer.op_class)
+                memory = layer.bytes / (target.bandwidth_gbs * 1e9)
+                if key in keys and layer.macs / (peak * current.eff(*key)) >= memory:
+                    row[keys.index(key)] += layer.macs / peak
+                    fixed += target.op_overhead_us * 1e-6
+                else:
+                    fixed += layer_ms(layer, current, threads) * 1e-3
+            t = measured_ms * 1e-3
+            rows.append([r / t for r in row])
+            rhs.append((t - fixed) / t)
+        inverse, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+        for (dtype, op_class), inv in zip(keys, inverse, strict=True):
+            if inv > 0:
+                table.setdefault(dtype, {})[op_class] = round(float(1 / inv), 4)
+    return table
+
+
+def fit_parallel(figures: list[tuple[list[Layer], float, Target, int]]) -> float:
+    """The Amdahl parallel fraction that best matches multi-thread figures (mean relative error
+    zero), by bisection: the estimate falls monotonically as the fraction grows."""
+    from dataclasses import replace
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        bias = sum(
+            estimate(g, replace(t, parallel_fraction=mid), n).p50_ms / ms - 1 for g, ms, t, n in figures
+        )
+        lo, hi = (mid, hi) if bias > 0 else (lo, mid)
+    return round((lo + hi) / 2, 3)
 
 
 def fit_totals(models: list[tuple[list[Layer], float]], target: Target, threads: int = 1,
@@ -121,7 +187,7 @@ def fit_totals(models: list[tuple[list[Layer], float]], target: Target, threads:
         fixed = 0.0
         row = [0.0] * len(classes)
         for layer in graph:
-            peak = target.peak_macs_per_s(layer.dtype, threads)
+            peak = target.peak_macs_per_s(layer.dtype, threads, layer.op_class)
             if layer.op_class in classes:
                 row[classes.index(layer.op_class)] += layer.macs / peak
                 fixed += target.op_overhead_us * 1e-6

@@ -48,15 +48,50 @@ class Target:
     runtime_ram_bytes: int = 0  # MCU: interpreter + stack; 0 elsewhere
     runtime_flash_bytes: int = 0
     fitted: str = ""  # which measurements the efficiencies were fitted to
+    # decode/issue width (instructions per cycle); with the stack's `macs_per_instruction` (MACs per
+    # instruction of its inner loops) it bounds the MAC rate a kernel can sustain: a 2-wide core
+    # cannot feed its FMA pipes when a third of the loop is loads. 0 = no bound.
+    issue_width: int = 0
+    macs_per_instruction: dict[str, float] = field(default_factory=dict)  # op class -> MACs/instr
+    # other kernel stacks this device is measured with (e.g. a 32-bit OS build): name -> the
+    # [model] keys they replace (efficiency, macs_per_instruction, parallel_fraction, ...)
+    stacks: dict[str, dict] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     @property
     def is_mcu(self) -> bool:
         return self.kind == "mcu"
 
-    def peak_macs_per_s(self, dtype: str, threads: int = 1) -> float:
+    def peak_macs_per_s(self, dtype: str, threads: int = 1, op_class: str | None = None) -> float:
+        """Peak MACs/s of `dtype`; with `op_class`, capped by what the stack's inner loop can issue."""
+        return self.macs_per_cycle_for(dtype, op_class) * self.clock_ghz * 1e9 * self.speedup(threads)
+
+    def macs_per_cycle_for(self, dtype: str, op_class: str | None = None) -> float:
         per_cycle = self.macs_per_cycle.get(dtype) or self.macs_per_cycle["fp32"]
-        return per_cycle * self.clock_ghz * 1e9 * self.speedup(threads)
+        density = self.macs_per_instruction.get(op_class or "", 0.0)
+        if self.issue_width and density:
+            per_cycle = min(per_cycle, self.issue_width * density)
+        return per_cycle
+
+    def with_stack(self, name: str) -> Target:
+        """This device running another kernel stack (one of `stacks`, or its own)."""
+        if name == self.stack:
+            return self
+        if name not in self.stacks:
+            known = [self.stack, *self.stacks]
+            raise InputError(
+                f"target {self.name} has no '{name}' stack{closest(name, known)}; known: {known}"
+            )
+        table = self.stacks[name]
+        return replace(
+            self,
+            stack=name,
+            efficiency={d: dict(t) for d, t in table.get("efficiency", self.efficiency).items()},
+            macs_per_instruction=dict(table.get("macs_per_instruction", self.macs_per_instruction)),
+            parallel_fraction=float(table.get("parallel_fraction", self.parallel_fraction)),
+            op_overhead_us=float(table.get("op_overhead_us", self.op_overhead_us)),
+            fitted=table.get("fitted", self.fitted),
+        )
 
     def speedup(self, threads: int) -> float:
         """Amdahl's law over the cores actually used."""
@@ -104,6 +139,9 @@ def _parse(path: Path) -> Target:
             runtime_ram_bytes=int(rt.get("runtime_ram_kb", 0) * 1024),
             runtime_flash_bytes=int(rt.get("runtime_flash_kb", 0) * 1024),
             fitted=model.get("fitted", ""),
+            issue_width=int(cpu.get("issue_width", 0)),
+            macs_per_instruction={k: float(v) for k, v in model.get("macs_per_instruction", {}).items()},
+            stacks={k: dict(v) for k, v in model.get("stacks", {}).items()},
             path=path,
         )
     except KeyError as exc:

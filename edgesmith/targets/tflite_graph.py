@@ -44,11 +44,17 @@ def tflite_layers(path: str | Path) -> list[Layer]:
             continue
         inputs = [i for i in op["inputs"] if i >= 0]
         outs = [tensors[i] for i in op["outputs"]]
+        if all(t["dtype"].__name__ in ("int32", "int64") for t in outs):
+            continue  # shape arithmetic (STRIDED_SLICE/PACK feeding a RESHAPE): no kernel on device
         out_elems = sum(math.prod(int(d) for d in t["shape"]) for t in outs)
         weights = inputs[1:] if name in {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} else []
         acts = [i for i in inputs if i not in weights]
         macs, op_class = _macs(name, out_elems, [tensors[w]["shape"] for w in weights[:1]])
-        int8 = bool(weights) and tensors[weights[0]]["dtype"].__name__ in ("int8", "uint8")
+        # an integer kernel: int8 weights, or (weightless ops: ADD, MEAN, SOFTMAX ...) an int8 output
+        int8 = (tensors[weights[0]]["dtype"].__name__ if weights else outs[0]["dtype"].__name__) in (
+            "int8",
+            "uint8",
+        )
         size = 1 if int8 or outs[0]["dtype"].__name__ in ("int8", "uint8") else 4
         out.append(Layer(
             name=outs[0]["name"], op=name, op_class=op_class, dtype="int8" if int8 else "fp32", macs=macs,
