@@ -74,21 +74,27 @@ def test_generated_cc_compiles_and_holds_the_tflite_bytes(firmware, tmp_path):
 def test_arena_plan_matches_the_hand_computed_peak(firmware):
     """int8 I/O, batch 1: the peak is conv1's output (16x28x28 = 12544 B) alive with pool1's output
     (16x14x14 = 3136 B) -- the input (784 B) is dead by then. Every tensor apart: 29968 B."""
-    from edgesmith.converter.exporters import tflite_arena, tflite_fb
+    from edgesmith.targets import arena, graph, mcu, spec
 
     out, _ = firmware
     data = (out / "mnist_cnn_int8_model_data.tflite").read_bytes()
-    arena = tflite_arena.estimate(data)
-    assert arena["planned_bytes"] == 12544 + 3136
-    assert arena["naive_bytes"] == 29968
-    assert arena["planned_bytes"] < arena["total_bytes_estimate"] < arena["planned_bytes"] + 4096
-    buffers = tflite_arena.lifetimes(tflite_fb.read(data))
-    offsets = tflite_arena.greedy_plan(buffers)
+    plan = arena.estimate(data)
+    assert plan["planned_bytes"] == 12544 + 3136
+    assert plan["naive_bytes"] == 29968
+    assert plan["planned_bytes"] < plan["total_bytes_estimate"] < plan["planned_bytes"] + 4096
+    buffers = arena.lifetimes(arena.read(data))
+    offsets = arena.greedy_plan(buffers)
     for a in buffers:  # no two tensors alive at the same step share bytes
         for b in buffers:
             if a.tensor < b.tensor and a.alive_with(b):
                 ea, eb = offsets[a.tensor] + a.size, offsets[b.tensor] + b.size
                 assert ea <= offsets[b.tensor] or eb <= offsets[a.tensor], (a, b)
+    # one planner: the exporter's report and the MCU fit count the same arena
+    micro = json.loads((out / "mnist_cnn_int8_model_data.tflite.json").read_text())["quantization"]["micro"]
+    assert micro["arena"] == plan
+    tflite = out / "mnist_cnn_int8_model_data.tflite"
+    fit = mcu.fit(tflite, spec.get("stm32f746"), graph.layers(tflite))
+    assert fit["arena_planned_bytes"] == 15680 and fit["arena_bytes"] == plan["total_bytes_estimate"]
 
 
 def test_dynamic_range_int8_is_refused_for_microcontrollers(tmp_path):

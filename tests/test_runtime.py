@@ -102,7 +102,7 @@ def test_device_side_imports_stay_light():
         "import edgesmith.targets.spec, edgesmith.targets.costmodel, edgesmith.targets.graph, edgesmith.targets.mcu\n"
         "import edgesmith.targets.power, edgesmith.targets.ssh, edgesmith.targets.adb, edgesmith.targets.report\n"
         "import edgesmith.targets.svg, edgesmith.targets.hostprofile, edgesmith.targets.runner\n"
-        "import edgesmith.targets.tflite_graph\n"
+        "import edgesmith.targets.tflite_graph, edgesmith.targets.arena, edgesmith.targets.measurements\n"
         "import edgesmith.runtime.backends.ort_backend, edgesmith.runtime.backends.litert_backend\n"
         "import edgesmith.runtime.backends.openvino_backend\n"
         "heavy = [m for m in ('torch', 'onnx', 'tensorflow', 'onnxruntime', 'openvino', 'nncf', 'ai_edge_litert',"

@@ -124,3 +124,20 @@ def test_missing_probe_is_a_clear_error():
             power.find_probe("rapl")
     with pytest.raises(InputError, match="unknown power probe"):
         power.find_probe("ina2199")
+
+
+def test_probe_names_and_a_failing_probe_surface_on_the_callers_thread():
+    assert power.probe_name("android") == "android-battery"
+    assert power.parse_android_battery("-8613\n4311755\n") == pytest.approx(8613e-6 * 4.311755)
+
+    class Unplugged:
+        name, calls = "android-battery", 0
+
+        def power_w(self):
+            self.calls += 1
+            if self.calls > 2:
+                return power.parse_android_battery("")  # the device went away
+            return 1.0
+
+    with pytest.raises(InputError, match="not two integers"):
+        power.during(Unplugged(), lambda: time.sleep(0.5), idle_s=0.1)

@@ -8,12 +8,21 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
+import test_targets_ssh as ssh_tests
 
 from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+sshd = ssh_tests.sshd  # the real OpenSSH server on 127.0.0.1 that test_targets_ssh.py starts
+
+
+def _chromium(html, tmp_path, *flags) -> str:
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    return subprocess.run(common + [*flags, html.as_uri()], capture_output=True, text=True, timeout=90).stdout
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +92,9 @@ def test_renders_in_headless_chromium(converted, tmp_path):
     """Chromium lays the page out: the SVG circles and bars are in the rendered DOM with real sizes,
     and a screenshot is produced."""
     shot = tmp_path / "shot.png"
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    url = (converted / "report.html").as_uri()
-    dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    dom = _chromium(converted / "report.html", tmp_path, "--dump-dom")
     assert dom.count("<circle") >= 3 and 'class="plot pareto"' in dom and 'class="plot bars"' in dom
-    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True,
-                   timeout=90)  # fmt: skip
+    _chromium(converted / "report.html", tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, "the page rendered to a real image"
 
@@ -102,3 +107,56 @@ def test_formats_the_cost_model_cannot_read_are_marked_not_estimated(tmp_path):
     result = target_results(ir, ["rpi4"])
     assert result["rpi4"]["p50_ms"] is None and result["rpi4"]["source"] == "not estimated"
     assert ".onnx and .tflite" in result["rpi4"]["note"]
+
+
+@pytest.mark.skipif(
+    ssh_tests.SSHD is None or shutil.which("ssh") is None, reason="needs OpenSSH (see test_targets_ssh)"
+)
+def test_a_device_measurement_lands_in_the_report(converted, sshd, cli, tmp_path):
+    """profile over SSH an artifact of a convert folder: the measurement is kept in the folder, and
+    `edgesmith report` shows it as measured on that device beside the estimate, with the error."""
+    folder = tmp_path / "out"
+    shutil.copytree(converted, folder)
+    artifact = (
+        folder / json.loads((folder / "report.json").read_text())["artifacts"][0]["path"].split("/")[-1]
+    )
+    config, port, _, user = sshd
+    code, out, err = cli("profile", artifact, "--target", "rpi4", "--ssh", f"{user}@127.0.0.1:{port}", "--ssh-config",
+                         config, "--remote-python", sys.executable, "--runs", "10", "--json")  # fmt: skip
+    assert code == 0, err
+    saved = folder / "measurements" / f"{artifact.name}.rpi4.json"
+    assert saved.is_file() and f"measurement saved to {saved}" in err
+    code, stdout, err = cli("report", folder)
+    assert code == 0 and "1 measured" in stdout, err
+    data = json.loads((folder / "targets.json").read_text())
+    assert data["targets"] == ["rpi4", "stm32f746"] and data["timings_s"]["report"] > 0
+    rpi4 = data["artifacts"][0]["targets"]["rpi4"]
+    assert rpi4["source"] == "measured" and rpi4["device"] == f"{user}@127.0.0.1:{port}"
+    assert rpi4["p50_ms"] == json.loads(out)["p50_ms"] and rpi4["estimate"]["source"] == "estimated"
+    est = rpi4["estimate"]["p50_ms"]
+    assert rpi4["estimate"]["error_pct"] == pytest.approx(
+        (est - rpi4["p50_ms"]) / rpi4["p50_ms"] * 100, abs=0.1
+    )
+    assert data["artifacts"][0]["targets"]["stm32f746"]["source"] == "estimated"
+    if CHROMIUM:
+        dom = _chromium(folder / "report.html", tmp_path, "--dump-dom")
+        assert re.search(
+            rf'data-series="rpi4 \(measured on {user}@127.0.0.1:{port}\)"><circle class="point"', dom
+        )
+        assert "estimated " in dom
+    record = json.loads(saved.read_text())  # the artifact was rebuilt since: the measurement is stale
+    saved.write_text(json.dumps(record | {"artifact_sha256": "0" * 64}))
+    assert cli("report", folder)[0] == 0
+    rpi4 = json.loads((folder / "targets.json").read_text())["artifacts"][0]["targets"]["rpi4"]
+    assert rpi4["source"] == "estimated" and "measured another build" in rpi4["stale_measurement"]
+
+
+def test_save_bad_input_writes_nothing(converted, cli, tmp_path):
+    artifact = next(converted.glob("*.onnx"))
+    code, _, err = cli("profile", artifact, "--save", tmp_path, "--runs", "2")
+    assert code == 2 and "has no report.json" in err
+    code, _, err = cli("profile", artifact, "--target", "rpi4", "--save", converted)
+    assert code == 2 and "this run is an estimate" in err
+    code, _, err = cli("profile", SHIPPED_MODEL, "--save", converted, "--runs", "2")
+    assert code == 2 and "mnist_cnn.onnx is not an artifact of" in err
+    assert not (converted / "measurements").exists() and list(tmp_path.iterdir()) == []

@@ -15,7 +15,10 @@ stdev, peak memory and energy per inference, each labelled with its source.
   edgesmith profile model.onnx --target rpi4          estimated (no device given)
   edgesmith profile model.onnx --target rpi4 --ssh pi@raspberrypi.local
                                                       measured on the Pi over SSH
-  edgesmith profile model.tflite --target pixel2 --adb SERIAL
+  edgesmith profile model.tflite --target pixel2 --adb SERIAL --probe android
+                                                      measured on the phone, energy from its battery
+  edgesmith profile out/model.onnx --target rpi4 --ssh pi@raspberrypi.local
+                                                      kept in out/measurements/ for `edgesmith report out`
   edgesmith profile model.onnx --target host --estimate   the model's estimate for this machine
   edgesmith profile model.tflite --target stm32f746   estimate + RAM/flash fit
 
@@ -39,7 +42,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--remote-python", default="python3", help="the device's Python (default python3)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for a remote run (default 300)")
     p.add_argument("--probe", default="auto", help="power probe: auto (default), rapl, pi5-pmic, "
-                   "android-battery, ina219, ina226, none")  # fmt: skip
+                   "android-battery (alias android; read over adb with --adb), ina219, ina226, none")  # fmt: skip
+    p.add_argument("--save", metavar="DIR", help="keep the measurement in convert folder DIR (DIR/measurements/) "
+                   "for `edgesmith report DIR`; device measurements of an artifact inside a convert folder "
+                   "are kept there without it")  # fmt: skip
+    p.add_argument("--no-save", action="store_true", help="do not keep the measurement")
     p.add_argument("--runs", type=int, default=100, help="timed runs (default %(default)s)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: backend's)")
@@ -52,13 +59,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    import sys
+    import time
+
     from ..errors import InputError
-    from ..targets import spec
+    from ..targets import measurements, power, spec
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1 or (args.threads is not None and args.threads < 0):
         raise InputError("--runs and --batch must be >= 1, --warmup and --threads >= 0")
     if args.ssh and args.adb:
         raise InputError("give --ssh or --adb, not both")
+    args.probe = power.probe_name(args.probe)
+    if args.adb and args.probe not in ("auto", "none", "android-battery"):
+        raise InputError(f"over adb, --probe can be android-battery (or auto, none), not '{args.probe}'; "
+                         "the other probes run on a Linux board with --ssh")  # fmt: skip
     artifact = Path(args.artifact)
     if not artifact.is_file():
         raise InputError(f"{artifact}: no such file; check the path")
@@ -68,6 +82,8 @@ def main(args) -> int:
             f"{target.name} runs {'/'.join(target.formats)} files ({', '.join(target.runtimes)}), not "
             f"'{artifact.suffix}'; export one with `edgesmith convert --format tflite`"
         )
+    save = _save_folder(args, artifact, target)
+    started = time.perf_counter()
     if args.ssh or args.adb:
         result = _remote(args, artifact, target)
     elif target.kind == "host" and not args.estimate:
@@ -76,8 +92,35 @@ def main(args) -> int:
         result = _estimated(args, artifact, target)
     if args.layers and not (args.ssh or args.adb):
         result["layers"] = _layers(args, artifact, target, result)
+    result["profile_s"] = round(time.perf_counter() - started, 3)
+    if save is not None:
+        saved = measurements.save(save, artifact, target.name, result)
+        print(
+            f"edgesmith: measurement saved to {saved} (`edgesmith report {save}` shows it)", file=sys.stderr
+        )
     _print(result, args)
     return 0
+
+
+def _save_folder(args, artifact: Path, target) -> Path | None:
+    """Where to keep this measurement: --save DIR (checked before any work), else the convert folder
+    the artifact sits in for a device measurement with a target, else nowhere."""
+    from ..errors import InputError
+    from ..targets import measurements
+
+    measured = bool(args.ssh or args.adb) or (target.kind == "host" and not args.estimate)
+    if args.save:
+        if args.no_save:
+            raise InputError("give --save or --no-save, not both")
+        if not measured:
+            raise InputError("--save keeps measurements, and this run is an estimate; add --ssh/--adb to "
+                             "measure on the device (`edgesmith report` estimates by itself)")  # fmt: skip
+        if (args.ssh or args.adb) and not args.target:
+            raise InputError("--save needs --target NAME: the report shows the measurement under that target")
+        return measurements.check_folder(args.save, artifact)
+    if args.no_save or not (args.ssh or args.adb) or not args.target:
+        return None
+    return measurements.convert_folder(artifact)
 
 
 def _layers(args, artifact: Path, target, result: dict) -> list[dict]:
@@ -129,7 +172,8 @@ def _remote(args, artifact: Path, target) -> dict:
     else:
         from ..targets import adb
 
-        result = adb.profile(args.adb, artifact, args.runs, args.warmup, args.threads, args.timeout)
+        probe = None if args.probe == "none" else args.probe
+        result = adb.profile(args.adb, artifact, args.runs, args.warmup, args.threads, args.timeout, probe)
     if result.get("energy_source", "").startswith("measured"):
         energy = {k: result.pop(k) for k in ("energy_mj", "energy_source")}
     elif args.target:
@@ -170,6 +214,7 @@ def _print(result: dict, args) -> None:
               f"({result['macs'] / 1e6:.1f} M MACs; cost model, not a measurement)")  # fmt: skip
     if result["energy_mj"] is not None:
         print(f"  energy {result['energy_mj']:.3f} mJ per inference ({result['energy_source']})")
+    print(f"  ({result['profile_s']:.2f} s to profile)")
     for row in result.get("layers", []):
         print(f"    {row['ms']:9.4f} ms  {row['name']}  ({row['source']})")
     if "mcu_fit" in result:

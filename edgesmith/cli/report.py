@@ -10,12 +10,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "report",
         help="write an HTML report (Pareto plot, per-layer bars, per-target table) for a convert folder",
         description="Reads DIR/report.json (written by `edgesmith convert`), estimates each artifact on "
-        "the given targets, and writes DIR/report.html (self-contained: inline SVG, no scripts) and "
-        "DIR/targets.json. Example: edgesmith report out/ --target rpi4 --target stm32f746",
+        "the given targets, puts the device measurements saved in DIR/measurements/ (by `edgesmith "
+        "profile DIR/ARTIFACT --target T --ssh ...|--adb ...`) beside the estimates, and writes "
+        "DIR/report.html (self-contained: inline SVG, no scripts) and DIR/targets.json. "
+        "Example: edgesmith report out/ --target rpi4 --target stm32f746",
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--target", action="append", metavar="NAME",
-                   help="a target to estimate on, repeatable (default: the recipe's [profile] targets)")  # fmt: skip
+                   help="a target to estimate on, repeatable (default: the recipe's [profile] targets "
+                   "and the targets of saved measurements)")  # fmt: skip
     p.add_argument("--out", metavar="FILE", help="HTML path (default DIR/report.html)")
     return p
 
@@ -24,5 +27,7 @@ def main(args) -> int:
     from ..targets import report
 
     html, data = report.write(args.dir, args.target, args.out)
-    print(f"report: {html}  ({len(data['artifacts'])} artifact(s) x {len(data['targets'])} target(s))")
+    measured = sum(t.get("source") == "measured" for a in data["artifacts"] for t in a["targets"].values())
+    print(f"report: {html}  ({len(data['artifacts'])} artifact(s) x {len(data['targets'])} target(s), "
+          f"{measured} measured, {data['timings_s']['report']:.2f} s)")  # fmt: skip
     return 0

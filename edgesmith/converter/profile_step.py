@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..runtime import load as load_session
@@ -10,9 +11,12 @@ from .recipe import ProfileConfig
 
 
 def profile(path: Path, config: ProfileConfig) -> dict:
+    """Host latency, plus `profile_s`: how long loading and timing took."""
+    started = time.perf_counter()
     # exact: time what verify checked (OpenVINO would otherwise run float layers in bf16 here)
     session = load_session(path, threads=config.threads or None, exact=True)
-    return measure(session, runs=config.runs, warmup=config.warmup).to_json()
+    result = measure(session, runs=config.runs, warmup=config.warmup).to_json()
+    return result | {"profile_s": round(time.perf_counter() - started, 3)}
 
 
 def per_target(path: Path, config: ProfileConfig) -> dict:

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from . import power
 
 REMOTE = "/data/local/tmp/edgesmith"
 BENCHMARK = "/data/local/tmp/benchmark_model"
+BATTERY = "/sys/class/power_supply/battery"
 RUNNER = Path(__file__).with_name("runner.py")
 _NUM = r"([-\d.eE+]+)"
 
@@ -94,11 +96,69 @@ def parse_benchmark_model(text: str) -> dict:
     return out
 
 
+class AdbBattery:
+    """The phone's battery over `adb shell`: `cat current_now voltage_now` (µA, µV) from the host, at
+    <= 10 Hz on power.Sampler's thread while the benchmark runs. `command` is the shell prefix."""
+
+    name = "android-battery"
+
+    def __init__(self, serial: str, command: list[str] | None = None):
+        self.serial = serial
+        self.command = command or ["adb", "-s", serial, "shell"]
+
+    def _shell(self, command: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([*self.command, command], capture_output=True, text=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            raise InputError(
+                f"reading the battery of {self.serial} over adb hung; replug it and retry"
+            ) from None
+
+    def available(self) -> bool:
+        return self._shell(f"ls {BATTERY}/current_now {BATTERY}/voltage_now").returncode == 0
+
+    def status(self) -> str:
+        return self._shell(f"cat {BATTERY}/status").stdout.strip()
+
+    def power_w(self) -> float:
+        from .power import parse_android_battery
+
+        return parse_android_battery(self._shell(f"cat {BATTERY}/current_now {BATTERY}/voltage_now").stdout)
+
+
+def battery_probe(serial: str, probe: str | None, command: list[str] | None = None) -> AdbBattery | None:
+    """The battery probe for `--probe android-battery` (an error when absent or charging) or `auto`
+    (None then: the energy is estimated). Charging over USB adds the charger's current to the
+    battery's, so a charging phone gives no usable figure."""
+    if probe in (None, "none"):
+        return None
+    if probe not in ("auto", "android-battery"):
+        raise InputError(f"over adb, --probe can be android-battery (or auto, none), not '{probe}'; "
+                         "other probes run on a Linux board with --ssh")  # fmt: skip
+    battery = AdbBattery(serial, command)
+    if not battery.available():
+        if probe == "auto":
+            return None
+        raise InputError(f"the android-battery power probe is not present on {serial} (no {BATTERY}/current_now "
+                         "and voltage_now); drop --probe for an estimate")  # fmt: skip
+    status = battery.status()
+    if status in ("Charging", "Full"):
+        if probe == "auto":
+            return None
+        raise InputError(f"{serial} is charging (battery status: {status}), so the battery current includes the "
+                         "charger's; use Wi-Fi debugging (adb tcpip 5555, adb connect IP) and unplug USB, or "
+                         "drop --probe for an estimate")  # fmt: skip
+    return battery
+
+
 def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
-            threads: int | None = None, timeout: float = 300.0) -> dict:  # fmt: skip
+            threads: int | None = None, timeout: float = 300.0, probe: str | None = None) -> dict:  # fmt: skip
+    """Measure on the phone; with a battery probe, energy per inference = (mean power while the
+    benchmark runs - idle power just before) x mean latency, labelled measured:android-battery."""
     artifact = Path(artifact)
     started = time.perf_counter()
     check(serial)
+    battery = battery_probe(serial, probe)
     _adb(["shell", "mkdir", "-p", REMOTE], 30, serial)
     pushed = _adb(["push", str(artifact), f"{REMOTE}/{artifact.name}"], timeout, serial)
     if pushed.returncode != 0:
@@ -109,7 +169,7 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
         args = ["shell", BENCHMARK, f"--graph={model}", f"--num_runs={runs}", f"--warmup_runs={warmup}"]
         if threads:
             args.append(f"--num_threads={threads}")
-        done = _adb(args, timeout, serial)
+        done, idle_w, busy_w = _run(args, timeout, serial, battery)
         result = parse_benchmark_model(done.stdout + done.stderr)
     else:
         python = _adb(["shell", "command -v python3 || command -v python"], 30, serial).stdout.strip()
@@ -120,14 +180,27 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
             )
         _adb(["push", str(RUNNER), f"{REMOTE}/runner.py"], 60, serial)
         args = ["shell", python, f"{REMOTE}/runner.py", model, "--runs", str(runs), "--warmup", str(warmup)]
-        done = _adb(args + (["--threads", str(threads)] if threads else []), timeout, serial)
+        args += ["--threads", str(threads)] if threads else []
+        done, idle_w, busy_w = _run(args, timeout, serial, battery)
         result = _runner_json(done, serial, artifact)
     _adb(["shell", "rm", "-rf", REMOTE], 30, serial)
+    if battery is not None:
+        energy = power.Energy(
+            max(busy_w - idle_w, 0.0) * result["mean_ms"], f"measured:{battery.name}", idle_w, busy_w
+        )
+        result |= energy.to_json() | {"idle_w": round(idle_w, 6), "busy_w": round(busy_w, 6)}
     return result | {
         "device": f"adb:{serial}",
         "transport": "adb",
         "wall_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _run(args: list[str], timeout: float, serial: str, battery: AdbBattery | None):
+    """(completed adb call, idle W, busy W); the powers are None without a battery probe."""
+    if battery is None:
+        return _adb(args, timeout, serial), None, None
+    return power.during(battery, lambda: _adb(args, timeout, serial))
 
 
 def _runner_json(done, serial: str, artifact: Path) -> dict:

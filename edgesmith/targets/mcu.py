@@ -1,52 +1,53 @@
 """Does a model fit a microcontroller? Tensor arena + model bytes + runtime footprint vs SRAM/flash.
 
-The arena estimate replays the graph in order and keeps every activation alive from the layer
-that writes it to the last layer that reads it (shape-only ops alias their input): its peak is what
-TFLite Micro's greedy planner needs at least, since it must hold all live tensors at once. The
-converter's own TFLM arena planner (converter/exporters/c_array.py) is not used here on purpose:
-`targets/` never imports the converter.
+The arena comes from the one TFLM planner in `arena.py`: for a `.tflite`, TFLM's own lifetimes and
+greedy placement plus its persistent structs (what the c-array exporter reports too); for ONNX, the
+same greedy placement over the cost model's kernels (shape-only ops alias their input).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from . import arena as planner
 from .graph import Layer, layers
 from .spec import Target
 
 
 def arena_bytes(graph: list[Layer]) -> int:
-    """Peak bytes of simultaneously live activations (16-byte aligned, as TFLM aligns buffers)."""
-    last_use: dict[str, int] = {}
-    for i, layer in enumerate(graph):
-        for name in layer.inputs:
-            last_use[name] = i
-    live: dict[str, int] = {}
-    peak = 0
-    for i, layer in enumerate(graph):
-        for name, size in zip(layer.inputs, layer.in_sizes, strict=False):
-            live.setdefault(name, _align(size))
-        live[layer.outputs[-1]] = _align(layer.out_bytes)
-        peak = max(peak, sum(live.values()))
-        for name in [n for n in live if last_use.get(n, len(graph)) <= i]:
-            del live[name]
-    return peak
+    """TFLM's greedy plan over the kernels' activations (16-byte aligned)."""
+    return planner.from_layers(graph)["planned_bytes"]
 
 
-def _align(n: int) -> int:
-    return (n + 15) // 16 * 16
+def plan(model: str | Path, graph: list[Layer]) -> dict:
+    """The arena of `model`: TFLM's flatbuffer rules for `.tflite` (when a TFLite schema is
+    installed), else the kernels of `graph`. `arena_bytes` is what the fit counts."""
+    from ..errors import EdgesmithError
+
+    if Path(model).suffix.lower() == ".tflite":
+        try:
+            out = planner.estimate(Path(model).read_bytes())
+        except EdgesmithError:  # no LiteRT/TensorFlow schema: fall back to the kernels
+            pass
+        else:
+            return out | {"arena_bytes": out["total_bytes_estimate"],
+                          "method": "TFLM greedy planner on the flatbuffer + persistent structs"}  # fmt: skip
+    out = planner.from_layers(graph)
+    return out | {"arena_bytes": out["planned_bytes"]}
 
 
 def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> dict:
     """RAM and flash needed on `target` and whether they fit, with the margin either way."""
     graph = graph if graph is not None else layers(model)
-    arena = arena_bytes(graph)
+    arena = plan(model, graph)
     model_bytes = Path(model).stat().st_size
-    ram = arena + target.runtime_ram_bytes
+    ram = arena["arena_bytes"] + target.runtime_ram_bytes
     flash = model_bytes + target.runtime_flash_bytes
     dtypes = {layer.dtype for layer in graph if layer.macs}
     out = {
-        "arena_bytes": arena,
+        "arena_bytes": arena["arena_bytes"],
+        "arena_planned_bytes": arena["planned_bytes"],
+        "arena_method": arena["method"],
         "model_bytes": model_bytes,
         "ram_needed_bytes": ram,
         "ram_bytes": target.ram_bytes,

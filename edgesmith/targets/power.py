@@ -107,9 +107,21 @@ class AndroidBattery:
         return (self.root / "current_now").is_file() and (self.root / "voltage_now").is_file()
 
     def power_w(self) -> float:
-        micro_amps = int((self.root / "current_now").read_text())
-        micro_volts = int((self.root / "voltage_now").read_text())
-        return abs(micro_amps) * 1e-6 * micro_volts * 1e-6
+        return parse_android_battery(
+            (self.root / "current_now").read_text() + (self.root / "voltage_now").read_text()
+        )
+
+
+def parse_android_battery(text: str) -> float:
+    """Watts from `current_now` then `voltage_now` as printed by `cat` (µA and µV: the kernel's
+    power_supply ABI, and Android's BatteryManager BATTERY_PROPERTY_CURRENT_NOW in microamperes).
+    The current's sign differs by vendor (negative while discharging on Qualcomm), so |I| x V."""
+    try:
+        micro_amps, micro_volts = (int(v) for v in text.split()[:2])
+    except ValueError:
+        raise InputError(f"the battery's current_now/voltage_now read as {text.strip()[:80]!r}, not two "
+                         "integers; this device does not expose battery power") from None  # fmt: skip
+    return abs(micro_amps) * 1e-6 * micro_volts * 1e-6
 
 
 def ina219_power(shunt_reg: int, bus_reg: int, shunt_ohms: float) -> float:
@@ -193,13 +205,17 @@ class Sampler:
     def __init__(self, probe, hz: float = MAX_HZ):
         self.probe, self.period = probe, 1.0 / min(hz, MAX_HZ)
         self.samples: list[tuple[float, float]] = []
+        self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), self.probe.power_w()))
-            self._stop.wait(self.period)
+        try:
+            while not self._stop.is_set():
+                self.samples.append((time.perf_counter(), self.probe.power_w()))
+                self._stop.wait(self.period)
+        except Exception as exc:  # re-raised on the caller's thread by __exit__
+            self.error = exc
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -208,7 +224,23 @@ class Sampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
         self.samples.append((time.perf_counter(), self.probe.power_w()))
+
+    def mean_w(self) -> float:
+        seconds = self.samples[-1][0] - self.samples[0][0]
+        return integrate(self.samples) / seconds if seconds > 0 else self.samples[-1][1]
+
+
+def during(probe, work, idle_s: float = 1.0):
+    """(work(), idle W, mean W while `work` ran), for a run that cannot be split into calls (a
+    benchmark tool on a phone). Energy per inference is then (busy - idle W) x the mean latency."""
+    with Sampler(probe) as idle:
+        time.sleep(idle_s)
+    with Sampler(probe) as busy:
+        value = work()
+    return value, idle.mean_w(), busy.mean_w()
 
 
 def measure(probe, run, runs: int, idle_s: float = 1.0) -> Energy:
@@ -234,8 +266,25 @@ def measure(probe, run, runs: int, idle_s: float = 1.0) -> Energy:
     return Energy(dynamic / runs * 1e3, f"measured:{probe.name}", idle_w, joules / max(seconds, 1e-9))
 
 
+NAMES = ("auto", "none", "rapl", "pi5-pmic", "android-battery", "ina219", "ina226")
+ALIASES = {"android": "android-battery", "pmic": "pi5-pmic"}
+
+
+def probe_name(name: str) -> str:
+    """The canonical probe name; an InputError with the closest one for an unknown name."""
+    name = ALIASES.get(name, name)
+    if name not in NAMES:
+        from ..errors import closest
+
+        raise InputError(
+            f"unknown power probe '{name}'{closest(name, NAMES)}; choose from {', '.join(NAMES)}"
+        )
+    return name
+
+
 def find_probe(name: str = "auto"):
     """The named probe, or the first present one for 'auto' (None when nothing is there)."""
+    name = ALIASES.get(name, name)
     probes = {"rapl": Rapl, "pi5-pmic": PiPmic, "android-battery": AndroidBattery, "ina219": Ina2xx,
               "ina226": lambda: Ina2xx(chip="ina226")}  # fmt: skip
     if name == "auto":

@@ -5,6 +5,7 @@ marker area = file size) and per-layer latency bars. One self-contained HTML fil
 from __future__ import annotations
 
 import json
+import time
 from html import escape
 from pathlib import Path
 
@@ -51,18 +52,26 @@ def host_layers(path: str | Path, top: int = 15) -> list[tuple[str, float]]:
 
 
 def collect(folder: str | Path, names: list[str] | None = None) -> dict:
+    """Everything the report shows. Targets: `names`, else the recipe's `[profile] targets` plus every
+    target a saved measurement (DIR/measurements, see measurements.py) names."""
+    from . import measurements, spec
+
+    started = time.perf_counter()
     folder = Path(folder)
     source = folder / "report.json"
     if not source.is_file():
         raise InputError(f"{source}: no such file; point `edgesmith report` at a folder written by convert")
     report = json.loads(source.read_text())
-    names = names or report.get("recipe", {}).get("profile", {}).get("targets") or ["host"]
-    from . import spec
-
+    measured = measurements.load(folder)
+    if not names:
+        names = list(report.get("recipe", {}).get("profile", {}).get("targets") or [])
+        names += sorted({t for _, t in measured} - set(names))
+        names = names or ["host"]
     for name in names:
         spec.get(name)  # unknown names fail before any work, with a suggestion
     original = report.get("original", {})
-    data = {"folder": str(folder), "metric": original.get("metric"), "targets": names, "artifacts": []}
+    data = {"folder": str(folder), "metric": original.get("metric"), "targets": names, "artifacts": [],
+            "measurements": sorted(r["file"] for r in measured.values())}  # fmt: skip
     if report.get("original_latency"):
         data["original"] = {"size_bytes": original.get("size_bytes"), "score": original.get("score"),
                             "host_p50_ms": report["original_latency"]["p50_ms"]}  # fmt: skip
@@ -72,14 +81,26 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
             path = Path(entry["path"])
         verify = entry.get("verify", {})
         known = entry.get("targets", {})
+        t0 = time.perf_counter()
         missing = [n for n in names if n not in known]
         results = known | (target_results(path, missing) if missing else {})
+        for name in names:
+            record = measured.get((path.name, name))
+            if record is not None:
+                threads = record.get("threads")  # compare like with like: the thread count measured
+                same = threads in (None, results[name].get("threads"))
+                estimate = results[name] if same else target_results(path, [name], threads)[name]
+                results[name] = measurements.merge(estimate, record, path)
+        t1 = time.perf_counter()
+        layers = host_layers(path)
         data["artifacts"].append({
             "name": path.name, "precision": entry.get("precision"), "size_bytes": entry["size_bytes"],
             "score": verify.get("artifact"), "agreement": verify.get("agreement"),
             "host_p50_ms": entry.get("latency", {}).get("p50_ms"),
-            "targets": {n: results[n] for n in names}, "host_layers": host_layers(path),
+            "targets": {n: results[n] for n in names}, "host_layers": layers,
+            "timings_s": {"estimate": round(t1 - t0, 3), "host_layers": round(time.perf_counter() - t1, 3)},
         })  # fmt: skip
+    data["timings_s"] = {"report": round(time.perf_counter() - started, 3)}
     return data
 
 
@@ -98,13 +119,30 @@ def render(data: dict) -> str:
     if host:
         series["host (measured)"] = host
     for name in data["targets"]:
-        series[f"{name} ({_source(data, name)})"] = [
-            {"x": a["targets"][name]["p50_ms"], "y": _y(a), "size": a["size_bytes"], "label": a["name"]}
-            for a in data["artifacts"]
-        ]
+        estimated, measured = [], []
+        for a in data["artifacts"]:
+            t = a["targets"][name]
+            point = {"y": _y(a), "size": a["size_bytes"], "label": a["name"]}
+            if t.get("source") == "measured":
+                measured.append(point | {"x": t["p50_ms"]})
+                estimated.append(point | {"x": t["estimate"]["p50_ms"]})
+            else:
+                estimated.append(point | {"x": t["p50_ms"]})
+        series[f"{name} (estimated)"] = estimated
+        if measured:
+            devices = sorted(
+                {
+                    t.get("device", "?")
+                    for a in data["artifacts"]
+                    if (t := a["targets"][name]).get("source") == "measured"
+                }
+            )
+            series[f"{name} (measured on {', '.join(devices)})"] = measured
     parts = [_HEAD, f"<h1>edgesmith report: {escape(data['folder'])}</h1>",
              "<p>Latencies marked <em>estimated</em> come from the cost model (docs/targets.md gives its "
-             "measured error); <em>measured</em> ones were timed. Marker area is proportional to file size.</p>",
+             "measured error); <em>measured</em> ones were timed, on this machine or on the named device "
+             "(saved by <code>edgesmith profile --save</code>), with the estimate's error against them. "
+             "Marker area is proportional to file size.</p>",
              '<section id="pareto"><h2>Metric vs latency</h2>',
              svg.scatter(series, "p50 latency (ms, log scale)", metric, title=f"{metric} vs latency"),
              "</section>", '<section id="table"><h2>Artifacts x targets</h2>', _table(data), "</section>",
@@ -127,11 +165,6 @@ def _y(a: dict):
     return a["score"] if a["score"] is not None else a["agreement"]
 
 
-def _source(data: dict, name: str) -> str:
-    sources = {a["targets"][name].get("source", "estimated") for a in data["artifacts"]}
-    return "/".join(sorted(sources)) or "estimated"
-
-
 def _table(data: dict) -> str:
     head = "".join(f"<th>{escape(n)}</th>" for n in data["targets"])
     rows = []
@@ -142,8 +175,21 @@ def _table(data: dict) -> str:
             if t.get("p50_ms") is None:
                 cells.append(f"<td><small>{escape(t.get('note', 'not estimated'))}</small></td>")
                 continue
-            text = f"{t['p50_ms']:.3g} ms <small>{escape(t.get('source', ''))}</small><br>"
-            text += f"{t.get('energy_mj', 0):.3g} mJ <small>{escape(t.get('energy_source', ''))}</small>"
+            if t.get("source") == "measured":
+                text = f'<span class="measured">{t["p50_ms"]:.3g} ms <small>measured on {escape(t.get("device", "?"))}'
+                text += "</small></span><br>"
+                est = t["estimate"]
+                if est.get("p50_ms") is not None:
+                    error = f", {est['error_pct']:+.0f}%" if est.get("error_pct") is not None else ""
+                    text += f'<small class="estimate">estimated {est["p50_ms"]:.3g} ms{error}</small><br>'
+            else:
+                text = f"{t['p50_ms']:.3g} ms <small>{escape(t.get('source', ''))}</small><br>"
+            if t.get("energy_mj") is not None:
+                text += f"{t['energy_mj']:.3g} mJ <small>{escape(t.get('energy_source', ''))}</small>"
+            else:
+                text += f"<small>energy {escape(t.get('energy_source') or 'unknown')}</small>"
+            if t.get("stale_measurement"):
+                text += f"<br><small>{escape(t['stale_measurement'])}</small>"
             if "mcu_fit" in t:
                 fit = t["mcu_fit"]
                 text += f"<br>{'fits' if fit['fits'] else 'does not fit'}: RAM {fit['ram_needed_bytes'] // 1024} KB, "
@@ -169,8 +215,13 @@ def write(
     folder: str | Path, names: list[str] | None = None, out: str | Path | None = None
 ) -> tuple[Path, dict]:
     """Write DIR/report.html and DIR/targets.json; returns the HTML path and the data."""
-    data = collect(folder, names)
+    from .measurements import atomic_write
+
     html = Path(out) if out else Path(folder) / "report.html"
-    html.write_text(render(data))
-    (Path(folder) / "targets.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not html.parent.is_dir():
+        raise InputError(f"{html.parent}: no such folder; create it or pick another --out")
+    data = collect(folder, names)
+    text = render(data)
+    atomic_write(Path(folder) / "targets.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(html, text)
     return html, data

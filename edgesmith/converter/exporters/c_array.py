@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from ...errors import InputError
-from . import Exported, tflite_arena, tflite_export
+from ...targets import arena as tflm_arena
+from . import Exported, tflite_export
 
 FORMAT = "c-array"
 SUFFIX = ".cc"
@@ -65,7 +66,7 @@ def export(config, model, quantize, dest: Path, ctx) -> Exported:
     tflite.write_bytes(data)
     header.write_text(header_text)
     source.write_text(source_text)
-    arena = tflite_arena.estimate(data)
+    arena = tflm_arena.estimate(data)  # the planner the MCU fit uses too
     report = dict(report)
     report["micro"] = {
         "symbol": f"g_{name}_model_data",
