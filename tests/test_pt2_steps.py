@@ -105,3 +105,9 @@ def test_summary_prints_the_table_of_steps(cli, tmp_path):
     assert lines[header + 2].split()[0] == "original" and lines[header + 3].split()[0] == "prune"
     stages = json.loads((tmp_path / "out" / "report.json").read_text())["stages"]
     assert stages[1]["params"] < stages[0]["params"] and np.isfinite(stages[1]["score"])
+    # the HTML report shows the same steps
+    code, _, err = cli("report", tmp_path / "out", "--target", "rpi4")
+    assert code == 0, err
+    html = (tmp_path / "out" / "report.html").read_text()
+    section = html[html.index('<section id="stages">') :].split("</section>")[0]
+    assert section.count("<tr>") == 1 + len(stages) and "<td>prune</td>" in section

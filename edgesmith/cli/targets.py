@@ -62,6 +62,10 @@ def main(args) -> int:
     print(f"  runs       {', '.join(target.formats)} with {', '.join(target.runtimes)}")
     print(f"  cost model stack {target.stack}; overhead {target.op_overhead_us:g} us/op; "
           f"parallel fraction {target.parallel_fraction:g}")  # fmt: skip
+    if target.issue_width:
+        print(f"             issue width {target.issue_width} instructions/cycle caps the MAC rate")
+    if target.stacks:
+        print(f"  also       stacks {', '.join(sorted(target.stacks))} (figures measured with other kernels)")
     print(f"  fitted to  {target.fitted or '-'}")
     print(f"  sources    see the comments in {target.path}")
     return 0

@@ -100,6 +100,7 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
             "targets": {n: results[n] for n in names}, "host_layers": layers,
             "timings_s": {"estimate": round(t1 - t0, 3), "host_layers": round(time.perf_counter() - t1, 3)},
         })  # fmt: skip
+    data["stages"] = report.get("stages") or []
     data["timings_s"] = {"report": round(time.perf_counter() - started, 3)}
     return data
 
@@ -146,7 +147,7 @@ def render(data: dict) -> str:
              '<section id="pareto"><h2>Metric vs latency</h2>',
              svg.scatter(series, "p50 latency (ms, log scale)", metric, title=f"{metric} vs latency"),
              "</section>", '<section id="table"><h2>Artifacts x targets</h2>', _table(data), "</section>",
-             '<section id="layers"><h2>Per-layer latency</h2>']  # fmt: skip
+             _stages(data), '<section id="layers"><h2>Per-layer latency</h2>']  # fmt: skip
     for a in data["artifacts"]:
         if a["host_layers"]:
             parts.append(
@@ -159,6 +160,27 @@ def render(data: dict) -> str:
                 parts.append(svg.bars(rows, title=f"{a['name']}: slowest layers on {first} (estimated)"))
     parts.append("</section></body></html>")
     return "\n".join(parts)
+
+
+def _stages(data: dict) -> str:
+    """What each compression step bought: the model before and after every step (convert's stages)."""
+    if not data.get("stages"):
+        return ""
+    metric = escape(data.get("metric") or "metric")
+
+    def cell(value, fmt: str) -> str:
+        return "<td>-</td>" if value is None else f"<td>{fmt.format(value)}</td>"
+
+    rows = "".join(
+        f"<tr><td>{escape(s['after'])}</td>{cell(s.get('macs') and s['macs'] / 1e6, '{:.3f} M')}"
+        f"{cell(s.get('params'), '{:,}')}{cell(s['size_bytes'] / 1024, '{:.1f} KB')}"
+        f"{cell(s.get('score'), '{:.2f}')}{cell(s.get('p50_ms'), '{:.3f} ms')}</tr>"
+        for s in data["stages"]
+    )
+    return ('<section id="stages"><h2>Step by step</h2><p>The model after each step of the recipe, '
+            "measured on this machine (the last row is the first artifact).</p><table><tr><th>after step</th>"
+            f"<th>MACs</th><th>params</th><th>size</th><th>{metric}</th><th>host p50</th></tr>{rows}</table>"
+            "</section>")  # fmt: skip
 
 
 def _y(a: dict):
