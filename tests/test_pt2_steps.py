@@ -61,6 +61,28 @@ def test_lift_rebuilds_named_layers_that_compute_exactly_the_same():
     assert "aten.conv2d.default" in {str(n.target) for n in program.graph.nodes}
 
 
+def test_transposed_convs_are_lifted_and_bare_parameters_are_named():
+    from edgesmith.converter.frontends.torch_lift import lift
+    from edgesmith.converter.steps.prune import _unlifted_hint
+
+    class Up(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.ConvTranspose2d(3, 8, 2, stride=2)
+            self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 8).view(8, 1, 1))
+
+        def forward(self, x):
+            return (self.up(x) * self.scale).mean((2, 3))
+
+    model, x = Up().eval(), torch.randn(2, 3, 4, 4)
+    lifted = lift(torch.export.export(model, (x,)))
+    assert isinstance(lifted.up, torch.nn.ConvTranspose2d) and lifted.up.stride == (2, 2)
+    with torch.no_grad():
+        assert torch.equal(lifted(x), model(x))
+    assert lifted.meta["edgesmith_unlifted"] == ["scale (in aten.mul.Tensor)"]
+    assert "scale (in aten.mul.Tensor)" in _unlifted_hint(lifted)
+
+
 def test_lifted_pt2_prunes_and_the_flatten_follows_the_pruned_width():
     from edgesmith.converter.frontends.torch_lift import example_inputs, lift
     from edgesmith.converter.steps.prune import PruneConfig, prune_module

@@ -6,10 +6,11 @@ none. `lift` rebuilds real layers from those calls, under the names the weights 
 module (`features.0`), so `ignore = ['features\\.0']` and `hidden_layers` in a recipe mean what they
 mean for the module itself, and rewrites the graph to call them.
 
-Lifted: conv1d/conv2d, linear, batch_norm, layer_norm. A `view`/`reshape` that flattens everything but
+Lifted: conv1d/conv2d, conv_transpose1d/2d, linear, batch_norm, layer_norm. A `view`/`reshape` that flattens everything but
 the batch into a size baked in at export time becomes `flatten(x, 1)`, so a pruned width flows through
 to the next layer. Everything else stays as the exporter wrote it: an op the steps must change but that
-is not lifted (say a transposed conv) makes the step fail with a message naming it.
+is not lifted (say a grouped transposed conv's cousin, or a parameter used by a bare `mul`) is listed
+in `module.meta['edgesmith_unlifted']`, and a step that fails names it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def lift(program):
     for node in list(graph.nodes):  # the parameters now live in the layers
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
+    # what is left is used by ops that are not layers now; steps name these when they cannot cope
+    module.meta["edgesmith_unlifted"] = sorted(
+        f"{node.target} (in {user.target})"
+        for node in graph.nodes
+        if node.op == "get_attr"
+        for user in node.users
+    )
     graph.lint()
     module.recompile()
     if not lifted:
@@ -153,6 +161,25 @@ def _conv(torch, node, module):
     return layer, [x]
 
 
+def _conv_transpose(torch, node, module):
+    x, weight = node.args[0], node.args[1]
+    try:
+        w, b = _tensor(module, weight), _tensor(module, _arg(node, 2, "bias", None))
+    except _NotLiftable:
+        return None, []
+    dims = w.dim() - 2
+    stride, padding = _arg(node, 3, "stride", [1] * dims), _arg(node, 4, "padding", [0] * dims)
+    output_padding, groups = _arg(node, 5, "output_padding", [0] * dims), _arg(node, 6, "groups", 1)
+    dilation = _arg(node, 7, "dilation", [1] * dims)
+    cls = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d}.get(dims)
+    if cls is None:
+        return None, []
+    layer = cls(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), tuple(stride), tuple(padding),
+                tuple(output_padding), groups, bias=b is not None, dilation=tuple(dilation))  # fmt: skip
+    _copy(torch, layer, weight=w, bias=b)
+    return layer, [x]
+
+
 def _linear(torch, node, module):
     x, weight = node.args[0], node.args[1]
     try:
@@ -195,6 +222,8 @@ def _layer_norm(torch, node, module):
 _BUILDERS = {
     "aten.conv2d.default": _conv,
     "aten.conv1d.default": _conv,
+    "aten.conv_transpose1d.default": _conv_transpose,
+    "aten.conv_transpose2d.input": _conv_transpose,
     "aten.linear.default": _linear,
     "aten.batch_norm.default": _batch_norm,
     "aten.layer_norm.default": _layer_norm,

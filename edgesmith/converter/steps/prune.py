@@ -186,6 +186,15 @@ def _bisect(trial, goal: float):
     return best
 
 
+def _unlifted_hint(module) -> str:
+    """For a model rebuilt from a .pt2 (frontends/torch_lift.py): the parameters no layer owns."""
+    unlifted = getattr(module, "meta", {}).get("edgesmith_unlifted") if hasattr(module, "graph") else None
+    if not unlifted:
+        return ""
+    shown = ", ".join(unlifted[:3]) + (" ..." if len(unlifted) > 3 else "")
+    return f" (the .pt2 has parameters outside any layer: {shown}; pass the nn.Module in Python instead)"
+
+
 def prune_module(module, config: PruneConfig, example_inputs, data=None) -> tuple[Any, dict]:
     """Return (a pruned copy of `module`, report). `example_inputs`: a batch (array/tensor or tuple)
     to trace with; `data`: inputs (N, ...) for the taylor criterion.
@@ -208,7 +217,7 @@ def prune_module(module, config: PruneConfig, example_inputs, data=None) -> tupl
         pruned, kept = _prune_copy(tp, torch, module, cfg, args, ratio, data)
         broken = _failing_module(torch, pruned, args)
         if broken:
-            raise InputError(broken)
+            raise InputError(broken + _unlifted_hint(module))
         return pruned, kept, tp.utils.count_ops_and_params(pruned, args)[0]
 
     if config.target_macs is None:
@@ -225,6 +234,7 @@ def prune_module(module, config: PruneConfig, example_inputs, data=None) -> tupl
             raise InputError(
                 f"prune.target_macs = {config.target_macs} cannot be reached (best: {macs / macs0:.2f} of the MACs "
                 f"removing up to {MAX_RATIO:.0%} of the channels); raise target_macs, shorten prune.ignore or use scope = 'layer'"
+                + _unlifted_hint(module)
             )
         model, kept, macs = best
         config = cfg
