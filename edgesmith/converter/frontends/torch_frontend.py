@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..._quiet import quiet
 from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..handle import ModelHandle
@@ -79,18 +77,9 @@ def strip_debug_info(proto) -> None:
             item.doc_string = ""
 
 
-@contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's chatter (missing torchvision ops, deprecation notices)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return quiet("torch.onnx")
 
 
 def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: str):

@@ -14,12 +14,11 @@ ExportContext's source holds.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections import Counter
 
 import numpy as np
 
+from ..._quiet import quiet
 from ...errors import InputError, require
 from ..handle import ModelHandle
 from .base import StepResult
@@ -49,7 +48,7 @@ def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in args)
     algo = ALGOS[step.calibration_config.method]
-    with _inc_quiet(), torch.no_grad():
+    with quiet("neural_compressor", python_warnings=False), torch.no_grad():  # INC logs every stage at INFO
         if source.module is not None:
             graph = export(source.module.eval(), args, dynamic_shapes=dynamic)
         else:  # a .pt2: already exported (INC's `export` would call .eval(), which its module refuses)
@@ -105,18 +104,6 @@ def _check(config, model: ModelHandle, source, method: str) -> None:
                                    ("format = 'qoperator'", config.format != "qdq")) if on]  # fmt: skip
     if unsupported:
         raise InputError(f"engine 'inc' does not take quantize.{unsupported[0]}; use engine = 'onnxruntime'")
-
-
-@contextlib.contextmanager
-def _inc_quiet():
-    """INC logs every stage at INFO on stderr; keep errors only."""
-    logger = logging.getLogger("neural_compressor")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _fold_weights(proto) -> int:
