@@ -133,3 +133,19 @@ def test_summary_prints_the_table_of_steps(cli, tmp_path):
     html = (tmp_path / "out" / "report.html").read_text()
     section = html[html.index('<section id="stages">') :].split("</section>")[0]
     assert section.count("<tr>") == 1 + len(stages) and "<td>prune</td>" in section
+
+
+def test_prune_and_distill_give_byte_identical_artifacts(cli, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[[steps]]\nkind = "prune"\ntarget_macs = 0.5\n\n[[steps]]\nkind = "distill"\nepochs = 1\n\n'
+        "[profile]\nenabled = false\n"
+    )
+    outputs = []
+    for run in ("a", "b"):
+        code, _, err = cli("convert", SHIPPED_MODEL.with_suffix(".pt2"), "--recipe", recipe, "--calibration",
+                           SHIPPED_CALIBRATION, "--out", tmp_path / run, "-q")  # fmt: skip
+        assert code == 0, err
+        outputs.append((tmp_path / run / "mnist_cnn.fp32.onnx").read_bytes())
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) < 0.6 * SHIPPED_MODEL.stat().st_size  # pruned, not the original re-exported
