@@ -7,39 +7,26 @@ Goals: top-1 drop <= 0.1 point and INT8 file <= 0.30 of the FP32 file.
 
 from __future__ import annotations
 
-import importlib.resources
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import ROOT, load_mnistnet, mnist_test
 
 import edgesmith
-from edgesmith.converter.data.idx import load_mnist, normalize_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
 CALIBRATION = ROOT / "calibration_data" / "mnist"
 
 
-def ccexam_mnistnet():
-    from ccexam.models import MNISTNet
-
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
 def main() -> None:
-    images, labels = load_mnist(MNIST)
+    images, labels = mnist_test()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         eval_npz = Path(tmp) / "mnist_test.npz"
-        np.savez(eval_npz, input=normalize_mnist(images), labels=labels)
+        np.savez(eval_npz, input=images, labels=labels)
         models = {
             "shipped mnist_cnn (ONNX)": (ROOT / "models" / "mnist_cnn.onnx", None),
-            "ccexam MNISTNet (nn.Module)": (ccexam_mnistnet(), (np.zeros((2, 1, 28, 28), np.float32),)),
+            "ccexam MNISTNet (nn.Module)": (load_mnistnet(), (np.zeros((2, 1, 28, 28), np.float32),)),
         }
         for preset in ("int8", "int8-dynamic", "fp16"):
             for name, (model, example) in models.items():

@@ -20,17 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import mnist_test
 from torch import nn
 
-from edgesmith.converter.data.idx import load_mnist, normalize_mnist
 from edgesmith.converter.exporters import binary_onnx, binary_openvino
 from edgesmith.converter.frontends.torch_frontend import load_module
 from edgesmith.converter.steps import kd
 from edgesmith.converter.steps.binarize import BinarizeConfig, binarize_module
 from edgesmith.converter.steps.binary_layers import freeze
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
 WIDTH = 32
 
 
@@ -161,8 +159,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     x, y = training_set()
-    images, labels = load_mnist(MNIST)
-    test_x = normalize_mnist(images)
+    test_x, labels = mnist_test()
 
     def teacher_fn():
         torch.manual_seed(0)

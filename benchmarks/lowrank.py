@@ -12,56 +12,31 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch_pruning as tp
+from common import interleaved_p50, load_mnistnet, mnist_test, ort_session
 
-from edgesmith.converter.data.idx import load_mnist, normalize_mnist
 from edgesmith.converter.steps.lowrank import LowRankConfig, factorize_module
 
-ROOT = Path(__file__).resolve().parents[1]
 ENERGIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
-def mnistnet():
-    from ccexam.models import MNISTNet
-
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
 def p50(paths: dict[str, Path], runs: int = 300, block: int = 10) -> dict[str, float]:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    sessions = {
-        k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()
-    }
+    """ORT p50 in us at batch 1, one thread (thread CPU time, interleaved blocks)."""
     x = {"input": np.zeros((1, 1, 28, 28), np.float32)}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    rnd = 0
-    while min(len(v) for v in times.values()) < runs:
-        for k in list(sessions) if rnd % 2 == 0 else list(sessions)[::-1]:
-            sessions[k].run(None, x)
-            for _ in range(block):
-                t0 = time.thread_time()
-                sessions[k].run(None, x)
-                times[k].append(time.thread_time() - t0)
-        rnd += 1
-    return {k: round(1e6 * float(np.median(v)), 1) for k, v in times.items()}
+    runners = {k: partial(ort_session(p).run, None, x) for k, p in paths.items()}
+    return {k: round(1e3 * ms, 1) for k, ms in interleaved_p50(runners, runs, block).items()}
 
 
 def main() -> None:
@@ -69,9 +44,9 @@ def main() -> None:
     if "--minilm-only" in sys.argv:
         print(json.dumps({"minilm": minilm()}, indent=1))
         return
-    images, labels = load_mnist(ROOT.parent / "shared" / "data" / "mnist")
-    x = torch.from_numpy(normalize_mnist(images))
-    base = mnistnet()
+    images, labels = mnist_test()
+    x = torch.from_numpy(images)
+    base = load_mnistnet()
     example = torch.zeros(1, 1, 28, 28)
     rows, models = {}, {"dense": base}
     for energy in ENERGIES:

@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nncf
 import openvino as ov
 import zoo
+from common import interleaved_p50, structured_images, table_header
 
 import edgesmith
 import edgesmith.runtime
@@ -52,14 +52,6 @@ from edgesmith.converter.recipe import Recipe
 
 LABELS = {"mobilenet_v2": "MobileNetV2", "resnet50": "ResNet-50"}
 REFERENCE = {"mobilenet_v2": 0.73, "resnet50": 0.54}  # NNCF default quantize, measured before
-
-
-def structured_images(count: int, seed: int) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    low = torch.randn(count, 3, 14, 14, generator=gen)
-    x = torch.nn.functional.interpolate(low, size=(224, 224), mode="bilinear", align_corners=False)
-    x = x + 0.1 * torch.randn(x.shape, generator=gen)
-    return ((x - x.mean()) / x.std()).numpy().astype(np.float32)
 
 
 def nncf_variant(onnx_path: Path, xml: Path, calib: np.ndarray, **kwargs) -> Path:
@@ -118,21 +110,7 @@ def accuracy(sessions: dict, images: np.ndarray) -> dict[str, tuple[float, float
 def latency(sessions: dict, runs: int, block: int) -> dict[str, float]:
     """p50 per session, in ms of the calling thread's CPU time (see the module docstring)."""
     x = {"input": structured_images(1, seed=99)}
-    times = {k: [] for k in sessions}
-    order = list(sessions)
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(x)
-    while min(len(v) for v in times.values()) < runs:
-        for key in order:
-            run = sessions[key].run
-            run(x)
-            for _ in range(block):
-                t = time.thread_time()
-                run(x)
-                times[key].append((time.thread_time() - t) * 1e3)
-        order.reverse()
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_p50({k: partial(s.run, x) for k, s in sessions.items()}, runs, block, warmup=3)
 
 
 def main() -> None:
@@ -176,8 +154,8 @@ def main() -> None:
             print(f"  OpenVINO INT8 / {base} p50: edgesmith {ours:.2f}, nncf default {default:.2f} "
                   f"(reference {REFERENCE[name]})", flush=True)  # fmt: skip
         print(f"  same weights (.bin) as nncf default: {same}\n", flush=True)
-    print("| model | variant | p50 ms | ratio vs its FP32 | top-1 agreement % | rel. L2 err | max abs err |")
-    print("|---|---|---|---|---|---|---|")
+    print(table_header("model", "variant", "p50 ms", "ratio vs its FP32", "top-1 agreement %", "rel. L2 err",
+                       "max abs err"))  # fmt: skip
     for model, key, ms, ratio, agree, rel, err in rows:
         print(f"| {model} | {key} | {ms:.2f} | {ratio:.2f} | {agree:.1f} | {rel:.4f} | {err:.3f} |")
 

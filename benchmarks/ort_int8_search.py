@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import zoo
+from common import log, table_header, table_row
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -256,10 +256,6 @@ def run_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def cpu() -> str:
     """CPU model name and whether it has VNNI (Linux; elsewhere just the machine type)."""
     try:
@@ -275,13 +271,13 @@ def cpu() -> str:
 def table(results: dict[str, dict], models: list[str]) -> str:
     cols = ("ratio", "top-1", "max abs err", "rel L2 err")
     head = ["config", "what"] + [f"{MODEL_LABELS.get(m, m)} {c}" for m in models for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [table_header(*head)]
     for cfg in CONFIGS:
         cells = [f"`{cfg.name}`", cfg.note]
         for m in models:
             r = results[m][cfg.name]
             cells += [f"{r['ratio']:.3f}", f"{r['top1']:.2f}", f"{r['max_abs']:.3f}", f"{r['rel_l2']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(*cells))
     return "\n".join(lines)
 
 

