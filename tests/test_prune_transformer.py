@@ -109,3 +109,51 @@ def test_bad_input(kw, match, tmp_path):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(InputError, match="no config.json"):
         _prune(tmp_path)
+
+
+def test_recipe_step_on_a_module_through_the_python_api(tmp_path):
+    """`prune_transformer` as a recipe step on a transformers model given in Python, scored on an .npz
+    of token arrays (the calibration data), then distilled from the original and exported to ONNX."""
+    import onnxruntime as ort
+
+    from edgesmith.converter import convert
+    from edgesmith.converter.recipe import Recipe
+
+    np.savez(tmp_path / "tokens.npz", **DATA)
+    recipe = Recipe.from_dict({
+        "calibration": {"path": str(tmp_path / "tokens.npz")},
+        "steps": [{"kind": "prune_transformer", "heads": 0.5, "ffn": 0.5, "layers": 3},
+                  {"kind": "distill", "losses": ["hidden", "attention"], "epochs": 1, "batch_size": 8}],
+        "exports": [{"format": "onnx"}],
+        "verify": {"eval": str(tmp_path / "tokens.npz")},
+        "profile": {"enabled": False},
+    })  # fmt: skip
+    original = _bert()
+    before = _run(original)
+    report = convert(original, recipe=recipe, out=tmp_path / "out", example_inputs=tuple(DATA.values()))
+    prune, distill = report["steps"]
+    assert prune["heads_per_layer"] == [8, 4] and prune["layers"] == [4, 3] and prune["importance"] == "data"
+    assert distill["samples"] == 16 and distill["losses"] == ["hidden", "attention"]
+    np.testing.assert_array_equal(_run(original), before)  # the original is not modified
+    session = ort.InferenceSession(report["artifacts"][0]["path"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert session.run(None, DATA)[0].shape == (16, 12, 64)  # last_hidden_state: no pooling for a module
+    assert report["verify"]["samples"] == 16
+
+
+def test_the_step_refuses_a_model_that_is_not_a_transformer(tmp_path):
+    import torch
+
+    from edgesmith.converter import convert
+    from edgesmith.converter.recipe import Recipe
+
+    recipe = Recipe.from_dict(
+        {"steps": [{"kind": "prune_transformer", "heads": 0.5}], "profile": {"enabled": False}}
+    )
+    with pytest.raises(InputError, match="works on Hugging Face transformers"):
+        convert(
+            torch.nn.Linear(4, 2),
+            recipe=recipe,
+            out=tmp_path / "o",
+            example_inputs=(np.ones((2, 4), np.float32),),
+        )

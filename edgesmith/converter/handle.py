@@ -32,12 +32,18 @@ class TorchHandle:
 
 
 def sha256(path: Path) -> str:
+    """Of a file's bytes; of a folder (a Hugging Face model), of its files' relative paths and bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [path]
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def file_info(path: Path) -> dict:
-    return {"path": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)}
+    files = [p for p in Path(path).rglob("*") if p.is_file()] if Path(path).is_dir() else [Path(path)]
+    return {"path": str(path), "size_bytes": sum(f.stat().st_size for f in files), "sha256": sha256(path)}

@@ -89,12 +89,14 @@ def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource 
     """Calibration and eval data, opened and checked before any long work starts."""
     cal, ver = recipe.calibration, recipe.verify
     calibration = evaluation = None
+    tokenize = getattr(source.module, "tokenize", None)  # text models (Hugging Face folders): .txt data
     if cal.path:
         calibration = ArraySource(cal.path, source.inputs, "calibration", cal.max_samples, cal.batch_size,
-                                  cal.preprocess)  # fmt: skip
+                                  cal.preprocess, tokenize=tokenize)  # fmt: skip
         calibration.check_finite()
     if ver.eval:
-        evaluation = ArraySource(ver.eval, source.inputs, "eval", ver.max_samples, ver.batch_size)
+        evaluation = ArraySource(ver.eval, source.inputs, "eval", ver.max_samples, ver.batch_size,
+                                 tokenize=tokenize)  # fmt: skip
     return calibration, evaluation
 
 
@@ -125,6 +127,8 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 step_reports.append(step_report)
             report = _report(recipe, model_path, source, step_reports)
             stem = model_path.stem if model_path else source.onnx.path.stem
+            if torch_steps:
+                _save_hf_folder(changed.module, output, f"{stem}-hf", model_path, report)
             export_ctx = exporters.ExportContext(changed, ctx)
             for config in recipe.exports:
                 _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
@@ -150,6 +154,16 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     output.commit()
     _check_drop(report, recipe)
     return report
+
+
+def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | None, report: dict) -> None:
+    """A changed Hugging Face model is also written as a model folder (config.json + safetensors, the
+    tokenizer files copied), so it can be reloaded, fine-tuned or converted again."""
+    from .frontends import hf_frontend
+
+    if hf_frontend.is_encoder(module):
+        hf_frontend.save_folder(module, output.staging / name, model_path)
+        report["hf_folder"] = str(output.path / name)
 
 
 def _apply(config, handle: ModelHandle, ctx: StepContext):
@@ -214,12 +228,15 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
         row = {"after": name, **_graph_stats(path), "size_bytes": path.stat().st_size}
         if ref is not None:
             result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
-            row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"))
+            row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
+                       cosine=result.get("cosine"))  # fmt: skip
         if recipe.profile.enabled:
             row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile))["p50_ms"]
         return row
 
     original = {"verify": {"metric": ref.metric, "artifact": ref.score}} if ref is not None else {}
+    if ref is not None and "cosine" in report["artifacts"][0].get("verify", {}):
+        original["verify"]["cosine"] = 1.0  # embeddings: the original against itself
     if "original_latency" in report:
         original["latency"] = report["original_latency"]
     rows = [measure("original", source.onnx.path, original)]

@@ -2,8 +2,10 @@
 
 Sources: an `.npz` (arrays named after the model inputs, first axis = samples, optional `labels`),
 an `.npy` (memory-mapped, for a single-input model), or a folder of images with a preprocessing
-spec. Batches are read one at a time, so memory stays bounded by a batch (an `.npz` array is read
-whole when first touched: use `.npy` or an image folder for sets larger than memory).
+spec; for a text model (whose frontend gives a `tokenize` function) also a `.txt` of one sentence per
+line, tokenized when opened. Batches are read one at a time, so memory stays bounded by a batch (an
+`.npz` array is read whole when first touched: use `.npy` or an image folder for sets larger than
+memory).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class ArraySource:
         max_samples: int | None = None,
         batch_size: int = 16,
         preprocess: PreprocessConfig | None = None,
+        tokenize=None,  # text models: (sentences, seq_len) -> {input name: int64 array}
     ):
         self.path = Path(path)
+        self._tokenize, self._max_samples = tokenize, max_samples
         self.inputs = inputs
         self.what = what
         self.batch_size = batch_size
@@ -73,9 +77,17 @@ class ArraySource:
             elif suffix == ".npz":
                 npz = np.load(self.path, allow_pickle=False)
                 found = {name: npz[name] for name in npz.files}
+            elif suffix == ".txt":
+                if self._tokenize is None:
+                    raise InputError(
+                        f"{self.what} data {self.path}: sentences need a tokenizer; give a Hugging Face model "
+                        "folder with one (tokenizer.json or vocab.txt), or an .npz of input_ids/attention_mask"
+                    )
+                found = self._read_text()
             else:
                 raise InputError(
                     f"{self.what} data {self.path}: expected an .npz, an .npy or a folder of images"
+                    + (" (or a .txt of sentences)" if self._tokenize is not None else "")
                 )
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(
@@ -99,6 +111,15 @@ class ArraySource:
         if len(counts) > 1:
             raise InputError(f"{self.path}: the input arrays have different sample counts {sorted(counts)}")
         return arrays
+
+    def _read_text(self) -> dict[str, np.ndarray]:
+        """One sentence per line (blank lines skipped), tokenized to the model's sequence length."""
+        lines = [line.strip() for line in self.path.read_text(encoding="utf-8").splitlines()]
+        lines = [line for line in lines if line][: self._max_samples or None]
+        if not lines:
+            raise InputError(f"{self.what} data {self.path} holds no sentences; write one per line")
+        length = self.inputs[0].shape[1] if len(self.inputs[0].shape) > 1 else None
+        return self._tokenize(lines, length if isinstance(length, int) and length > 0 else None)
 
     def check_finite(self) -> None:
         """Scan array data for NaN/Inf up front, so bad data fails before any long work.

@@ -19,8 +19,8 @@ SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".keras": "keras", ".h5": "keras"}
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "onnx" | "pt2" | "torch" | "keras"
-    path: Path | None  # the user's file; None for an in-memory module
+    kind: str  # "onnx" | "pt2" | "torch" | "keras" (a Hugging Face folder or model is "torch")
+    path: Path | None  # the user's file (or Hugging Face model folder); None for an in-memory module
     onnx: ModelHandle  # the fp32 ONNX the steps start from
     inputs: tuple[TensorSpec, ...]
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # runs the original model
@@ -30,14 +30,18 @@ class Source:
 
 
 def kind_of(model: Any) -> str:
-    """'onnx', 'pt2', 'keras' or 'torch', after checking a path exists and has a known suffix (cheap)."""
+    """'onnx', 'pt2', 'keras', 'hf' (a Hugging Face model folder) or 'torch', after checking a path
+    exists and has a known suffix or, for a folder, a config.json (cheap)."""
     if not isinstance(model, (str, Path)):
         return "torch"
     path = Path(model)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a model file (.onnx, .pt2, .keras or .h5)")
+        from .hf_frontend import _check_folder
+
+        _check_folder(path)
+        return "hf"
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None and path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
         raise InputError(
@@ -61,8 +65,14 @@ def load(model: Any, workdir: Path, example_inputs: tuple | None = None) -> Sour
         from . import keras_frontend
 
         return keras_frontend.load(Path(model), workdir)
-    from . import torch_frontend
+    if kind == "hf":
+        from . import hf_frontend
+
+        return hf_frontend.load_folder(Path(model), workdir)
+    from . import hf_frontend, torch_frontend
 
     if kind == "pt2":
         return torch_frontend.load_pt2(Path(model), workdir)
+    if hf_frontend.is_encoder(model) or hf_frontend.is_bert_like(model):
+        return hf_frontend.load_module(model, workdir, example_inputs)
     return torch_frontend.load_module(model, workdir, example_inputs)
