@@ -17,6 +17,9 @@ presets:
 examples:
   edgesmith convert models/mnist_cnn.onnx --preset int8 \\
       --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz
+  edgesmith convert models/mnist_cnn.pt2 --preset pruned50-int8 \
+      --calibration calibration_data/mnist --format onnx --format tflite
+  edgesmith convert path/to/hf_model_folder --recipe prune_heads.toml   # BERT-like, .txt data
   edgesmith convert model.pt2 --recipe my.toml --out build/ --force
   edgesmith convert model.onnx --preset int8 --dump-recipe > my.toml   # save, edit, replay
 
@@ -34,7 +37,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description=HELP.format(presets=presets),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help="an .onnx file or a torch.export .pt2")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="an .onnx file, a torch.export .pt2, a Keras .keras/.h5, or a Hugging Face model folder (config.json)",
+    )
     p.add_argument("--recipe", metavar="R.toml", help="recipe file (steps, calibration, exports ...)")
     p.add_argument(
         "--preset",

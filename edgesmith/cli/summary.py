@@ -15,6 +15,8 @@ def rows(report: dict) -> list[list[str]]:
     original = report.get("original", {})
     metric = original.get("metric") or "metric"
     header = ["model", "precision", "size", metric, "agreement %", "max abs err", "p50 ms", "p90 ms"]
+    if any("cosine" in a.get("verify", {}) for a in report["artifacts"]):
+        header[4] = "vs original"  # embeddings: mean cosine to the original's
     lat = report.get("original_latency", {})
     table = [
         header,
@@ -37,7 +39,7 @@ def rows(report: dict) -> list[list[str]]:
                 a["precision"],
                 _size(a["size_bytes"]),
                 _num(v.get("artifact")),
-                _num(v.get("agreement")),
+                _num(v.get("agreement")) if "cosine" not in v else f"cos {v['cosine']:.4f}",
                 _num(v.get("max_abs_error"), "{:.4f}"),
                 _num(lat.get("p50_ms"), "{:.3f}"),
                 _num(lat.get("p90_ms"), "{:.3f}"),
@@ -55,11 +57,15 @@ def _count(n) -> str:
 def stage_rows(report: dict) -> list[list[str]]:
     """One row per step: what the model costs and scores after it (the first row is the original)."""
     stages = report.get("stages") or []
-    metric = next((s["metric"] for s in stages if s.get("metric")), "metric")
-    table = [["after step", "MACs", "params", "size", metric, "p50 ms"]]
+    metric = next((s["metric"] for s in stages if s.get("metric")), None)
+    cosine = metric is None and any(s.get("cosine") is not None for s in stages)
+    table = [
+        ["after step", "MACs", "params", "size", metric or ("cos vs orig" if cosine else "metric"), "p50 ms"]
+    ]
     for s in stages:
+        score = _num(s.get("cosine"), "{:.4f}") if cosine else _num(s.get("score"))
         table.append([s["after"], _count(s.get("macs")), _count(s.get("params")), _size(s["size_bytes"]),
-                      _num(s.get("score")), _num(s.get("p50_ms"), "{:.3f}")])  # fmt: skip
+                      score, _num(s.get("p50_ms"), "{:.3f}")])  # fmt: skip
     return table
 
 

@@ -64,7 +64,12 @@ def verify(artifact: Path, ref: Reference, data: ArraySource, quiet: bool = Fals
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),
     }
-    if got.ndim == 2:
+    if got.ndim == 2 and np.allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-3):
+        # L2-normalised rows are embeddings (a sentence encoder): what matters is their direction
+        cosine = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1), 1e-12)
+        result["cosine"] = round(float(cosine.mean()), 6)
+        result["cosine_min"] = round(float(cosine.min()), 6)
+    elif got.ndim == 2:
         result["agreement"] = round(float((got.argmax(1) == want.argmax(1)).mean() * 100), 4)
     if ref.metric:
         result["drop"] = round(ref.score - result["artifact"], 4)

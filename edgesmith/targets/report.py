@@ -95,7 +95,7 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
         layers = host_layers(path)
         data["artifacts"].append({
             "name": path.name, "precision": entry.get("precision"), "size_bytes": entry["size_bytes"],
-            "score": verify.get("artifact"), "agreement": verify.get("agreement"),
+            "score": verify.get("artifact"), "agreement": verify.get("agreement"), "cosine": verify.get("cosine"),
             "host_p50_ms": entry.get("latency", {}).get("p50_ms"),
             "targets": {n: results[n] for n in names}, "host_layers": layers,
             "timings_s": {"estimate": round(t1 - t0, 3), "host_layers": round(time.perf_counter() - t1, 3)},
@@ -106,7 +106,8 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
 
 
 def render(data: dict) -> str:
-    metric = data.get("metric") or "agreement %"
+    cosine = any(a.get("cosine") is not None for a in data["artifacts"])
+    metric = data.get("metric") or ("cosine to the original x 100" if cosine else "agreement %")
     series: dict[str, list[dict]] = {}
     host = [
         {"x": a["host_p50_ms"], "y": _y(a), "size": a["size_bytes"], "label": a["name"]}
@@ -184,7 +185,9 @@ def _stages(data: dict) -> str:
 
 
 def _y(a: dict):
-    return a["score"] if a["score"] is not None else a["agreement"]
+    if a["score"] is not None:
+        return a["score"]
+    return a["agreement"] if a.get("cosine") is None else 100 * a["cosine"]
 
 
 def _table(data: dict) -> str:

@@ -131,13 +131,17 @@ def check_close(fp32: bytes, reference, inputs, output: str, atol: float = 1e-3)
     from ai_edge_litert.interpreter import Interpreter
 
     rng = np.random.default_rng(0)
-    feeds = {  # integer inputs (ids, lengths) get zeros: random values could be out of range
+    feeds = {  # integer inputs (ids, masks, lengths) get ones: random values could be out of range, and
+        # an all-zero attention mask leaves nothing to pool
         s.name: (rng.standard_normal(s.concrete_shape(1)) if np.dtype(s.dtype).kind == "f" else
-                 np.zeros(s.concrete_shape(1))).astype(s.dtype)
+                 np.ones(s.concrete_shape(1))).astype(s.dtype)
         for s in inputs
     }  # fmt: skip
     runner = Interpreter(model_content=fp32).get_signature_runner()
-    got = runner(**feeds)[output]
+    types = {name: np.dtype(d["dtype"]) for name, d in runner.get_input_details().items()}
+    got = runner(**{n: x.astype(types.get(n, x.dtype)) for n, x in feeds.items()})[
+        output
+    ]  # int64 ids -> int32
     want = np.asarray(reference(feeds)[0])
     scale = max(1.0, float(np.abs(want).max()))
     if got.shape != want.shape or not np.allclose(got, want, atol=atol * scale):

@@ -79,7 +79,7 @@ def strip_debug_info(proto) -> None:
 
 def _quiet_exporter():
     """Silence the exporter's chatter (missing torchvision ops, deprecation notices)."""
-    return quiet("torch.onnx")
+    return quiet("torch.onnx", "onnxscript")  # onnxscript: "Evaluation failed" while folding constants
 
 
 def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: str):

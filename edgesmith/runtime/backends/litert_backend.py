@@ -86,6 +86,15 @@ def _quantizer(detail):
     return lambda x: np.clip(np.rint(np.asarray(x, np.float32) / scale) + zero_point, low, high).astype(dtype)
 
 
+def _caster(detail):
+    """Integer inputs (token ids) given as int64 to a model that takes int32, as TFLite exporters
+    make them: cast. Anything else passes through as it is."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "iu":
+        return None
+    return lambda x: x if x.dtype == dtype else np.asarray(x).astype(dtype)
+
+
 def _dequantizer(detail):
     scale, zero_point = _quant(detail)
     return lambda q: (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
@@ -120,7 +129,9 @@ class LiteRTSession:
         self._resizable = all(
             -1 in d.get("shape_signature", d["shape"])[:1] for d in in_details if len(d["shape"]) >= 2
         )
-        convert_in = [None if raw_io or _quant(d) is None else _quantizer(d) for d in in_details]
+        convert_in = [
+            _caster(d) if _quant(d) is None else None if raw_io else _quantizer(d) for d in in_details
+        ]
         convert_out = [None if raw_io or _quant(d) is None else _dequantizer(d) for d in out_details]
         self._in = [
             (s.name, d["index"], c) for s, d, c in zip(self.inputs, in_details, convert_in, strict=True)
