@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from minilm_prune import MODEL, STSB, log, read_sts, time_ort
+from minilm_prune import MODEL, STSB, log, time_ort
 
+from edgesmith.converter.data.stsb import read_sts, spearman
 from edgesmith.converter.frontends import hf_frontend
 from edgesmith.converter.pipeline import run
 from edgesmith.converter.recipe import Recipe
@@ -65,18 +66,14 @@ runs = 50
 """
 
 
-def spearman(path: Path, tokenize, test, batch: int = 64) -> float:
-    from scipy.stats import spearmanr
-
+def score(path: Path, tokenize, test, batch: int = 64) -> float:
     session = load(path, exact=True)
 
     def embed(sentences):
         return np.concatenate([next(iter(session.run(tokenize(sentences[i : i + batch])).values()))
                                for i in range(0, len(sentences), batch)])  # fmt: skip
 
-    a, b = embed(test[0]), embed(test[1])
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return round(100 * float(spearmanr(cos, test[2]).statistic), 2)
+    return round(spearman(embed(test[0]), embed(test[1]), test[2]), 2)
 
 
 def main() -> None:
@@ -113,7 +110,7 @@ def main() -> None:
         paths = {"original": Path(original["artifacts"][0]["path"])}
         paths.update({f"pruned-{a['format']}": Path(a["path"]) for a in report["artifacts"]})
         paths["pruned-onnx-int8-dynamic"] = quantize_dynamic(paths["pruned-onnx"], tmp)
-        results = {k: {"spearman": spearman(p, tokenize, test)} for k, p in paths.items()}
+        results = {k: {"spearman": score(p, tokenize, test)} for k, p in paths.items()}
         for k, r in results.items():
             log(f"{k}: {r}")
         onnx = {k: p for k, p in paths.items() if p.suffix == ".onnx"}

