@@ -149,3 +149,16 @@ def test_prune_and_distill_give_byte_identical_artifacts(cli, tmp_path):
         outputs.append((tmp_path / run / "mnist_cnn.fp32.onnx").read_bytes())
     assert outputs[0] == outputs[1]
     assert len(outputs[0]) < 0.6 * SHIPPED_MODEL.stat().st_size  # pruned, not the original re-exported
+
+
+def test_bnn_weights_preset_on_the_shipped_pt2(cli, tmp_path, mnist_eval_npz):
+    """1-bit weights from a .pt2 (before torch_lift this needed the module in Python)."""
+    code, _, err = cli("convert", SHIPPED_MODEL.with_suffix(".pt2"), "--preset", "bnn-weights", "--calibration",
+                       SHIPPED_CALIBRATION, "--eval", mnist_eval_npz, "--out", tmp_path / "out", "-q")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (artifact,) = report["artifacts"]
+    assert artifact["precision"] == "binary" and artifact["path"].endswith("mnist_cnn.binary.onnx")
+    assert artifact["size_bytes"] < 0.35 * report["original"]["size_bytes"]
+    assert artifact["verify"]["drop"] <= 2.0, artifact["verify"]  # measured 1.23 (256 images, no labels)
+    assert [s["after"] for s in report["stages"]] == ["original", "binarize", "export (1-bit)"]

@@ -184,7 +184,7 @@ def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dic
 
 
 def _export(config, handle, quantize, stem, output, ctx, report, recipe, input_hash) -> None:
-    precision = quantize_precision(quantize)
+    precision = "binary" if handle.precision == "binary" else quantize_precision(quantize)
     dest = output.staging / (config.name or f"{stem}.{precision}")
     exported = exporters.export(config, handle, quantize, dest, ctx)
     taken = {a["path"] for a in report["artifacts"]}
@@ -244,9 +244,12 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
         stage = step.pop("stage_onnx", None)
         if stage is not None:
             rows.append(measure(step["kind"], Path(stage)))
+    first = report["artifacts"][0]
     if report["steps"][-1]["kind"] == "quantize":
-        first = report["artifacts"][0]
         rows.append(measure("quantize", Path(first["path"]), first))
+    elif first["precision"] == "binary":  # the exporter packs the +-1 weights into bits
+        rows.append(measure("export (1-bit)", Path(first["path"]), first))
+        rows[-1]["params"] = rows[-2].get("params")  # the same weights, 8 to a byte
     for before, row in zip(rows, rows[1:], strict=False):  # a TFLite artifact: the counts do not change
         row.setdefault("macs", before.get("macs"))
         row.setdefault("params", before.get("params"))
