@@ -38,9 +38,9 @@ def kind_of(model: Any) -> str:
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
-        from .hf_frontend import _check_folder
+        from .hf_frontend import check_folder
 
-        _check_folder(path)
+        check_folder(path)
         return "hf"
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None and path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):

@@ -37,7 +37,7 @@ WHY = "Hugging Face models"
 SEQ_LEN = 128
 
 
-def _check_folder(path: Path) -> dict:
+def check_folder(path: Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise InputError(
@@ -86,7 +86,7 @@ def load_hf_model(path: Path):
     transformers = require("transformers", "convert", WHY)
     from ..steps.prune_transformer import _encoder, load_pruned
 
-    config = _check_folder(path)
+    config = check_folder(path)
     if "edgesmith_heads" in config:
         return load_pruned(path)
     try:
