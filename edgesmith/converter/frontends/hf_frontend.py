@@ -278,7 +278,14 @@ def save_folder(wrapper, dest: Path, original: Path | None = None) -> Path:
     import shutil
 
     dest = Path(dest)
-    wrapper.model.save_pretrained(str(dest), safe_serialization=True)
+    hf_logging = require("transformers", "convert", WHY).utils.logging
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards": the CLI's output is ours
+    try:
+        wrapper.model.save_pretrained(str(dest), safe_serialization=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     if original is not None:
         for item in sorted(Path(original).iterdir()):
             if item.name.startswith(("tokenizer", "vocab", "special_tokens", "merges")) or item.name in (
