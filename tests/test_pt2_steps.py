@@ -162,3 +162,19 @@ def test_bnn_weights_preset_on_the_shipped_pt2(cli, tmp_path, mnist_eval_npz):
     assert artifact["size_bytes"] < 0.35 * report["original"]["size_bytes"]
     assert artifact["verify"]["drop"] <= 2.0, artifact["verify"]  # measured 1.23 (256 images, no labels)
     assert [s["after"] for s in report["stages"]] == ["original", "binarize", "export (1-bit)"]
+
+
+@pytest.mark.parametrize(
+    ("step", "match"),
+    [
+        ('kind = "distill"', "distill needs data"),
+        ('kind = "binarize"', "binarize needs data"),
+        ('kind = "prune"\nratio = 0.3\ncriterion = "taylor"', "prune.criterion = 'taylor' needs data"),
+    ],
+)
+def test_steps_without_data_fail_before_any_work(cli, tmp_path, step, match):
+    (tmp_path / "r.toml").write_text(f"[[steps]]\n{step}\n")
+    code, _, err = cli("convert", SHIPPED_MODEL.with_suffix(".pt2"), "--recipe", tmp_path / "r.toml", "--out",
+                       tmp_path / "out", "-q")  # fmt: skip
+    assert code == 2 and match in err and "--calibration" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

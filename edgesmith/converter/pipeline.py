@@ -37,6 +37,20 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize
 
 
+def _check_step_data(steps: list, recipe: Recipe) -> None:
+    """Steps that train or score on data, without any: say so before a model is loaded."""
+    if recipe.calibration.path:
+        return
+    for step in steps:
+        trains = step.kind in ("distill", "binarize") and not getattr(step, "data", None)
+        if trains or (step.kind == "prune" and step.criterion == "taylor"):
+            what = "prune.criterion = 'taylor'" if step.kind == "prune" else step.kind
+            raise InputError(
+                f"{what} needs data: pass --calibration PATH (an .npz, .npy, image folder, or .txt of "
+                f"sentences for a text model) or set {step.kind}.data"
+            )
+
+
 def _torch_stage(steps: list, source, ctx: StepContext):
     """Run the PyTorch-level steps on the source module, then export the result to ONNX. Returns the
     source the exporters work from (the changed model), the context and the step reports; verification
@@ -110,6 +124,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     frontends.kind_of(model)  # a missing file or unknown format fails before anything else
     torch_steps, steps, quantize = _split_steps(recipe)
+    _check_step_data(torch_steps, recipe)
     if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
                          "folder) or use --preset int8-dynamic")  # fmt: skip
