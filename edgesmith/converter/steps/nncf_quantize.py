@@ -26,6 +26,7 @@ from typing import Any
 from ...errors import InputError, require
 from ..handle import ModelHandle
 from .base import StepContext, StepResult
+from .quantize import is_transformer
 
 PRESET = "performance"
 FAST_BIAS_CORRECTION = True
@@ -72,7 +73,7 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
     if cal is None:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH")
     advanced, method = _estimators(nncf, ctx.calibration_config.method)
-    transformer = _is_transformer(model)
+    transformer = is_transformer(model)
     ignored = nncf.IgnoredScope(patterns=list(config.exclude), validate=False) if config.exclude else None
     from ..progress import bar
 
@@ -104,27 +105,6 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
         "model_type": "transformer" if transformer else "default",
     }
     return quantized, report
-
-
-def _is_transformer(model) -> bool:
-    """Attention (a MatMul of two activations) next to a layer norm, in an OpenVINO or ONNX model."""
-    if hasattr(model, "get_ordered_ops"):  # openvino.Model: LayerNorm is MVN there
-        ops = model.get_ordered_ops()
-        kinds = {op.get_type_name() for op in ops}
-
-        def activation(output) -> bool:
-            return output.get_node().get_type_name() not in ("Constant", "Convert")
-
-        attention = any(
-            op.get_type_name() == "MatMul" and all(activation(i.get_source_output()) for i in op.inputs())
-            for op in ops
-        )
-        return attention and bool(kinds & {"MVN", "LayerNorm"})
-    graph = model.graph
-    constants = {t.name for t in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    attention = any(n.op_type == "MatMul" and not constants & set(n.input) for n in graph.node)
-    return attention and any(n.op_type == "LayerNormalization" for n in graph.node)
 
 
 def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:

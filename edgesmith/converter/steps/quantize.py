@@ -188,17 +188,33 @@ def _static_op_types(path, op_types: list[str] | None) -> tuple[list[str] | None
     if op_types is not None:
         return op_types, None
     onnx = require("onnx", "convert")
-    graph = onnx.load(str(path), load_external_data=False).graph
-    constants = {t.name for t in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    attention = any(n.op_type == "MatMul" and not constants & set(n.input) for n in graph.node)
-    layer_norm = any(n.op_type == "LayerNormalization" for n in graph.node)
-    if attention and layer_norm:
+    if is_transformer(onnx.load(str(path), load_external_data=False)):
         return TRANSFORMER_OPS, (
             "transformer (attention MatMuls and LayerNorm): only MatMul/Gemm quantized; Softmax, "
             "LayerNorm, GELU and residual adds stay float (set quantize.op_types to override)"
         )
     return None, None
+
+
+def is_transformer(model) -> bool:
+    """Attention (a MatMul of two activations) next to a layer norm, in an ONNX or OpenVINO model:
+    the models whose Softmax/LayerNorm/GELU must stay float under static INT8."""
+    if hasattr(model, "get_ordered_ops"):  # openvino.Model: LayerNorm is MVN there
+        ops = model.get_ordered_ops()
+
+        def activation(output) -> bool:
+            return output.get_node().get_type_name() not in ("Constant", "Convert")
+
+        attention = any(
+            op.get_type_name() == "MatMul" and all(activation(i.get_source_output()) for i in op.inputs())
+            for op in ops
+        )
+        return attention and any(op.get_type_name() in ("MVN", "LayerNorm") for op in ops)
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    attention = any(n.op_type == "MatMul" and not constants & set(n.input) for n in graph.node)
+    return attention and any(n.op_type == "LayerNormalization" for n in graph.node)
 
 
 def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
