@@ -155,8 +155,9 @@ def test_onnx_and_openvino_match_the_pruned_torch_model(converted):
         got = next(iter(session.run(feeds).values()))
         assert got.shape == (16, 384)
         np.testing.assert_allclose(got, want, atol=2e-4, err_msg=artifact["format"])
-        # mean cosine to the unpruned original's embeddings on 48 STS-B dev sentences: pruned alone
-        # measured 0.49, pruned + this short distillation 0.73
+        # mean cosine to the unpruned original's embeddings on 48 STS-B dev sentences, measured: 0.73
+        # here; pruned alone ~0.76 (importance from calibration sentences), 0.49 (weight norms). The
+        # 10-step distillation recovers nothing (see THRESHOLD); this guards the wiring.
         assert artifact["verify"]["cosine"] > 0.6, artifact["verify"]
 
 
