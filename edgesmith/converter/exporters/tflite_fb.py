@@ -10,22 +10,9 @@ deterministically (same object, same bytes).
 from __future__ import annotations
 
 from ...errors import require
+from ...targets.arena import read, schema  # one reader of the TFLite schema, device side
 
-
-def schema():
-    """The TFLite flatbuffer schema (generated Python), from the LiteRT wheel or TensorFlow's copy."""
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:
-        schema_py_generated = require(
-            "tensorflow.lite.python.schema_py_generated", "convert-tflite", "reading .tflite files"
-        )
-    return schema_py_generated
-
-
-def read(data: bytes):
-    """The model as a mutable `ModelT`."""
-    return schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
+__all__ = ["read", "schema"]
 
 
 def write(model) -> bytes:
