@@ -22,3 +22,22 @@ def quiet(*loggers: str, python_warnings: bool = True):
     finally:
         for logger, level in saved:
             logger.setLevel(level)
+
+
+# `--verbose` shows the frameworks' own log lines; by default they are hidden.
+VERBOSE = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Called once by the CLI. Hidden by default: TensorFlow's C++ logs and ONNX Runtime's warnings."""
+    import os
+
+    global VERBOSE
+    VERBOSE = bool(verbose)
+    if not VERBOSE:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is first imported
+
+
+def onnxruntime_log_level() -> int:
+    """ONNX Runtime's severity threshold: 0 verbose ... 3 errors only (its warnings are noise here)."""
+    return 2 if VERBOSE else 3

@@ -19,6 +19,11 @@ class InputError(EdgesmithError):
     """A file, flag or recipe value is wrong."""
 
 
+class InvalidModel(InputError):
+    """A model file a runtime refuses to open. Bad input when the user gave the file; when edgesmith
+    wrote it (an artifact), the converter turns it into an internal error instead."""
+
+
 class MissingExtra(EdgesmithError):
     """An optional dependency is not installed; the message names the `pip install` that fixes it."""
 

@@ -9,14 +9,14 @@ import numpy as np
 IR_VERSION = 10  # onnx 1.23 writes 14 by default, which onnxruntime 1.31 refuses
 
 
-def small_cnn(path: Path, seed: int = 0, classes: int = 10) -> Path:
-    """Conv(1->8, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->classes), dynamic batch."""
+def small_cnn(path: Path, seed: int = 0, classes: int = 10, channels: int = 1) -> Path:
+    """Conv(channels->8, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->classes), dynamic batch."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     weights = {
-        "conv_w": rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32),
+        "conv_w": rng.normal(0, 0.5, (8, channels, 3, 3)).astype(np.float32),
         "conv_b": rng.normal(0, 0.1, 8).astype(np.float32),
         "fc_w": rng.normal(0, 0.5, (classes, 8)).astype(np.float32),
         "fc_b": rng.normal(0, 0.1, classes).astype(np.float32),
@@ -31,7 +31,7 @@ def small_cnn(path: Path, seed: int = 0, classes: int = 10) -> Path:
     graph = helper.make_graph(
         nodes,
         "small_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, 28, 28])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )

@@ -120,7 +120,7 @@ def test_unknown_preset_and_recipe_key(cli, tmp_path, cnn):
 
 def test_static_int8_without_calibration(cli, tmp_path, cnn):
     out = tmp_path / "out"
-    assert_refused(cli("convert", cnn, "--out", out), "needs calibration data", out=out)
+    assert_refused(cli("convert", cnn, "--preset", "int8", "--out", out), "needs calibration data", out=out)
 
 
 def test_output_folder_with_files_is_refused_unless_force(cli, tmp_path, cnn, cal):

@@ -54,7 +54,10 @@ def test_presets_and_flags_compile_into_a_recipe():
     recipe = build_recipe(preset="int8-dynamic", calibration="c.npz", evaluation="e.npz")
     assert recipe.steps == [QuantizeConfig(mode="dynamic")]
     assert (recipe.calibration.path, recipe.verify.eval) == ("c.npz", "e.npz")
-    assert build_recipe().steps == [QuantizeConfig(mode="static", per_channel=True, format="qdq")]
+    assert build_recipe().steps == []  # no data to calibrate on: export, verify and profile
+    assert build_recipe(calibration="c").steps == [
+        QuantizeConfig(mode="static", per_channel=True, format="qdq")
+    ]
     with pytest.raises(InputError, match="unknown preset 'int9'.*'int8'"):
         build_recipe(preset="int9")
 

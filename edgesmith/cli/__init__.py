@@ -1,17 +1,34 @@
 """The `edgesmith` command. Each subcommand is a module with `add_parser(sub)` and `main(args) -> int`.
 
-Errors the user can fix print one line and exit 2; heavy imports happen inside each `main`.
+Exit codes, the same for every command:
+  0  done
+  1  verification failed (an artifact is further from the original than the recipe allows)
+  2  bad input: one line saying what is wrong and how to fix it; nothing is written
+  3  internal error (a bug in edgesmith or a framework it drives): one line, and the traceback in a log
+Heavy imports happen inside each `main`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import traceback
+from pathlib import Path
 
 from ..errors import EdgesmithError
 
 COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report")
+
+EXIT_CODES = """\
+exit codes: 0 done, 1 verification failed, 2 bad input (one line: what is wrong and how to fix it),
+3 internal error (one line and the path of a log with the traceback)"""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the clean-up of staging and work folders runs."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,17 +37,74 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress trained models, export them for edge runtimes, verify and profile them.",
         epilog="Start with: edgesmith convert models/mnist_cnn.onnx --preset int8 "
         "--calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz. "
-        "Run `edgesmith COMMAND --help` for each command.",
+        "Run `edgesmith COMMAND --help` for each command.\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f".{name}", __name__)
-        module.add_parser(sub).set_defaults(_main=module.main)
+        command = module.add_parser(sub)
+        command.set_defaults(_main=module.main)
+        command.add_argument(
+            "--verbose", action="store_true", help="show the frameworks' own log lines (hidden by default)"
+        )
+        if EXIT_CODES.split(":")[0] not in (command.epilog or "") + (command.description or ""):
+            command.epilog = ((command.epilog or "") + "\n\n" + EXIT_CODES).strip()
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
+def log_dir() -> Path:
+    """Where tracebacks of internal errors go: $EDGESMITH_LOG_DIR, else ~/.local/state/edgesmith/logs."""
+    if os.environ.get("EDGESMITH_LOG_DIR"):
+        return Path(os.environ["EDGESMITH_LOG_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "edgesmith" / "logs"
+
+
+def _write_log(argv: list[str]) -> Path | None:
+    """The current exception's traceback, with the command line, in a log file; None if unwritable."""
+    import time
+
+    try:
+        folder = log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"edgesmith-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text("edgesmith " + " ".join(argv) + "\n\n" + traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
+def _internal_error(exc: BaseException, argv: list[str]) -> int:
+    log = _write_log(argv)
+    cause = (str(exc).strip().splitlines() or [""])[0]
+    what = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+    where = f"the traceback is in {log}" if log else "and the log could not be written"
+    print(
+        f"edgesmith: internal error ({what}); this is a bug in edgesmith or a framework it drives, not "
+        f"in your input: {where}; please report it with that file",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from .. import _quiet
+
+    _quiet.set_verbose(getattr(args, "verbose", False))
+    previous = signal.getsignal(signal.SIGTERM)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = None
     try:
         return args._main(args)
     except EdgesmithError as exc:
@@ -39,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesmith: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("edgesmith: terminated; nothing was written", file=sys.stderr)
+        return 143
+    except Exception as exc:
+        return _internal_error(exc, argv)
+    finally:
+        if previous is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:

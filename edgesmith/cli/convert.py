@@ -23,7 +23,10 @@ examples:
   edgesmith convert model.pt2 --recipe my.toml --out build/ --force
   edgesmith convert model.onnx --preset int8 --dump-recipe > my.toml   # save, edit, replay
 
-exit codes: 0 done, 1 verification failed ([verify] max_drop), 2 bad input
+exit codes: 0 done; 1 verification failed (an artifact's outputs are further from the original's
+than [verify] min_cosine, or its metric dropped more than max_drop: it is kept in DIR.rejected/);
+2 bad input (one line: what is wrong and how to fix it; nothing written); 3 internal error (one
+line and the path of a log with the traceback)
 """
 
 
@@ -47,7 +50,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         metavar="NAME",
-        help="named steps (see above); replaces the recipe's steps; default int8 when no recipe is given",
+        help="named steps (see above); replaces the recipe's steps; without a recipe the default is int8 "
+        "when --calibration is given, else fp32 (export, verify, profile)",
     )
     p.add_argument(
         "--calibration",
@@ -60,6 +64,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="append",
         metavar="FMT",
         help="artifact format, repeatable: onnx (default) and the formats of installed exporters",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME",
+        help="also estimate latency, energy and MCU fit on this device (repeatable; `edgesmith targets` "
+        "lists them); sets [profile] targets",
     )
     p.add_argument(
         "--out",
@@ -86,10 +97,21 @@ def main(args) -> int:
     recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format)
     if args.model:
         recipe.model.path = args.model
+    if args.target:
+        from ..converter.recipe import ProfileConfig
+
+        recipe.profile = ProfileConfig(**{**recipe.profile.__dict__, "targets": list(args.target)})
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0
     report = run(recipe, None, args.out, force=args.force, quiet=args.quiet)
+    if not (args.recipe or args.preset or args.calibration) and not args.quiet:
+        print(
+            "edgesmith: no --preset or --calibration: exported fp32, verified and profiled it. For INT8 pass "
+            "--preset int8 --calibration DATA (static, the fastest on CPUs), or --preset int8-dynamic "
+            "(no data; pays off for MatMul-heavy models)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     elif not args.quiet:

@@ -14,7 +14,17 @@ def _num(x, fmt="{:.2f}") -> str:
 def rows(report: dict) -> list[list[str]]:
     original = report.get("original", {})
     metric = original.get("metric") or "metric"
-    header = ["model", "precision", "size", metric, "agreement %", "max abs err", "p50 ms", "p90 ms"]
+    header = [
+        "model",
+        "precision",
+        "size",
+        metric,
+        "agreement %",
+        "min cos",
+        "max abs err",
+        "p50 ms",
+        "p90 ms",
+    ]
     if any("cosine" in a.get("verify", {}) for a in report["artifacts"]):
         header[4] = "vs original"  # embeddings: mean cosine to the original's
     lat = report.get("original_latency", {})
@@ -25,6 +35,7 @@ def rows(report: dict) -> list[list[str]]:
             "fp32",
             _size(original.get("size_bytes", report["source"]["size_bytes"])),
             _num(original.get("score")),
+            "-",
             "-",
             "-",
             _num(lat.get("p50_ms"), "{:.3f}"),
@@ -40,6 +51,7 @@ def rows(report: dict) -> list[list[str]]:
                 _size(a["size_bytes"]),
                 _num(v.get("artifact")),
                 _num(v.get("agreement")) if "cosine" not in v else f"cos {v['cosine']:.4f}",
+                _num(v.get("cosine_min"), "{:.4f}"),
                 _num(v.get("max_abs_error"), "{:.4f}"),
                 _num(lat.get("p50_ms"), "{:.3f}"),
                 _num(lat.get("p90_ms"), "{:.3f}"),
@@ -69,6 +81,24 @@ def stage_rows(report: dict) -> list[list[str]]:
     return table
 
 
+def target_rows(report: dict) -> list[list[str]]:
+    """Estimated p50 on each `[profile] targets` device: the original and each artifact (cost model)."""
+    original = report.get("original_targets") or {}
+    names = list(original) or list(report["artifacts"][0].get("targets") or {})
+    if not names:
+        return []
+    artifacts = report["artifacts"]
+    table = [["estimated p50 ms", "original", *(a["path"].rsplit("/", 1)[-1] for a in artifacts)]]
+    for name in names:
+        cells = [original.get(name, {}), *((a.get("targets") or {}).get(name, {}) for a in artifacts)]
+        row = [name] + [_num(c.get("p50_ms"), "{:.3f}") for c in cells]
+        fit = cells[-1].get("mcu_fit")
+        if fit is not None:
+            row[0] += " (fits)" if fit.get("fits") else " (does NOT fit)"
+        table.append(row)
+    return table
+
+
 def _print_table(table: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
@@ -87,10 +117,17 @@ def print_summary(report: dict, out) -> None:
     if report.get("stages"):
         print()
         _print_table(stage_rows(report))
+    if target_rows(report):
+        print()
+        _print_table(target_rows(report))
     for step in report["steps"]:
         if "types" in step:
             t = step["types"]
             print(f"\nINT8 types: {t['activations']} activations x {t['weights']} weights: {t['reason']}")
+    checked = (report.get("verify") or {}).get("data")
+    if checked and checked != "eval":
+        print(f"\nverified on {report['verify']['samples']} samples of {checked} (no labels: pass --eval "
+              "DATA.npz with `labels` for the task metric)")  # fmt: skip
     lat = report.get("original_latency")
     if lat:
         print(

@@ -25,8 +25,8 @@ def build_recipe(
         result = Recipe.from_dict(recipe.to_dict())  # a copy: the caller's object stays as it was
     elif recipe is not None:
         result = Recipe.load(recipe)
-    else:
-        result = Recipe(steps=steps_for("int8"))
+    else:  # no recipe: static INT8 when there is data to calibrate on, else export, verify and profile
+        result = Recipe(steps=steps_for("int8" if calibration is not None or preset else "fp32"))
     if preset is not None:
         result.steps = steps_for(preset)
     if calibration is not None:

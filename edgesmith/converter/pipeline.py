@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, VerificationFailed
+from ..errors import InputError, InvalidModel, VerificationFailed
 from . import exporters
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
@@ -114,6 +114,25 @@ def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource 
     return calibration, evaluation
 
 
+VERIFY_ON_CALIBRATION = 64  # samples of the calibration data that verify artifacts when no eval set is given
+
+
+def _verification_data(recipe: Recipe, source, evaluation: ArraySource | None):
+    """What every artifact is compared with the original on: the eval set, else the first samples of
+    the calibration data, else seeded random inputs (a run never skips verification)."""
+    if evaluation is not None:
+        return evaluation
+    cal, ver = recipe.calibration, recipe.verify
+    if cal.path:
+        count = min(ver.max_samples or VERIFY_ON_CALIBRATION, cal.max_samples)
+        tokenize = getattr(source.module, "tokenize", None)
+        return ArraySource(cal.path, source.inputs, "calibration", count, ver.batch_size, cal.preprocess,
+                           tokenize=tokenize)  # fmt: skip
+    from .verify import RandomSamples
+
+    return RandomSamples(source.inputs)
+
+
 def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet: bool = False,
         example_inputs: tuple | None = None) -> dict:  # fmt: skip
     from . import frontends
@@ -151,11 +170,12 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 first = report["artifacts"][0].get("quantization") or {}
                 engines = {a["format"]: a["engine"] for a in report["artifacts"]}
                 report["steps"].append({"kind": "quantize", **first, "engines": engines})
-            ref = _verify(source, evaluation, report, quiet) if evaluation is not None else None
+            checked_on = _verification_data(recipe, source, evaluation)
+            ref = _verify(source, checked_on, report, quiet)
             if recipe.profile.enabled:
                 _profile(source, report, recipe)
             if report["steps"]:
-                report["stages"] = _stages(source, report, ref, evaluation, recipe, quiet)
+                report["stages"] = _stages(source, report, ref, checked_on, recipe, quiet)
             _relativize(report, output.staging, output.path)
             (output.staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             if recipe.profile.enabled and recipe.profile.targets:
@@ -220,12 +240,12 @@ def quantize_precision(quantize: QuantizeConfig | None) -> str:
     return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
 
 
-def _verify(source, evaluation: ArraySource, report: dict, quiet: bool):
+def _verify(source, data, report: dict, quiet: bool):
     from . import verify
 
-    ref = verify.reference(source, evaluation, quiet)
+    ref = verify.reference(source, data, quiet)
     for entry in report["artifacts"]:
-        entry["verify"] = verify.verify(Path(entry["path"]), ref, evaluation, quiet)
+        entry["verify"] = verify.verify(Path(entry["path"]), ref, data, quiet)
     report["verify"] = report["artifacts"][0]["verify"]
     report["original"] = {"metric": ref.metric, "score": ref.score, "size_bytes": source.onnx.size_bytes}
     return ref
@@ -241,16 +261,15 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
     def measure(name: str, path: Path, known: dict | None = None) -> dict:
         known = known or {}
         row = {"after": name, **_graph_stats(path), "size_bytes": path.stat().st_size}
-        if ref is not None:
-            result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
-            row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
-                       cosine=result.get("cosine"))  # fmt: skip
+        result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
+        row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
+                   cosine=result.get("cosine"), cosine_min=result.get("cosine_min"))  # fmt: skip
         if recipe.profile.enabled:
             row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile))["p50_ms"]
         return row
 
-    original = {"verify": {"metric": ref.metric, "artifact": ref.score}} if ref is not None else {}
-    if ref is not None and "cosine" in report["artifacts"][0].get("verify", {}):
+    original = {"verify": {"metric": ref.metric, "artifact": ref.score, "cosine_min": 1.0}}
+    if "cosine" in report["artifacts"][0].get("verify", {}):
         original["verify"]["cosine"] = 1.0  # embeddings: the original against itself
     if "original_latency" in report:
         original["latency"] = report["original_latency"]
@@ -299,6 +318,7 @@ def _profile(source, report: dict, recipe: Recipe) -> None:
     if recipe.profile.targets:
         from .profile_step import per_target
 
+        report["original_targets"] = per_target(source.onnx.path, recipe.profile)
         for entry in report["artifacts"]:
             entry["targets"] = per_target(Path(entry["path"]), recipe.profile)
 
@@ -315,7 +335,13 @@ def _manifest(exported, fmt: str, source, recipe: Recipe, input_hash) -> dict:
     from ..runtime import load as load_session
     from .environment import versions
 
-    session = load_session(exported.path)
+    try:
+        session = load_session(exported.path)
+    except InvalidModel as exc:  # we wrote it: not the user's input
+        cause = str(exc).split("(", 1)[-1].rsplit(")", 1)[0]
+        raise RuntimeError(
+            f"the {fmt} exporter wrote {exported.path.name}, which its runtime refuses ({cause})"
+        ) from exc
     preprocess = recipe.calibration.preprocess
     return {
         "format": fmt,
@@ -341,13 +367,29 @@ def _relativize(report: dict, staging: Path, final: Path) -> None:
 
 
 def _check_drop(report: dict, recipe: Recipe) -> None:
+    """Exit 1 (VerificationFailed) when an artifact's metric dropped more than `max_drop`, or one of
+    its outputs is further from the original's than `min_cosine` (default: by precision, for runs
+    that only quantize or export; see verify.DEFAULT_MIN_COSINE)."""
+    from .verify import DEFAULT_MIN_COSINE, below_min_cosine
+
     limit = recipe.verify.max_drop
-    if limit is None:
-        return
+    changes_function = any(step.kind != "quantize" for step in recipe.steps)
     for entry in report["artifacts"]:
-        drop = entry.get("verify", {}).get("drop")
-        if drop is not None and drop > limit:
+        result, name = entry.get("verify", {}), Path(entry["path"]).name
+        drop = result.get("drop")
+        if limit is not None and drop is not None and drop > limit:
             raise VerificationFailed(
-                f"{entry['path']}: {entry['verify']['metric']} dropped {drop:.2f} points, more than [verify] "
+                f"{name}: {result['metric']} dropped {drop:.2f} points, more than [verify] "
                 f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
+            )
+        min_cosine = recipe.verify.min_cosine
+        if min_cosine is None and not changes_function:
+            min_cosine = DEFAULT_MIN_COSINE.get(entry["precision"])
+        worst = below_min_cosine(result, min_cosine) if min_cosine is not None else None
+        if worst is not None:
+            raise VerificationFailed(
+                f"{name}: output '{worst['name']}' has cosine {worst['cosine_min']:.4f} to the original's "
+                f"(worst of {result['samples']} samples, {result['data']}), below [verify] min_cosine = "
+                f"{min_cosine}; keep sensitive layers in float (quantize.exclude), try another "
+                "calibration.method, or set [verify] min_cosine if this is expected"
             )

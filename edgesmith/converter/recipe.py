@@ -86,6 +86,7 @@ class ExportConfig:
 class VerifyConfig:
     eval: str | None = None  # .npz with the model inputs plus `labels`
     max_drop: float | None = None  # metric points (e.g. 0.5 = half a percent of top-1)
+    min_cosine: float | None = None  # every output, every sample; default by precision (verify.py)
     max_samples: int | None = None
     batch_size: int = 64
 

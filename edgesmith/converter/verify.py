@@ -1,25 +1,65 @@
-"""Verify artifacts against the original model on real data: task metric, agreement, max error."""
+"""Verify artifacts against the original model: every output compared on the same samples.
+
+Every artifact is checked, labels or not: the original and the artifact run on the same batches
+(the eval set, else the calibration set, else seeded random inputs), and for each output the report
+gives the cosine of each sample's output to the original's (min and mean) and the max abs error.
+With labels there is also the task metric (top-1 for class ids); with class scores the arg-max
+agreement; with L2-normalised embeddings their mean cosine.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime import load as load_session
-from .data.arrays import ArraySource
 from .frontends import Source
 from .progress import bar
+
+# What an artifact must keep of the original's outputs when the recipe sets no `min_cosine`: the
+# cosine of every sample's output to the original's. Only for runs whose steps all aim to keep the
+# function (quantization, export); pruning, distillation and binarization change it on purpose.
+DEFAULT_MIN_COSINE = {"int8": 0.98, "int8-dynamic": 0.98, "fp16": 0.999, "fp32": 0.999}
 
 
 @dataclass
 class Reference:
-    """The original model's outputs on the eval set, computed once for all artifacts."""
+    """The original model's outputs on the verification samples, computed once for all artifacts."""
 
-    outputs: list[np.ndarray]  # first output, one array per batch
+    outputs: list[list[np.ndarray]]  # per batch, every output
+    names: list[str]  # the original's output names
     metric: str | None
     score: float | None
+    data: str  # "eval", "calibration" or "random inputs": what the samples were
+
+
+class RandomSamples:
+    """Seeded random inputs of the model's shapes, for verifying when the user gave no data: enough to
+    catch an artifact that computes something else (overflow in fp16, a broken graph)."""
+
+    what = "random inputs"
+    labels = None
+
+    def __init__(self, inputs, count: int = 8, seed: int = 0):
+        from ..targets.latency import random_feeds
+
+        class _Specs:  # random_feeds reads `inputs` off a session
+            pass
+
+        specs = _Specs()
+        specs.inputs = inputs
+        batch = inputs[0].shape[0] if inputs and isinstance(inputs[0].shape[0], int) else 1
+        self._batches = [random_feeds(specs, batch=max(batch, 1), seed=seed + i) for i in range(count)]
+        self.count = sum(len(next(iter(b.values()))) for b in self._batches)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        yield from self._batches
 
 
 def _metric(labels: np.ndarray | None, outputs: np.ndarray) -> str | None:
@@ -36,41 +76,119 @@ def _score(metric: str | None, labels: np.ndarray, outputs: np.ndarray) -> float
     return None
 
 
-def reference(source: Source, data: ArraySource, quiet: bool = False) -> Reference:
+def _output_names(source: Source) -> list[str]:
+    return [s.name for s in load_session(source.onnx.path, backend="ort").outputs]
+
+
+def reference(source: Source, data, quiet: bool = False) -> Reference:
     outputs = []
     with bar(len(data), "evaluating original", "sample", quiet) as progress:
         for batch in data.batches():
-            outputs.append(np.asarray(source.reference(batch)[0]))
-            progress.update(len(outputs[-1]))
-    stacked = np.concatenate(outputs)
-    metric = _metric(data.labels, stacked)
-    return Reference(outputs, metric, _score(metric, data.labels, stacked) if metric else None)
+            outputs.append([np.asarray(o) for o in source.reference(batch)])
+            progress.update(len(next(iter(batch.values()))))
+    first = np.concatenate([b[0] for b in outputs]) if outputs[0][0].ndim else None
+    labels = getattr(data, "labels", None)
+    metric = _metric(labels, first) if first is not None else None
+    score = _score(metric, labels, first) if metric else None
+    return Reference(outputs, _output_names(source), metric, score, getattr(data, "what", "eval"))
 
 
-def verify(artifact: Path, ref: Reference, data: ArraySource, quiet: bool = False) -> dict:
+def _aligned(got: dict[str, np.ndarray], names: list[str], want: list[np.ndarray]) -> list[np.ndarray]:
+    """The artifact's outputs in the original's order: by name when the names are kept (ONNX,
+    OpenVINO), else by position, unless shapes then disagree and each shape is unique (TFLite
+    converters rename outputs and may reorder them)."""
+    if all(n in got for n in names):
+        return [got[n] for n in names]
+    values = list(got.values())
+    if len(values) != len(want):
+        raise RuntimeError(f"the artifact has {len(values)} outputs, the original {len(want)}")
+    if all(v.shape == w.shape for v, w in zip(values, want, strict=True)):
+        return values
+    by_shape = {v.shape: v for v in values}
+    if len(by_shape) == len(values) and all(w.shape in by_shape for w in want):
+        return [by_shape[w.shape] for w in want]
+    return values
+
+
+def _rows(array: np.ndarray, samples: int) -> np.ndarray:
+    """One row per sample when the output has a batch axis, else the whole output as one row."""
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim >= 1 and array.shape[0] == samples:
+        return array.reshape(samples, -1)
+    return array.reshape(1, -1)
+
+
+def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `got` to the same row of `want` (1 when both are zero, 0 when one is)."""
+    dot = (got * want).sum(1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    both_zero = (np.linalg.norm(got, axis=1) < 1e-12) & (np.linalg.norm(want, axis=1) < 1e-12)
+    cos = np.where(norms > 0, dot / np.maximum(norms, 1e-300), 0.0)
+    return np.where(both_zero, 1.0, np.clip(cos, -1.0, 1.0))
+
+
+class _OutputStats:
+    """Running min/mean cosine and max abs error of one output over the batches."""
+
+    def __init__(self, name: str):
+        self.name, self.cos, self.max_err, self.shape_error = name, [], 0.0, None
+
+    def add(self, got: np.ndarray, want: np.ndarray, samples: int) -> None:
+        if np.shape(got) != np.shape(want):
+            self.shape_error = f"shape {list(np.shape(got))}, the original's {list(np.shape(want))}"
+            return
+        g, w = _rows(got, samples), _rows(want, samples)
+        self.cos.append(cosines(g, w))
+        if g.size:
+            self.max_err = max(self.max_err, float(np.abs(g - w).max()))
+
+    def to_json(self) -> dict:
+        if self.shape_error:
+            return {"name": self.name, "cosine_min": 0.0, "cosine_mean": 0.0, "error": self.shape_error}
+        cos = np.concatenate(self.cos)
+        return {"name": self.name, "cosine_min": round(float(cos.min()), 6),
+                "cosine_mean": round(float(cos.mean()), 6), "max_abs_error": self.max_err}  # fmt: skip
+
+
+def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     session = load_session(artifact, exact=True)
-    outputs = []
+    stats = [_OutputStats(n) for n in ref.names]
+    firsts = []
     with bar(len(data), f"evaluating {artifact.name}", "sample", quiet) as progress:
-        for batch in data.batches():
-            outputs.append(next(iter(session.run(batch).values())))
-            progress.update(len(outputs[-1]))
-    got, want = np.concatenate(outputs), np.concatenate(ref.outputs)
-    error = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        for batch, want in zip(data.batches(), ref.outputs, strict=True):
+            samples = len(next(iter(batch.values())))
+            got = _aligned(session.run(batch), ref.names, want)
+            for stat, g, w in zip(stats, got, want, strict=True):
+                stat.add(g, w, samples)
+            firsts.append(np.asarray(got[0]))
+            progress.update(samples)
+    outputs = [s.to_json() for s in stats]
     result = {
+        "data": ref.data,
         "metric": ref.metric,
         "original": ref.score,
-        "artifact": _score(ref.metric, data.labels, got) if ref.metric else None,
+        "artifact": None,
         "samples": len(data),
-        "max_abs_error": float(error.max()),
-        "mean_abs_error": float(error.mean()),
+        "outputs": outputs,
+        "cosine_min": min(o["cosine_min"] for o in outputs),
+        "max_abs_error": max(o.get("max_abs_error", float("inf")) for o in outputs),
     }
+    if any("error" in o for o in outputs):
+        return result
+    got, want = np.concatenate(firsts), np.concatenate([b[0] for b in ref.outputs])
+    if ref.metric:
+        result["artifact"] = _score(ref.metric, data.labels, got)
     if got.ndim == 2 and np.allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-3):
         # L2-normalised rows are embeddings (a sentence encoder): what matters is their direction
         cosine = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1), 1e-12)
         result["cosine"] = round(float(cosine.mean()), 6)
-        result["cosine_min"] = round(float(cosine.min()), 6)
-    elif got.ndim == 2:
+    elif got.ndim == 2 and got.shape[1] > 1:
         result["agreement"] = round(float((got.argmax(1) == want.argmax(1)).mean() * 100), 4)
     if ref.metric:
         result["drop"] = round(ref.score - result["artifact"], 4)
     return result
+
+
+def below_min_cosine(result: dict, limit: float) -> dict | None:
+    """The first output whose min cosine to the original is below `limit`, or None."""
+    return next((o for o in result.get("outputs", []) if o["cosine_min"] < limit), None)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError, MissingExtra
+from ...errors import InvalidModel, MissingExtra
 from ..session import TensorSpec
 
 NAME = "litert"
@@ -112,9 +112,8 @@ class LiteRTSession:
             interpreter.allocate_tensors()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with C++ text
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(
-                f"{path} is not a valid TFLite model ({first[:160]}); check the file is complete "
-                "or re-export it"
+            raise InvalidModel(
+                f"{path} is not a valid TFLite model ({first}); check the file is complete or re-export it"
             ) from exc
         self.path = Path(path)
         self.threads = threads

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError, require
+from ...errors import InvalidModel, require
 from ..session import TensorSpec
 
 NAME = "numpy"
@@ -84,7 +84,9 @@ class ReferenceSession:
         try:
             model = onnx.load(str(path))
         except Exception as exc:
-            raise InputError(f"{path} is not a valid ONNX model ({exc}); check the file is complete") from exc
+            raise InvalidModel(
+                f"{path} is not a valid ONNX model ({exc}); check the file is complete"
+            ) from exc
         self._evaluator = ReferenceEvaluator(model, new_ops=[_xnor_conv_class()])
         initializers = {init.name for init in model.graph.initializer}
         self.path = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError, require
+from ...errors import InputError, InvalidModel, require
 from ..session import TensorSpec, run_in_chunks
 
 NAME = "openvino"
@@ -54,7 +54,7 @@ def _read(core, xml: Path):
     try:
         return core.read_model(str(xml), str(weights))
     except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line C++ message
-        raise InputError(
+        raise InvalidModel(
             f"{xml} (with {weights.name}) is not a valid OpenVINO model ({error_line(exc)}); "
             "check both files are complete and from the same export"
         ) from exc

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError, require
+from ...errors import InvalidModel, require
 from ..session import TensorSpec
 
 NAME = "ort"
@@ -59,13 +59,16 @@ class OrtSession:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
-        options.log_severity_level = 3
+        from ..._quiet import onnxruntime_log_level
+
+        options.log_severity_level = onnxruntime_log_level()
+        ort.set_default_logger_severity(onnxruntime_log_level())  # also the sessions other tools open
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(
-                f"{path} is not a valid ONNX model ({first[:200]}); check the file is complete"
+            raise InvalidModel(
+                f"{path} is not a valid ONNX model ({first}); check the file is complete"
             ) from exc
         self.path = Path(path)
         self.threads = threads
