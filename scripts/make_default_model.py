@@ -32,7 +32,7 @@ OPSET, MAX_IR_VERSION = 18, 10  # runtimes refuse IR versions newer than they kn
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS, DATA = ROOT / "models", ROOT / "calibration_data" / "mnist"
-TEST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+TEST_DIR = ROOT / "data" / "mnist"
 
 PREPROCESS_TOML = """\
 size = [28, 28]        # height, width

