@@ -194,6 +194,7 @@ def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dic
     from .environment import versions
 
     origin = file_info(model_path) if model_path else {**file_info(source.onnx.path), "path": None}
+    origin |= {"fixes": list(source.notes)} if source.notes else {}
     return {"source": {**origin, "kind": source.kind}, "recipe": recipe.to_dict(), "steps": steps,
             "artifacts": [], "environment": versions()}  # fmt: skip
 
