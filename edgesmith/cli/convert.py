@@ -69,6 +69,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace the output folder's contents")
     p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="sizes of an input's dynamic axes, e.g. images=1x3x320x320 (repeatable; default: the data's)",
+    )
+    p.add_argument(
         "--dump-recipe",
         action="store_true",
         help="print the resolved recipe as TOML and exit without converting",
@@ -86,6 +92,10 @@ def main(args) -> int:
     recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format)
     if args.model:
         recipe.model.path = args.model
+    if args.input_shape:
+        from ..targets.latency import parse_shapes
+
+        recipe.model.input_shapes = {**(recipe.model.input_shapes or {}), **parse_shapes(args.input_shape)}
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, VerificationFailed
-from . import exporters
+from . import exporters, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -134,6 +134,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         with tempfile.TemporaryDirectory(prefix="edgesmith-") as tmp:
             source = frontends.load(model, Path(tmp), example_inputs)
             calibration, evaluation = _open_data(recipe, source)
+            source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
             ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
             changed, ctx, step_reports = _torch_stage(torch_steps, source, ctx)
             handle = changed.onnx
@@ -241,13 +242,13 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
 
     def measure(name: str, path: Path, known: dict | None = None) -> dict:
         known = known or {}
-        row = {"after": name, **_graph_stats(path), "size_bytes": path.stat().st_size}
+        row = {"after": name, **_graph_stats(path, source.inputs), "size_bytes": path.stat().st_size}
         if ref is not None:
             result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
             row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
                        cosine=result.get("cosine"))  # fmt: skip
         if recipe.profile.enabled:
-            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile))["p50_ms"]
+            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile, source.inputs))["p50_ms"]
         return row
 
     original = {"verify": {"metric": ref.metric, "artifact": ref.score}} if ref is not None else {}
@@ -272,13 +273,13 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
     return rows
 
 
-def _graph_stats(path: Path) -> dict:
+def _graph_stats(path: Path, inputs=()) -> dict:
     """MACs (the cost model's count) and parameters (weights + biases, in elements) of an ONNX file."""
     if path.suffix != ".onnx":
         return {}
     from ..targets.graph import layers
 
-    graph = layers(path)
+    graph = layers(path, shapes={s.name: s.shape for s in inputs})
     return {"macs": sum(layer.macs for layer in graph), "params": _param_count(path)}
 
 
@@ -294,14 +295,14 @@ def _param_count(path: Path) -> int:
 def _profile(source, report: dict, recipe: Recipe) -> None:
     from .profile_step import profile
 
-    report["original_latency"] = profile(source.onnx.path, recipe.profile)
+    report["original_latency"] = profile(source.onnx.path, recipe.profile, source.inputs)
     for entry in report["artifacts"]:
-        entry["latency"] = profile(Path(entry["path"]), recipe.profile)
+        entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs)
     if recipe.profile.targets:
         from .profile_step import per_target
 
         for entry in report["artifacts"]:
-            entry["targets"] = per_target(Path(entry["path"]), recipe.profile)
+            entry["targets"] = per_target(Path(entry["path"]), recipe.profile, source.inputs)
 
 
 def _html_report(output: OutputDir, recipe: Recipe) -> None:

@@ -154,6 +154,13 @@ class ArraySource:
         for index in range(self.num_batches(batch_size)):
             yield self.batch(index, batch_size)
 
+    def sample_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of one sample of input `name` (every sample has it: an array is one block, and
+        images are resized to one size)."""
+        if self._images is not None:
+            return self.batch(0, 1)[name].shape[1:]
+        return tuple(self._arrays[name].shape[1:])
+
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of one sample each (NNCF and the AI Edge Quantizer calibrate per sample), or of the
         model's fixed batch when it has one."""
