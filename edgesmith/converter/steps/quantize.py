@@ -220,9 +220,13 @@ def is_transformer(model) -> bool:
 def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
     onnx = require("onnx", "convert")
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32 = onnx.load(str(model.path))
     fp16 = convert_float_to_float16(fp32, keep_io_types=True)
+    # the converter appends the Casts it adds for the float32 inputs at the end of the graph, which ONNX
+    # requires in topological order (ONNX Runtime sorts it itself; onnx's checker and others refuse it)
+    OnnxModel(fp16).topological_sort(is_deterministic=True)
     out = ctx.workdir / f"{model.path.stem}.fp16.onnx"
     onnx.save(fp16, str(out))
     return StepResult(
