@@ -117,6 +117,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX's is enough
             quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=True)
         source_path = prepped
+    source_path = _plain_names(source_path, ctx.workdir / f"{model.path.stem}.named.onnx")
     excluded = _excluded(source_path, config.exclude)
     out = ctx.workdir / f"{model.path.stem}.{config.mode}-int8.onnx"
     if config.mode == "dynamic":
@@ -174,6 +175,38 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         preprocessed=config.preprocess,
     )
     return StepResult(ModelHandle(out, "int8"), report)
+
+
+def _plain_names(path, out):
+    """`path` with its internal tensors renamed `t<i>_` (written to `out`; `path` itself if the graph has
+    subgraphs, which see outer names).
+
+    ONNX Runtime's quantizer names what it adds by appending to existing names (a bias `A;A` becomes
+    `A;A2_quantized`), and with tf2onnx's names, where `.../conv1d_25` and `.../conv1d_252` sit side by
+    side, two derived names can collide: basic-pitch's model came out as an invalid graph ("Invalid
+    attribute perm ... input shape = {36}"). No suffix turns a `t<i>_` name into another one. Inputs,
+    outputs and node names (what profiles and `exclude` match) are kept.
+    """
+    onnx = require("onnx", "convert")
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
+        return path
+    keep = {v.name for v in [*graph.input, *graph.output]} | {""}
+    names: dict[str, str] = {}
+
+    def plain(name: str) -> str:
+        return name if name in keep else names.setdefault(name, f"t{len(names)}_")
+
+    for tensor in graph.initializer:
+        tensor.name = plain(tensor.name)
+    for node in graph.node:
+        node.input[:] = [plain(i) for i in node.input]
+        node.output[:] = [plain(o) for o in node.output]
+    for value in graph.value_info:
+        value.name = plain(value.name)
+    onnx.save(model, str(out))
+    return out
 
 
 TRANSFORMER_OPS = ["MatMul", "Gemm"]
