@@ -80,6 +80,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace the output folder's contents")
     p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="sizes of an input's dynamic axes, e.g. images=1x3x320x320 (repeatable; default: the data's)",
+    )
+    p.add_argument(
         "--dump-recipe",
         action="store_true",
         help="print the resolved recipe as TOML and exit without converting",
@@ -101,6 +107,10 @@ def main(args) -> int:
         from ..converter.recipe import ProfileConfig
 
         recipe.profile = ProfileConfig(**{**recipe.profile.__dict__, "targets": list(args.target)})
+    if args.input_shape:
+        from ..targets.latency import parse_shapes
+
+        recipe.model.input_shapes = {**(recipe.model.input_shapes or {}), **parse_shapes(args.input_shape)}
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0

@@ -51,6 +51,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: backend's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the random inputs")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="sizes of an input's dynamic axes, e.g. images=1x3x320x320 (repeatable); "
+                        "needed when a model leaves axes other than the batch open")  # fmt: skip
     p.add_argument("--backend", default="auto", help="ort, numpy or auto (default)")
     p.add_argument("--layers", type=int, default=0, metavar="N",
                    help="also list the N slowest layers (measured via ORT/OpenVINO profiling here, else estimated)")  # fmt: skip
@@ -64,7 +67,9 @@ def main(args) -> int:
 
     from ..errors import InputError
     from ..targets import measurements, power, spec
+    from ..targets.latency import parse_shapes
 
+    args.shapes = parse_shapes(args.input_shape)
     if args.runs < 1 or args.warmup < 0 or args.batch < 1 or (args.threads is not None and args.threads < 0):
         raise InputError("--runs and --batch must be >= 1, --warmup and --threads >= 0")
     if args.ssh and args.adb:
@@ -127,13 +132,13 @@ def _layers(args, artifact: Path, target, result: dict) -> list[dict]:
     """The N slowest layers: the backend's own profile when measured here, else the cost model's."""
     from ..targets import costmodel, graph, hostprofile
 
-    layers = graph.layers(artifact, args.batch)
+    layers = graph.layers(artifact, args.batch, args.shapes)
     if result["source"] == "measured":
         threads = args.threads or 1
         if result.get("backend") == "openvino":
-            times = hostprofile.openvino_node_times(artifact, threads)
+            times = hostprofile.openvino_node_times(artifact, threads, shapes=args.shapes)
         else:
-            times = hostprofile.ort_node_times(artifact, threads)
+            times = hostprofile.ort_node_times(artifact, threads, shapes=args.shapes)
         rows = [
             {"name": n, "ms": ms, "source": "measured"} for n, ms in hostprofile.match(layers, times).items()
         ]
@@ -149,11 +154,11 @@ def _here(args, artifact: Path, target) -> dict:
     from ..targets.latency import measure, random_feeds
 
     session = load(artifact, backend=args.backend, threads=args.threads)
-    m = measure(session, runs=args.runs, warmup=args.warmup, batch=args.batch)
+    m = measure(session, runs=args.runs, warmup=args.warmup, batch=args.batch, shapes=args.shapes)
     result = m.to_json() | {"target": target.name}
     probe = None if args.probe == "none" else power.find_probe(args.probe)
     if probe is not None:
-        feeds = random_feeds(session, args.batch)
+        feeds = random_feeds(session, args.batch, shapes=args.shapes)
         energy = power.measure(probe, lambda: session.run(feeds), max(args.runs, 20))
     else:
         energy = power.estimate(target, m.p50_ms, args.threads)
@@ -186,7 +191,7 @@ def _remote(args, artifact: Path, target) -> dict:
 def _estimated(args, artifact: Path, target) -> dict:
     from ..targets import costmodel, graph, mcu, power
 
-    layers = graph.layers(artifact, args.batch)
+    layers = graph.layers(artifact, args.batch, args.shapes)
     est = costmodel.estimate(layers, target, args.threads)
     result = est.to_json(per_layer=False) | {"device": target.name}
     result |= power.estimate(target, est.p50_ms, est.threads).to_json()

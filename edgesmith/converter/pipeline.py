@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, InvalidModel, VerificationFailed
-from . import exporters
+from . import exporters, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -153,6 +153,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         with tempfile.TemporaryDirectory(prefix="edgesmith-") as tmp:
             source = frontends.load(model, Path(tmp), example_inputs)
             calibration, evaluation = _open_data(recipe, source)
+            source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
             ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
             changed, ctx, step_reports = _torch_stage(torch_steps, source, ctx)
             handle = changed.onnx
@@ -214,6 +215,7 @@ def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dic
     from .environment import versions
 
     origin = file_info(model_path) if model_path else {**file_info(source.onnx.path), "path": None}
+    origin |= {"fixes": list(source.notes)} if source.notes else {}
     return {"source": {**origin, "kind": source.kind}, "recipe": recipe.to_dict(), "steps": steps,
             "artifacts": [], "environment": versions()}  # fmt: skip
 
@@ -260,12 +262,12 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
 
     def measure(name: str, path: Path, known: dict | None = None) -> dict:
         known = known or {}
-        row = {"after": name, **_graph_stats(path), "size_bytes": path.stat().st_size}
+        row = {"after": name, **_graph_stats(path, source.inputs), "size_bytes": path.stat().st_size}
         result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
         row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
                    cosine=result.get("cosine"), cosine_min=result.get("cosine_min"))  # fmt: skip
         if recipe.profile.enabled:
-            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile))["p50_ms"]
+            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile, source.inputs))["p50_ms"]
         return row
 
     original = {"verify": {"metric": ref.metric, "artifact": ref.score, "cosine_min": 1.0}}
@@ -290,13 +292,13 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
     return rows
 
 
-def _graph_stats(path: Path) -> dict:
+def _graph_stats(path: Path, inputs=()) -> dict:
     """MACs (the cost model's count) and parameters (weights + biases, in elements) of an ONNX file."""
     if path.suffix != ".onnx":
         return {}
     from ..targets.graph import layers
 
-    graph = layers(path)
+    graph = layers(path, shapes={s.name: s.shape for s in inputs})
     return {"macs": sum(layer.macs for layer in graph), "params": _param_count(path)}
 
 
@@ -312,15 +314,15 @@ def _param_count(path: Path) -> int:
 def _profile(source, report: dict, recipe: Recipe) -> None:
     from .profile_step import profile
 
-    report["original_latency"] = profile(source.onnx.path, recipe.profile)
+    report["original_latency"] = profile(source.onnx.path, recipe.profile, source.inputs)
     for entry in report["artifacts"]:
-        entry["latency"] = profile(Path(entry["path"]), recipe.profile)
+        entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs)
     if recipe.profile.targets:
         from .profile_step import per_target
 
-        report["original_targets"] = per_target(source.onnx.path, recipe.profile)
+        report["original_targets"] = per_target(source.onnx.path, recipe.profile, source.inputs)
         for entry in report["artifacts"]:
-            entry["targets"] = per_target(Path(entry["path"]), recipe.profile)
+            entry["targets"] = per_target(Path(entry["path"]), recipe.profile, source.inputs)
 
 
 def _html_report(output: OutputDir, recipe: Recipe) -> None:

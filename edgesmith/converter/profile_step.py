@@ -10,17 +10,20 @@ from ..targets.latency import measure
 from .recipe import ProfileConfig
 
 
-def profile(path: Path, config: ProfileConfig) -> dict:
-    """Host latency, plus `profile_s`: how long loading and timing took."""
+def profile(path: Path, config: ProfileConfig, inputs=()) -> dict:
+    """Host latency at the shapes of `inputs` (the source's, dynamic axes sized: input_shapes.py), plus
+    `profile_s`: how long loading and timing took."""
     started = time.perf_counter()
     # exact: time what verify checked (OpenVINO would otherwise run float layers in bf16 here)
     session = load_session(path, threads=config.threads or None, exact=True)
-    result = measure(session, runs=config.runs, warmup=config.warmup).to_json()
+    shapes = {spec.name: spec.shape for spec in inputs}
+    result = measure(session, runs=config.runs, warmup=config.warmup, shapes=shapes).to_json()
     return result | {"profile_s": round(time.perf_counter() - started, 3)}
 
 
-def per_target(path: Path, config: ProfileConfig) -> dict:
-    """Estimated latency, energy and MCU fit on each `[profile] targets` device (cost model)."""
+def per_target(path: Path, config: ProfileConfig, inputs=()) -> dict:
+    """Estimated latency, energy and MCU fit on each `[profile] targets` device (cost model), at the
+    shapes of `inputs`."""
     from ..targets.report import target_results
 
-    return target_results(path, config.targets, top=10)
+    return target_results(path, config.targets, top=10, shapes={spec.name: spec.shape for spec in inputs})

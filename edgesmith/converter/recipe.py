@@ -31,6 +31,9 @@ def _choice(where: str, name: str, value, choices) -> None:
 @dataclass
 class ModelConfig:
     path: str | None = None
+    input_shapes: dict[str, list[int]] | None = (
+        None  # sizes of dynamic input axes: {images = [1, 3, 320, 320]}
+    )
 
 
 @dataclass

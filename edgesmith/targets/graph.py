@@ -44,8 +44,10 @@ class Layer:
         return self.param_bytes + self.in_bytes + self.out_bytes
 
 
-def layers(path: str | Path, batch: int = 1) -> list[Layer]:
-    """The layers of an ONNX model (TFLite: see `tflite_layers`), with dynamic axes set to `batch`."""
+def layers(path: str | Path, batch: int = 1, shapes: dict | None = None) -> list[Layer]:
+    """The layers of an ONNX model (TFLite: see `tflite_layers`), with a dynamic first axis set to
+    `batch` and other dynamic axes sized by `shapes` ({input name: sizes}, e.g. from --input-shape);
+    an axis nothing sizes is refused (`latency.input_shape`), not guessed."""
     path = Path(path)
     if path.suffix.lower() == ".tflite":
         from .tflite_graph import tflite_layers
@@ -59,10 +61,15 @@ def layers(path: str | Path, batch: int = 1) -> list[Layer]:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise InputError(f"{path} is not a valid ONNX model ({exc}); check the file is complete") from exc
-    for value in model.graph.input:
-        for i, dim in enumerate(value.type.tensor_type.shape.dim):
-            if not dim.HasField("dim_value"):
-                dim.dim_value = batch if i == 0 else 1
+    from .latency import check_names, input_shape
+
+    weights = {t.name for t in model.graph.initializer}
+    check_names(shapes, [v.name for v in model.graph.input if v.name not in weights])
+    for value in [v for v in model.graph.input if v.name not in weights]:
+        dims = value.type.tensor_type.shape.dim
+        sizes = input_shape(value.name, [d.dim_value or None for d in dims], batch, shapes)
+        for dim, size in zip(dims, sizes, strict=True):
+            dim.dim_value = size
     inits = _strip_weights(model)
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     return _walk(model.graph, inits)

@@ -15,14 +15,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from .graph import Layer
+from .latency import input_shape
 
 SUFFIXES = ("_kernel_time", "_nchwc", "_token", "/WithoutBiases")
 
 
 def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: int = 5,
-                   quantile: float = 0.5) -> dict[str, float]:  # fmt: skip
-    """Milliseconds per ORT kernel name over `runs` runs on random inputs: the median, or another
-    `quantile` (a low one estimates the uncontended time on a shared machine)."""
+                   quantile: float = 0.5, shapes: dict | None = None) -> dict[str, float]:  # fmt: skip
+    """Milliseconds per ORT kernel name over `runs` runs on random inputs (dynamic axes sized by
+    `shapes`, see latency.input_shape): the median, or another `quantile` (a low one estimates the
+    uncontended time on a shared machine)."""
     import numpy as np
 
     from ..errors import require
@@ -38,7 +40,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
         rng = np.random.default_rng(0)
         feeds = {}
         for arg in session.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
+            shape = input_shape(arg.name, [d if isinstance(d, int) else None for d in arg.shape], 1, shapes)
             feeds[arg.name] = rng.standard_normal(shape).astype(_DTYPES.get(arg.type, "float32"))
         for _ in range(warmup):
             session.run(None, feeds)
@@ -55,8 +57,10 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
     return {name: _quantile(times[1:] or times, quantile) for name, times in per_node.items()}
 
 
-def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20) -> dict[str, float]:
-    """Median milliseconds per executed OpenVINO node (performance counters, CPU plugin)."""
+def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20, shapes: dict | None = None
+                        ) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds per executed OpenVINO node (performance counters, CPU plugin), dynamic axes
+    sized by `shapes`."""
     import numpy as np
 
     from ..errors import require
@@ -69,7 +73,8 @@ def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20) -> d
     rng = np.random.default_rng(0)
     feeds = {}
     for i, port in enumerate(compiled.inputs):
-        shape = [d.get_length() if d.is_static else 1 for d in port.get_partial_shape()]
+        dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        shape = input_shape(port.get_any_name(), dims, 1, shapes)
         feeds[i] = rng.standard_normal(shape).astype(port.get_element_type().to_dtype())
     per_node: dict[str, list[float]] = defaultdict(list)
     for _ in range(runs + 3):

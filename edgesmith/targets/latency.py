@@ -6,10 +6,12 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..runtime.session import Session
 
 
@@ -37,12 +39,80 @@ class Measurement:
         return asdict(self)
 
 
-def random_feeds(session: Session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs of the session's shapes (dynamic axes: `batch` first, 1 elsewhere)."""
+def parse_shapes(texts: list[str] | None) -> dict[str, list[int]]:
+    """`--input-shape NAME=1x3x320x320` values (repeatable) as {name: [1, 3, 320, 320]}."""
+    shapes: dict[str, list[int]] = {}
+    for text in texts or []:
+        name, _, dims = text.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")] if name and dims else []
+        except ValueError:
+            shape = []
+        if not shape or min(shape) < 1:
+            raise InputError(
+                f"--input-shape {text!r} is not NAME=DIMS: write e.g. images=1x3x320x320 (sizes >= 1, "
+                "the input's name as the model has it)"
+            )
+        shapes[name] = shape
+    return shapes
+
+
+def input_shape(
+    name: str, shape: Sequence[int | str | None], batch: int = 1, given: Mapping[str, Sequence] | None = None
+) -> tuple[int, ...]:
+    """The shape to feed input `name` at: its fixed sizes, then `given` (from --input-shape or the data),
+    then `batch` for a dynamic first axis. Any other dynamic axis is refused (never guessed as 1: a
+    detector at 1x1 is not timed, it crashes or folds its pooling to nothing)."""
+    wanted = list((given or {}).get(name) or [])
+    if wanted and len(wanted) != len(shape):
+        raise InputError(
+            f"--input-shape {name} has {len(wanted)} dims but the model's input has {len(shape)} "
+            f"({_dims(shape)}); give one size per axis"
+        )
+    out = []
+    for axis, size in enumerate(shape):
+        fixed = size if isinstance(size, int) and size > 0 else None
+        want = wanted[axis] if wanted and isinstance(wanted[axis], int) and wanted[axis] > 0 else None
+        if fixed is not None and want is not None and want != fixed:
+            raise InputError(
+                f"--input-shape {name}={'x'.join(map(str, wanted))} does not fit the model's input "
+                f"{_dims(shape)} (axis {axis} is fixed at {fixed}); give its fixed sizes as they are"
+            )
+        if fixed is None and want is None and axis > 0:
+            hint = "x".join(str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else "N")
+                            for i, d in enumerate(shape))  # fmt: skip
+            raise InputError(
+                f"input '{name}' has a dynamic size on axis {axis} ({_dims(shape)}) and nothing says which: "
+                f"pass --input-shape {name}={hint} with the real sizes"
+            )
+        out.append(fixed or want or batch)
+    return tuple(out)
+
+
+def check_names(shapes: Mapping[str, Sequence] | None, names: Sequence[str]) -> None:
+    """Refuse sizes given for an input the model does not have (a typo would otherwise go unnoticed)."""
+    unknown = sorted(set(shapes or {}) - set(names))
+    if unknown:
+        raise InputError(
+            f"--input-shape names {unknown}, but the model's inputs are {list(names)}; use those"
+        )
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?")
+                    for d in shape)  # fmt: skip
+
+
+def random_feeds(
+    session: Session, batch: int = 1, seed: int = 0, shapes: Mapping[str, Sequence] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs of the session's shapes, dynamic axes from `shapes` ({name: sizes}, e.g.
+    from --input-shape), else `batch` for the first; see `input_shape`."""
+    check_names(shapes, [spec.name for spec in session.inputs])
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
-        shape = spec.concrete_shape(batch)
+        shape = input_shape(spec.name, spec.shape, batch, shapes)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
@@ -66,11 +136,13 @@ def measure(
     runs: int = 100,
     warmup: int = 10,
     batch: int = 1,
+    shapes: Mapping[str, Sequence] | None = None,
 ) -> Measurement:
-    """Time `session.run(feeds)`; random inputs of batch `batch` when `feeds` is None."""
+    """Time `session.run(feeds)`; random inputs of batch `batch` (and dynamic sizes from `shapes`) when
+    `feeds` is None."""
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be >= 1 and warmup >= 0")
-    feeds = feeds if feeds is not None else random_feeds(session, batch)
+    feeds = feeds if feeds is not None else random_feeds(session, batch, shapes=shapes)
     for _ in range(warmup):
         session.run(feeds)
     times = np.empty(runs)

@@ -13,15 +13,17 @@ from ..errors import InputError
 from . import svg
 
 
-def target_results(path: str | Path, names: list[str], threads: int | None = None, top: int = 15) -> dict:
-    """{target: estimate (+ energy, MCU fit, the `top` slowest layers)} for one artifact file."""
+def target_results(path: str | Path, names: list[str], threads: int | None = None, top: int = 15,
+                   shapes: dict | None = None) -> dict:  # fmt: skip
+    """{target: estimate (+ energy, MCU fit, the `top` slowest layers)} for one artifact file, its dynamic
+    input axes sized by `shapes` (see graph.layers)."""
     from ..errors import EdgesmithError
     from . import costmodel, graph, mcu, power, spec
 
     path = Path(path)
     try:
-        graph_layers = graph.layers(path)
-    except EdgesmithError as exc:  # a format the cost model does not read (OpenVINO IR, C arrays)
+        graph_layers = graph.layers(path, shapes=shapes)
+    except EdgesmithError as exc:  # a format the cost model does not read (OpenVINO IR, C arrays), no sizes
         return {
             name: {"p50_ms": None, "source": "not estimated", "note": str(exc), "layers": []}
             for name in names

@@ -6,6 +6,10 @@ spec; for a text model (whose frontend gives a `tokenize` function) also a `.txt
 line, tokenized when opened. Batches are read one at a time, so memory stays bounded by a batch (an
 `.npz` array is read whole when first touched: use `.npy` or an image folder for sets larger than
 memory).
+
+A model whose inputs fix the batch axis (most exported files: batch 1) is fed batches of exactly that
+size, whatever `batch_size` asks: calibration in every engine, verification and training all read
+their batches here, so each works with such models and the artifacts keep the source's signature.
 """
 
 from __future__ import annotations
@@ -65,6 +69,19 @@ class ArraySource:
         self.count = min(total, max_samples) if max_samples else total
         if self.count == 0:
             raise InputError(f"{what} data {self.path} holds no samples; add some")
+        self.fixed_batch = model_batch(inputs)
+        if self.fixed_batch:
+            self._fit_fixed_batch()
+
+    def _fit_fixed_batch(self) -> None:
+        """Batches of the model's fixed batch size; the samples that do not fill a last batch are left out."""
+        size = self.fixed_batch
+        if self.count < size:
+            raise InputError(
+                f"{self.what} data {self.path} holds {self.count} samples but the model takes batches of "
+                f"exactly {size}; give at least {size} samples"
+            )
+        self.batch_size, self.count = size, self.count - self.count % size
 
     def __len__(self) -> int:
         return self.count
@@ -137,6 +154,26 @@ class ArraySource:
         for index in range(self.num_batches(batch_size)):
             yield self.batch(index, batch_size)
 
+    def sample_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of one sample of input `name` (every sample has it: an array is one block, and
+        images are resized to one size)."""
+        if self._images is not None:
+            return self.batch(0, 1)[name].shape[1:]
+        return tuple(self._arrays[name].shape[1:])
+
+    def samples(self) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of one sample each (NNCF and the AI Edge Quantizer calibrate per sample), or of the
+        model's fixed batch when it has one."""
+        step = self.fixed_batch or 1
+        for batch in self.batches():
+            count = len(next(iter(batch.values())))
+            for start in range(0, count, step):
+                yield {name: array[start : start + step] for name, array in batch.items()}
+
+    def num_samples(self) -> int:
+        """How many feeds `samples()` yields."""
+        return self.count // (self.fixed_batch or 1)
+
     def batch(self, index: int, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Batch number `index` (0-based), read from disk now."""
         size = batch_size or self.batch_size
@@ -158,6 +195,14 @@ class ArraySource:
                     f"sample {bad}; clean or drop those samples"
                 )
         return batch
+
+
+def model_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
+    """The batch size a model is fixed at: the first axis of its inputs, when that is one fixed size
+    on all of them (None for a dynamic batch)."""
+    firsts = {spec.shape[0] if spec.shape else None for spec in inputs}
+    size = firsts.pop() if len(firsts) == 1 else None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def _check_shape(path: Path, spec: TensorSpec, array: np.ndarray) -> None:

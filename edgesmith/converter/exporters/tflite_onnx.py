@@ -92,11 +92,15 @@ def _relax_reshapes(model) -> None:
 
 
 def _fold_static(path: Path, inputs, workdir: Path):
-    """The model with batch 1 (dynamic axes set as `TensorSpec.concrete_shape`), constants folded."""
+    """The model at batch 1 and the sizes `inputs` give its other dynamic axes (the calibration data's or
+    --input-shape's: input_shapes.py; an unsized axis is refused, as a 1x1 image would fold its pooling
+    to nothing), constants folded."""
+    from ...targets.latency import input_shape
+
     onnx = require("onnx", "convert")
     ort = require("onnxruntime", "convert")
     model = onnx.load(str(path))
-    shapes = {s.name: s.concrete_shape(1) for s in inputs}
+    shapes = {s.name: input_shape(s.name, s.shape, 1) for s in inputs}
     for value in model.graph.input:
         if value.name in shapes:
             for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):

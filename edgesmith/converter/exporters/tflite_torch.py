@@ -90,7 +90,7 @@ def _recipe(mode: str):
 def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[bytes, dict]:
     """Apply `mode` (static | dynamic | fp16) to fp32 `.tflite` bytes whose signature inputs are
     `names` (the source's). Static INT8 calibrates on `calibration` (an ArraySource), one sample at a
-    time since the model's batch is 1."""
+    time since the model's batch is 1 (or the source's fixed batch)."""
     aeq = require("ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)")
     from ai_edge_litert.interpreter import Interpreter
 
@@ -100,11 +100,7 @@ def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[byt
     with quiet():
         result = None
         if mode == "static":
-            samples = [
-                {n: batch[n][i : i + 1] for n in names}
-                for batch in calibration.batches()
-                for i in range(len(batch[names[0]]))
-            ]
+            samples = [{n: feed[n] for n in names} for feed in calibration.samples()]
             result = quantizer.calibrate({signature: samples}, num_threads=1)
             report["calibration"] = {
                 "samples": len(samples),

@@ -27,6 +27,7 @@ class Source:
     native: Any = None  # the framework's own model (a torch ExportedProgram ...) for exporters that need it
     module: Any = None  # the torch.nn.Module itself, for steps that train or reshape it (torch sources)
     example: tuple | None = None  # example inputs as numpy arrays (torch sources)
+    notes: tuple[str, ...] = ()  # what the frontend repaired in the user's model (report.json source.fixes)
 
 
 def kind_of(model: Any) -> str:

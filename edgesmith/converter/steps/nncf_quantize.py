@@ -33,19 +33,17 @@ FAST_BIAS_CORRECTION = True
 
 
 class Samples:
-    """The calibration source as single-sample feeds; iterable again for each NNCF pass."""
+    """The calibration source as single-sample feeds (or feeds of the model's fixed batch); iterable
+    again for each NNCF pass."""
 
     def __init__(self, source):
         self._source = source
 
     def __len__(self) -> int:
-        return len(self._source)
+        return self._source.num_samples()
 
     def __iter__(self):
-        for batch in self._source.batches():
-            count = len(next(iter(batch.values())))
-            for i in range(count):
-                yield {name: array[i : i + 1] for name, array in batch.items()}
+        return self._source.samples()
 
 
 def _estimators(nncf, method: str):
@@ -84,7 +82,7 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
             nncf.Dataset(Samples(cal)),
             preset=getattr(nncf.QuantizationPreset, PRESET.upper()),
             target_device=nncf.TargetDevice.CPU,
-            subset_size=len(cal),
+            subset_size=cal.num_samples(),
             fast_bias_correction=FAST_BIAS_CORRECTION,
             ignored_scope=ignored,
             advanced_parameters=advanced,

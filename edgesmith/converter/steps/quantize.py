@@ -117,6 +117,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX's is enough
             quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=True)
         source_path = prepped
+    source_path = _plain_names(source_path, ctx.workdir / f"{model.path.stem}.named.onnx")
     excluded = _excluded(source_path, config.exclude)
     out = ctx.workdir / f"{model.path.stem}.{config.mode}-int8.onnx"
     if config.mode == "dynamic":
@@ -176,6 +177,38 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     return StepResult(ModelHandle(out, "int8"), report)
 
 
+def _plain_names(path, out):
+    """`path` with its internal tensors renamed `t<i>_` (written to `out`; `path` itself if the graph has
+    subgraphs, which see outer names).
+
+    ONNX Runtime's quantizer names what it adds by appending to existing names (a bias `A;A` becomes
+    `A;A2_quantized`), and with tf2onnx's names, where `.../conv1d_25` and `.../conv1d_252` sit side by
+    side, two derived names can collide: basic-pitch's model came out as an invalid graph ("Invalid
+    attribute perm ... input shape = {36}"). No suffix turns a `t<i>_` name into another one. Inputs,
+    outputs and node names (what profiles and `exclude` match) are kept.
+    """
+    onnx = require("onnx", "convert")
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
+        return path
+    keep = {v.name for v in [*graph.input, *graph.output]} | {""}
+    names: dict[str, str] = {}
+
+    def plain(name: str) -> str:
+        return name if name in keep else names.setdefault(name, f"t{len(names)}_")
+
+    for tensor in graph.initializer:
+        tensor.name = plain(tensor.name)
+    for node in graph.node:
+        node.input[:] = [plain(i) for i in node.input]
+        node.output[:] = [plain(o) for o in node.output]
+    for value in graph.value_info:
+        value.name = plain(value.name)
+    onnx.save(model, str(out))
+    return out
+
+
 TRANSFORMER_OPS = ["MatMul", "Gemm"]
 
 
@@ -220,9 +253,13 @@ def is_transformer(model) -> bool:
 def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
     onnx = require("onnx", "convert")
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32 = onnx.load(str(model.path))
     fp16 = convert_float_to_float16(fp32, keep_io_types=True)
+    # the converter appends the Casts it adds for the float32 inputs at the end of the graph, which ONNX
+    # requires in topological order (ONNX Runtime sorts it itself; onnx's checker and others refuse it)
+    OnnxModel(fp16).topological_sort(is_deterministic=True)
     out = ctx.workdir / f"{model.path.stem}.fp16.onnx"
     onnx.save(fp16, str(out))
     return StepResult(
