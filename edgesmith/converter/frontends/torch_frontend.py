@@ -17,9 +17,14 @@ WHY = "PyTorch models"
 
 
 def load_pt2(path: Path, workdir: Path):
-    torch = require("torch", "convert", WHY)
+    """A `.pt2` file, loaded without running anything in it (`pt2_safety`)."""
+    from .pt2_safety import load_program
+
+    require("torch", "convert", WHY)
     try:
-        program = torch.export.load(str(path))
+        program = load_program(path)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(
             f"{path} is not a torch.export program ({str(exc).splitlines()[0][:200]}); "
