@@ -1,0 +1,241 @@
+"""Issue 11, as an attacker and a careless user: every bad input ends in one line and exit 2 (or 1
+for a failed verification), nothing given is modified or deleted (sha256 before and after), and
+nothing is left beside --out. One test per class of case."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgesmith.converter import outdir
+
+from conftest import ROOT, SHIPPED_MODEL
+from models import small_cnn
+
+PYTHON_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def one_line(result, code: int = 2, *phrases: str) -> str:
+    """The CLI ended with `code` and printed one line (no traceback) holding every phrase."""
+    got, _, stderr = result
+    lines = stderr.strip().splitlines()
+    assert got == code, stderr
+    assert len(lines) == 1 and "Traceback" not in stderr and lines[0].startswith("edgesmith: "), stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def hashes(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under the given files and folders (the inputs' fingerprint)."""
+    out = {}
+    for path in paths:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def beside(out: Path) -> list[Path]:
+    """What a run may have left next to --out: staging, trash, lock files."""
+    return sorted(out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.fixture
+def cnn(tmp_path):
+    return small_cnn(tmp_path / "cnn.onnx")
+
+
+@pytest.fixture
+def cal(tmp_path):
+    path = tmp_path / "cal.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32))
+    return path
+
+
+# -- 1. data loss: --out and the inputs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("inside", ["calibration", "eval", "recipe", "model"])
+def test_force_never_deletes_an_input(cli, tmp_path, inside):
+    out = tmp_path / "out"
+    out.mkdir()
+    where = {k: (out if k == inside else tmp_path) for k in ("calibration", "eval", "recipe", "model")}
+    model = small_cnn(where["model"] / "cnn.onnx")
+    calibration = where["calibration"] / "cal"  # a folder, like an image folder
+    calibration.mkdir()
+    np.save(calibration / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    evaluation = where["eval"] / "eval.npz"
+    np.savez(evaluation, input=np.zeros((2, 1, 28, 28), np.float32), labels=np.zeros(2, np.int64))
+    recipe = where["recipe"] / "r.toml"
+    recipe.write_text("[profile]\nenabled = false\n")
+    before = hashes(tmp_path)
+    result = cli("convert", model, "--recipe", recipe, "--calibration", calibration, "--eval", evaluation,
+                 "--out", out, "--force", "-q")  # fmt: skip
+    name = {"calibration": "cal", "eval": "eval.npz", "recipe": "r.toml", "model": "cnn.onnx"}[inside]
+    one_line(result, 2, "--force would delete the input", name)
+    assert hashes(tmp_path) == before and beside(out) == []
+
+
+def test_out_inside_an_input_folder_is_refused(cli, tmp_path, cnn):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not really")
+    before = hashes(tmp_path)
+    for out in (images, images / "out"):
+        one_line(cli("convert", cnn, "--calibration", images, "--out", out, "-q"), 2, "the input")
+    assert hashes(tmp_path) == before and sorted(images.iterdir()) == [images / "a.png"]
+
+
+@pytest.mark.parametrize("case", ["dot", "dangling symlink", "under a file", "too long", "read-only parent"])
+def test_unusable_out_is_one_line_and_leaves_nothing(cli, tmp_path, cnn, cal, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    out = {"dot": Path("."), "dangling symlink": tmp_path / "link", "under a file": tmp_path / "f" / "out",
+           "too long": tmp_path / ("x" * 250), "read-only parent": tmp_path / "ro" / "sub" / "out"}[case]  # fmt: skip
+    if case == "dangling symlink":
+        out.symlink_to(tmp_path / "missing")
+    if case == "under a file":
+        (tmp_path / "f").write_text("a file")
+    if case == "read-only parent":
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        if os.access(tmp_path / "ro", os.W_OK):  # root writes anywhere: a folder root cannot write in
+            out = Path("/sys/es-out/sub/out")
+    listing = sorted(tmp_path.iterdir())
+    before = hashes(tmp_path)
+    line = one_line(cli("convert", cnn, "--calibration", cal, "--out", out, "-q"), 2, "--out")
+    assert ".partial-" not in line and "/edgesmith-" not in line  # no temporary path
+    assert sorted(tmp_path.iterdir()) == listing and hashes(tmp_path) == before
+    assert not Path("/sys/es-out").exists()
+
+
+def test_failed_verification_keeps_the_previous_output(cli, tmp_path, mnist_eval_npz):
+    """A good run, then one whose INT8 calibration clips everything: the good output stays byte for
+    byte, the rejected run is in out.rejected/ and the message says so."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[verify]\nmax_drop = 0.5\nmax_samples = 500\n[profile]\nenabled = false\n")
+    wide = np.random.default_rng(0).normal(0, 1, (64, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "wide.npy", wide)
+    np.save(tmp_path / "narrow.npy", wide * 0.01)
+    out = tmp_path / "out"
+    args = ("convert", SHIPPED_MODEL, "--recipe", recipe, "--eval", mnist_eval_npz, "--out", out, "-q")
+    assert cli(*args, "--calibration", tmp_path / "wide.npy", "--preset", "fp16")[0] == 0
+    good = hashes(out)
+    line = one_line(
+        cli(*args, "--calibration", tmp_path / "narrow.npy", "--preset", "int8", "--force"), 1, "max_drop"
+    )
+    assert f"this run is in {out}.rejected" in line and hashes(out) == good
+    rejected = json.loads((tmp_path / "out.rejected" / "report.json").read_text())
+    assert rejected["verify"]["drop"] > 0.5 and beside(out) == []
+
+
+def test_one_run_per_output_folder(cli, tmp_path, cnn, cal):
+    out = tmp_path / "out"
+    running = outdir.OutputDir(out)  # another run, in the middle of its work
+    try:
+        one_line(cli("convert", cnn, "--calibration", cal, "--out", out, "-q"), 2, "another edgesmith run")
+    finally:
+        running.discard()
+    assert not out.exists() and beside(out) == []
+    assert cli("convert", cnn, "--calibration", cal, "--out", out, "-q")[0] == 0
+    first = hashes(out)
+    one_line(
+        cli("convert", cnn, "--calibration", cal, "--out", out, "-q"), 2, "already holds files", "--force"
+    )
+    assert hashes(out) == first and beside(out) == []
+
+
+def test_replace_is_one_exchange(tmp_path):
+    """renameat2(RENAME_EXCHANGE): at no moment is there no folder at the output's name."""
+    old, new = tmp_path / "out", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "v").write_text("1")
+    (new / "v").write_text("2")
+    inodes = old.stat().st_ino, new.stat().st_ino
+    assert outdir._exchange(new, old), "Linux with glibc >= 2.28 has renameat2"
+    assert (old.stat().st_ino, new.stat().st_ino) == inodes[::-1] and (old / "v").read_text() == "2"
+    out = tmp_path / "out2"
+    staged = outdir.OutputDir(out)
+    (staged.staging / "a").write_text("first")
+    staged.commit()
+    staged = outdir.OutputDir(out, force=True)
+    (staged.staging / "a").write_text("second")
+    staged.commit()
+    assert (out / "a").read_text() == "second" and beside(out) == []
+
+
+def test_output_folders_follow_the_umask(cli, tmp_path, cnn, cal):
+    previous = os.umask(0o027)
+    try:
+        assert cli("convert", cnn, "--calibration", cal, "--out", tmp_path / "out", "-q")[0] == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_leftovers_of_dead_runs_are_removed_by_the_next(cli, tmp_path, cnn, cal):
+    out, dead = tmp_path / "out", _dead_pid()
+    stale = [
+        tmp_path / f".out.partial-{dead}-abcd1234",
+        Path(outdir.tempfile.gettempdir()) / f"edgesmith-{dead}-x1",
+    ]
+    live = [tmp_path / f".out.partial-{os.getppid()}-abcd1234", tmp_path / f".other.partial-{dead}-abcd1234"]
+    for folder in stale + live:
+        folder.mkdir()
+        (folder / "half-written.onnx").write_bytes(b"x")
+    try:
+        assert cli("convert", cnn, "--calibration", cal, "--out", out, "-q")[0] == 0
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+    finally:
+        for folder in stale + live:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _convert_in_background(tmp_path: Path, mnist_eval_npz: Path, out: Path) -> subprocess.Popen:
+    """A real `edgesmith convert` in a child process, returned once its staging folder exists."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesmith", "convert", str(SHIPPED_MODEL), "--preset", "int8-dynamic",
+         "--eval", str(mnist_eval_npz), "--out", str(out), "-q"],
+        stderr=subprocess.PIPE, text=True, env=PYTHON_ENV,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
+def test_sigterm_and_sigkill_leave_nothing(cli, tmp_path, mnist_eval_npz, cnn, cal):
+    out = tmp_path / "out"
+    proc = _convert_in_background(tmp_path, mnist_eval_npz, out)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130
+    stderr = proc.stderr.read()
+    assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr, stderr
+    assert beside(out) == [] and not out.exists()
+    assert not list(Path(outdir.tempfile.gettempdir()).glob(f"edgesmith-{proc.pid}-*"))
+    proc = _convert_in_background(tmp_path, mnist_eval_npz, out)
+    proc.kill()  # SIGKILL: nothing can clean up now; the next run does
+    proc.wait(60)
+    proc.stderr.close()
+    assert list(tmp_path.glob(".out.partial-*"))
+    assert cli("convert", cnn, "--calibration", cal, "--out", out, "-q")[0] == 0
+    assert beside(out) == [] and not list(Path(outdir.tempfile.gettempdir()).glob(f"edgesmith-{proc.pid}-*"))
