@@ -239,3 +239,71 @@ def test_sigterm_and_sigkill_leave_nothing(cli, tmp_path, mnist_eval_npz, cnn, c
     assert list(tmp_path.glob(".out.partial-*"))
     assert cli("convert", cnn, "--calibration", cal, "--out", out, "-q")[0] == 0
     assert beside(out) == [] and not list(Path(outdir.tempfile.gettempdir()).glob(f"edgesmith-{proc.pid}-*"))
+
+
+# -- 2. injection: ssh and adb --------------------------------------------------------------------
+
+HOSTILE_NAME = "m;touch PWNED;$(touch PWNED2).onnx"  # a legal file name, and shell code if unquoted
+
+
+@pytest.mark.parametrize("spec", ["-oProxyCommand=touch${IFS}PWNED", "-oProxyCommand=x@host", "pi@-oFoo=1"])
+def test_ssh_options_in_the_host_are_refused(cli, tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    before = hashes(SHIPPED_MODEL)
+    one_line(cli("profile", SHIPPED_MODEL, f"--ssh={spec}", "--runs", "1"), 2, "'-'")
+    assert not list(tmp_path.iterdir()) and hashes(SHIPPED_MODEL) == before
+
+
+def test_ssh_argv_ends_options_before_the_host_and_quotes_every_word(tmp_path, monkeypatch):
+    """The remote command string, run by a real `sh -c` as sshd does, gives back the exact words."""
+    from edgesmith.targets import ssh
+
+    device = ssh.SshDevice.parse("pi@board.local:2222", options=("StrictHostKeyChecking=no",))
+    argv = device.argv("echo hi")
+    assert argv[0] == "ssh" and argv[-3:] == ["--", "pi@board.local", "echo hi"]
+    assert argv.index("--") > argv.index("StrictHostKeyChecking=no")
+    seen = []
+    monkeypatch.setattr(ssh.SshDevice, "_retry", lambda self, args, timeout, what: seen.append(args))
+    device.run(["printf", "%s\\n", HOSTILE_NAME, "a b"], 10, prefix="cd . && ")
+    assert seen[0][:-1] == argv[:-1]
+    done = subprocess.run(["sh", "-c", seen[0][-1]], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout == f"{HOSTILE_NAME}\na b\n" and not list(tmp_path.iterdir())
+
+
+def _device_adb(tmp_path: Path, monkeypatch) -> Path:
+    """An `adb` on PATH whose `shell` runs its arguments the way a phone does (joined with spaces,
+    given to `sh -c`) in a folder standing for the device, with this interpreter as its Python."""
+    device, bin_dir = tmp_path / "device", tmp_path / "bin"
+    device.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    script = bin_dir / "adb"
+    script.write_text(f"""#!/bin/sh
+[ "$1" = -s ] && shift 2
+case "$1" in
+  devices) printf 'List of devices attached\\nPHONE1\\tdevice\\n' ;;
+  push) cp "$2" "$3" ;;
+  shell) shift; cd {device} && exec sh -c "$*" ;;
+esac
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("edgesmith.targets.adb.REMOTE", str(device / "edgesmith"))
+    monkeypatch.setattr("edgesmith.targets.adb.BENCHMARK", str(device / "benchmark_model"))
+    return device
+
+
+def test_adb_shell_words_are_quoted(tmp_path, monkeypatch, cli):
+    """An artifact whose name is shell code is measured as a file name; nothing runs on the device."""
+    from edgesmith.targets import adb
+
+    device = _device_adb(tmp_path, monkeypatch)
+    artifact = tmp_path / HOSTILE_NAME
+    shutil.copy(SHIPPED_MODEL, artifact)
+    assert adb.shell("ls", HOSTILE_NAME) == ["shell", f"ls '{HOSTILE_NAME}'"]
+    code, out, err = cli("profile", artifact, "--adb", "PHONE1", "--runs", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["p50_ms"] > 0 and json.loads(out)["device"] == "adb:PHONE1"
+    assert not list(device.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    one_line(cli("profile", artifact, "--adb=-H", "--runs", "1"), 2, "not a device serial")
