@@ -307,3 +307,151 @@ def test_adb_shell_words_are_quoted(tmp_path, monkeypatch, cli):
     assert json.loads(out)["p50_ms"] > 0 and json.loads(out)["device"] == "adb:PHONE1"
     assert not list(device.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
     one_line(cli("profile", artifact, "--adb=-H", "--runs", "1"), 2, "not a device serial")
+
+
+# -- 3. file arguments ----------------------------------------------------------------------------
+
+
+def _bad_arrays(tmp_path: Path, kind: str) -> Path:
+    x = np.random.default_rng(0).normal(size=(4, 1, 28, 28)).astype(np.float32)
+    path = tmp_path / f"{kind.replace(' ', '_')}.npz"
+    if kind == "truncated npy":
+        path = path.with_suffix(".npy")
+        np.save(path, x)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "truncated npz":
+        np.savez(path, input=x, labels=np.arange(4))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        arrays = {"text": {"input": x.astype(str)}, "complex": {"input": x + 1j},
+                  "objects": {"input": np.array([x, "a"], dtype=object)},
+                  "text labels": {"input": x, "labels": np.array(list("abcd"))}}[kind]  # fmt: skip
+        np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind", ["text", "complex", "objects", "text labels", "truncated npz", "truncated npy"]
+)
+def test_array_files_that_are_not_numbers(cli, tmp_path, cnn, cal, kind):
+    """The same one line from `run --input`, `convert --calibration` and `convert --eval`."""
+    bad = _bad_arrays(tmp_path, kind)
+    out = tmp_path / "out"
+    before = hashes(tmp_path)
+    expected = {"text": "holds text", "complex": "imaginary part", "objects": "never loads",
+                "text labels": "`labels` holds text", "truncated npz": "not a readable numpy file",
+                "truncated npy": "not a readable numpy file"}[kind]  # fmt: skip
+    one_line(cli("convert", cnn, "--calibration", bad, "--out", out, "-q"), 2, "calibration data", expected)
+    one_line(
+        cli("convert", cnn, "--calibration", cal, "--eval", bad, "--out", out, "-q"), 2, "eval data", expected
+    )
+    if kind not in ("text labels", "truncated npy"):  # `run` drops labels; it reads .npz
+        one_line(cli("run", cnn, "--input", bad), 2, "--input", expected)
+    assert hashes(tmp_path) == before and not out.exists() and beside(out) == []
+
+
+def _model(path: Path, elem: int, shape: list) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", elem, shape)],
+                              [helper.make_tensor_value_info("y", elem, shape)])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["text input", "huge dimension", "huge dynamic"])
+def test_model_inputs_edgesmith_cannot_feed(cli, tmp_path, case):
+    from onnx import TensorProto
+
+    model = {"text input": lambda p: _model(p, TensorProto.STRING, ["batch", 4]),
+             "huge dimension": lambda p: _model(p, TensorProto.FLOAT, [1, 10**12]),
+             "huge dynamic": lambda p: _model(p, TensorProto.FLOAT, ["batch", 10**7, 10**7])}[case](tmp_path / "m.onnx")  # fmt: skip
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 4), np.float32))
+    out = tmp_path / "out"
+    before = hashes(tmp_path)
+    phrase = "takes text" if case == "text input" else "GiB for one sample"
+    one_line(cli("convert", model, "--preset", "fp32", "--out", out, "-q"), 2, phrase)
+    one_line(cli("run", model, "--input", tmp_path / "in.npz"), 2, phrase)
+    one_line(cli("profile", model, "--runs", "2"), 2, phrase)
+    assert hashes(tmp_path) == before and not out.exists() and beside(out) == []
+
+
+def test_non_utf8_paths(cli, tmp_path, cnn, cal):
+    """ONNX Runtime and onnx open only UTF-8 paths: a model or --out named otherwise is refused by
+    name; data and recipe files, which numpy and tomllib read, work."""
+    odd = os.fsdecode(b"caf\xe9")  # Latin-1 bytes, as an old archive or a Windows share may give
+    model = tmp_path / f"{odd}.onnx"
+    shutil.copy(cnn, model)
+    data = tmp_path / f"{odd}.npy"
+    shutil.copy(cal, data)
+    recipe = tmp_path / f"{odd}.toml"
+    recipe.write_text("[profile]\nenabled = false\n")
+    before = hashes(tmp_path)
+    line = one_line(
+        cli("convert", model, "--calibration", cal, "--out", tmp_path / "o1", "-q"), 2, "not valid UTF-8"
+    )
+    assert "caf\\xe9.onnx" in line
+    one_line(
+        cli("convert", cnn, "--calibration", cal, "--out", tmp_path / odd, "-q"),
+        2,
+        "--out",
+        "not valid UTF-8",
+    )
+    one_line(cli("run", model, "--input", tmp_path / "x.npz"), 2, "not valid UTF-8")
+    assert hashes(tmp_path) == before and not (tmp_path / "o1").exists() and not (tmp_path / odd).exists()
+    assert (
+        cli("convert", cnn, "--calibration", data, "--recipe", recipe, "--out", tmp_path / "ok", "-q")[0] == 0
+    )
+
+
+def test_run_output_that_cannot_be_a_file(cli, tmp_path, cnn):
+    np.savez(tmp_path / "in.npz", input=np.zeros((2, 1, 28, 28), np.float32))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    before, listing = hashes(tmp_path), sorted(tmp_path.rglob("*"))
+    for output, phrase in [("folder", "is a folder"), ("missing/out.npz", "does not exist"),
+                           ("file/out.npz", "is a file, not a folder")]:  # fmt: skip
+        one_line(cli("run", cnn, "--input", tmp_path / "in.npz", "--output", tmp_path / output), 2, phrase)
+    assert hashes(tmp_path) == before and sorted(tmp_path.rglob("*")) == listing
+    assert cli("run", cnn, "--input", tmp_path / "in.npz", "--output", tmp_path / "folder" / "o.npz")[0] == 0
+    assert np.load(tmp_path / "folder" / "o.npz")["logits"].shape == (2, 10)
+
+
+@pytest.fixture(scope="module")
+def report_folder(tmp_path_factory):
+    """A real convert folder (small CNN, fp32, no profiling) whose report.json the tests spoil."""
+    from edgesmith.cli import main
+
+    d = tmp_path_factory.mktemp("report")
+    (d / "r.toml").write_text("[profile]\nenabled = false\n")
+    code = main(["convert", str(small_cnn(d / "cnn.onnx")), "--recipe", str(d / "r.toml"), "--preset", "fp32",
+                 "--out", str(d / "out"), "-q"])  # fmt: skip
+    assert code == 0
+    return d / "out"
+
+
+@pytest.mark.parametrize("case", ["truncated", "not utf-8", "a list", "no artifacts", "artifact without path",
+                                  "size is text", "target estimate is text", "targets is text"])  # fmt: skip
+def test_report_on_a_spoiled_report_json(cli, tmp_path, report_folder, case):
+    folder = tmp_path / "out"
+    shutil.copytree(report_folder, folder)
+    good = json.loads((folder / "report.json").read_text())
+    artifact = good["artifacts"][0]
+    spoiled = {
+        "truncated": (folder / "report.json").read_bytes()[:200],
+        "not utf-8": b"\xff\xfe{}",
+        "a list": b"[]",
+        "no artifacts": json.dumps({k: v for k, v in good.items() if k != "artifacts"}).encode(),
+        "artifact without path": json.dumps(good | {"artifacts": [{"size_bytes": 1}]}).encode(),
+        "size is text": json.dumps(good | {"artifacts": [artifact | {"size_bytes": "1 KB"}]}).encode(),
+        "target estimate is text": json.dumps(good | {"artifacts": [artifact | {"targets": {"host": {"p50_ms": "x"}}}]}).encode(),
+        "targets is text": json.dumps(good | {"recipe": {"profile": {"targets": "rpi4"}}}).encode(),
+    }[case]  # fmt: skip
+    (folder / "report.json").write_bytes(spoiled)
+    listing, before = sorted(folder.iterdir()), hashes(folder)
+    one_line(cli("report", folder), 2, "report.json", "edgesmith convert")
+    assert hashes(folder) == before and sorted(folder.iterdir()) == listing  # no report.html, no targets.json

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .._io import check_utf8_path
 from ..errors import InputError
 
 STAGING_ROOM = 40  # bytes a staging name adds to DIR's name: ".", ".partial-", a PID, mkdtemp's 8
@@ -37,6 +38,7 @@ class OutputDir:
     the output may not go inside one of them."""
 
     def __init__(self, path: str | Path, force: bool = False, inputs: tuple[Path, ...] = ()):
+        check_utf8_path(path, "--out")  # the exporters write into it
         self.path = _checked_path(Path(path))
         self.rejected = self.path.with_name(f"{self.path.name}.rejected")
         _check_inputs(self.path, self.rejected, inputs)

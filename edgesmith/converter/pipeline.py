@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from .._io import check_utf8_path
 from ..errors import InputError, VerificationFailed
+from ..runtime.session import check_feedable
 from . import exporters
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
@@ -122,6 +124,8 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     frontends.kind_of(model)  # a missing file or unknown format fails before anything else
+    if model_path is not None:
+        check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
     _check_step_data(torch_steps, recipe)
     if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
@@ -132,6 +136,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     try:
         with work_folder() as tmp:
             source = frontends.load(model, Path(tmp), example_inputs)
+            check_feedable(source.inputs, model_path or "the model")  # text inputs, a huge declared shape
             calibration, evaluation = _open_data(recipe, source)
             ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
             changed, ctx, step_reports = _torch_stage(torch_steps, source, ctx)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..runtime.session import Session
+from ..runtime.session import Session, check_feedable
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Measurement:
 
 def random_feeds(session: Session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs of the session's shapes (dynamic axes: `batch` first, 1 elsewhere)."""
+    check_feedable(session.inputs, session.path)
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
