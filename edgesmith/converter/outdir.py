@@ -72,6 +72,7 @@ class OutputDir:
 
     def commit(self) -> Path:
         """Put the staged files in place, replacing the old folder in one step."""
+        self._restore_sigterm()  # from here a SIGTERM ends the process: the swap itself is atomic
         try:
             _replace(self.staging, self.path)
         finally:
@@ -85,6 +86,7 @@ class OutputDir:
             target = next(
                 p for i in range(2, 10_000) if not (p := target.with_name(f"{target.name}-{i}")).exists()
             )
+        self._restore_sigterm()
         try:
             _replace(self.staging, target)
         finally:
@@ -101,23 +103,27 @@ class OutputDir:
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
-    def _release(self) -> None:
+    def _restore_sigterm(self) -> None:
         if self._restore_signal is not None:
             self._restore_signal()
             self._restore_signal = None
+
+    def _release(self) -> None:
+        self._restore_sigterm()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
 
 def _checked_path(path: Path) -> Path:
-    """`path` as the folder to write, or one line saying why it cannot be one (nothing created)."""
+    """The folder to write for --out `path` (a symlink's target), or one line saying why it cannot
+    be one. Nothing is created."""
     absolute = Path(os.path.abspath(path))
     if path.is_symlink():
         if not path.exists():
             raise InputError(f"--out {path} is a symlink to {os.readlink(path)}, which does not exist; "
                              "remove the link or choose another --out")  # fmt: skip
-        absolute = path.resolve()
+        path = absolute = path.resolve()
     cwd = Path.cwd().resolve()
     if absolute.parent == absolute or cwd.is_relative_to(absolute.resolve()):
         raise InputError(f"--out {path} is the current folder or one above it, which a run would replace; "
@@ -134,7 +140,7 @@ def _checked_path(path: Path) -> Path:
         raise InputError(
             f"--out {path}: cannot write in {writable} (permission denied); choose a folder you own"
         )
-    return absolute
+    return Path(os.path.normpath(path))  # as given (report.json names it so), without "x/.." parts
 
 
 def _name_max(path: Path) -> int:
@@ -147,13 +153,17 @@ def _name_max(path: Path) -> int:
 
 def _check_inputs(out: Path, rejected: Path, inputs: tuple[Path, ...]) -> None:
     """Refuse an output that would replace an input, or that would be written into one."""
-    out_forms = {out, out.resolve()}
+    out_forms = {Path(os.path.abspath(out)), out.resolve()}
+    rejected = Path(os.path.abspath(rejected))
     for given in inputs:
         for a in {Path(os.path.abspath(given)), Path(given).resolve()}:
             for o in out_forms:
                 if a == o:
                     raise InputError(f"--out {out} is the input {given} itself; choose another --out")
-                if a.is_relative_to(o) or a.is_relative_to(rejected):
+                if a.is_relative_to(rejected):
+                    raise InputError(f"the input {given} lies in {rejected.name}, where a run that fails "
+                                     "verification goes; move it or choose another --out")  # fmt: skip
+                if a.is_relative_to(o):
                     raise InputError(
                         f"--force would delete the input {given}, which lies in --out {out}; choose another --out"
                     )
