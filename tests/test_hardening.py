@@ -211,9 +211,11 @@ def test_leftovers_of_dead_runs_are_removed_by_the_next(cli, tmp_path, cnn, cal)
 
 def _convert_in_background(tmp_path: Path, mnist_eval_npz: Path, out: Path) -> subprocess.Popen:
     """A real `edgesmith convert` in a child process, returned once its staging folder exists."""
+    recipe = tmp_path / "background.toml"
+    recipe.write_text("[verify]\nmax_samples = 500\n[profile]\nenabled = false\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgesmith", "convert", str(SHIPPED_MODEL), "--preset", "int8-dynamic",
-         "--eval", str(mnist_eval_npz), "--out", str(out), "-q"],
+         "--recipe", str(recipe), "--eval", str(mnist_eval_npz), "--out", str(out), "-q"],
         stderr=subprocess.PIPE, text=True, env=PYTHON_ENV,
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -221,6 +223,19 @@ def _convert_in_background(tmp_path: Path, mnist_eval_npz: Path, out: Path) -> s
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read()
     return proc
+
+
+@pytest.mark.slow  # a whole convert in a child process: 5 s alone, 30 s on a loaded 2-core machine
+def test_a_second_process_waits_its_turn(cli, tmp_path, mnist_eval_npz, cnn, cal):
+    """Two real processes on one --out: the second is refused while the first runs, whose output
+    then appears whole."""
+    out = tmp_path / "out"
+    first = _convert_in_background(tmp_path, mnist_eval_npz, out)
+    one_line(cli("convert", cnn, "--calibration", cal, "--out", out, "-q"), 2, "another edgesmith run")
+    assert first.wait(120) == 0, first.stderr.read()
+    first.stderr.close()
+    assert json.loads((out / "report.json").read_text())["artifacts"][0]["verify"]["agreement"] > 90
+    assert beside(out) == []
 
 
 def test_sigterm_and_sigkill_leave_nothing(cli, tmp_path, mnist_eval_npz, cnn, cal):
