@@ -127,8 +127,9 @@ def test_verification_gate_exits_1_when_the_drop_is_too_big(cli, tmp_path, mnist
         "-q",
     )
     assert code == 1, stderr
-    assert "more than [verify] max_drop = 0.5" in stderr
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["verify"]["drop"] > 0.5
+    assert "more than [verify] max_drop = 0.5" in stderr and "this run is in" in stderr
+    assert json.loads((tmp_path / "out.rejected" / "report.json").read_text())["verify"]["drop"] > 0.5
+    assert not (tmp_path / "out").exists(), "a rejected run never takes the output folder's place"
 
 
 @pytest.mark.parametrize(("preset", "max_drop"), [("int8-dynamic", 0.3), ("fp16", 0.02)])

@@ -24,8 +24,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    from pathlib import Path
+
+    from ..errors import InputError
     from ..targets import report
 
+    if args.out and Path(args.out).is_dir():
+        raise InputError(
+            f"--out {args.out} is a folder; give the HTML file's name, e.g. {Path(args.out) / 'report.html'}"
+        )
     html, data = report.write(args.dir, args.target, args.out)
     measured = sum(t.get("source") == "measured" for a in data["artifacts"] for t in a["targets"].values())
     print(f"report: {html}  ({len(data['artifacts'])} artifact(s) x {len(data['targets'])} target(s), "

@@ -28,20 +28,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def read_inputs(path: Path, session) -> dict[str, np.ndarray]:
+    from .._io import read_arrays
     from ..errors import InputError
     from ..runtime import check_feeds
 
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz/.npy file ({exc})") from exc
-    if isinstance(loaded, np.ndarray):
-        arrays = {"": loaded}
-    else:
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
+    arrays = read_arrays(path, "--input")
     arrays.pop("labels", None)
     names = [s.name for s in session.inputs]
     if len(names) == 1 and len(arrays) == 1:
@@ -54,15 +47,41 @@ def read_inputs(path: Path, session) -> dict[str, np.ndarray]:
     return feeds
 
 
+def check_output(path: Path) -> None:
+    """Refuse an --output that cannot become a file, before the model runs (nothing is created)."""
+    from ..errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"--output {path} is a folder; give a file name, e.g. {path / 'outputs.npz'}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"--output {path}: {parent} is a file, not a folder; choose another --output")
+    if not parent.is_dir():
+        raise InputError(
+            f"--output {path}: the folder {parent} does not exist; create it or choose another --output"
+        )
+
+
 def main(args) -> int:
     from .._io import atomic_path
+    from ..errors import InputError
     from ..runtime import load
+    from ..runtime.session import check_feedable
 
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_output(output)
     session = load(args.artifact, backend=args.backend, threads=args.threads)
+    check_feedable(session.inputs, args.artifact)
     outputs = session.run(read_inputs(Path(args.input), session))
-    if args.output:
-        with atomic_path(Path(args.output)) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **outputs)
+    if output is not None:
+        try:
+            with atomic_path(output) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **outputs)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write --output {output} ({exc.strerror}); choose another --output"
+            ) from None
     if args.json:
         print(
             json.dumps(

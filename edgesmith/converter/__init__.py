@@ -25,6 +25,7 @@ def build_recipe(
         result = Recipe.from_dict(recipe.to_dict())  # a copy: the caller's object stays as it was
     elif recipe is not None:
         result = Recipe.load(recipe)
+        result.source_file = Path(recipe)  # an input like the model: --out may not replace it
     else:  # no recipe: static INT8 when there is data to calibrate on, else export, verify and profile
         result = Recipe(steps=steps_for("int8" if calibration is not None or preset else "fp32"))
     if preset is not None:

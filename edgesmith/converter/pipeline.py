@@ -7,17 +7,18 @@ run leaves nothing behind and never touches an existing output folder or the inp
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import check_utf8_path
 from ..errors import InputError, InvalidModel, VerificationFailed
+from ..runtime.session import check_feedable
 from . import exporters, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
-from .outdir import OutputDir
+from .outdir import OutputDir, work_folder
 from .recipe import Recipe
 from .steps import HANDLERS, StepContext
 from .steps.quantize import QuantizeConfig
@@ -142,16 +143,19 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     frontends.kind_of(model)  # a missing file or unknown format fails before anything else
+    if model_path is not None:
+        check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
     _check_step_data(torch_steps, recipe)
     if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
                          "folder) or use --preset int8-dynamic")  # fmt: skip
     input_hash = sha256(model_path) if model_path else None
-    output = OutputDir(out, force, protect=(model_path,) if model_path else ())
+    output = OutputDir(out, force, inputs=_input_paths(recipe, model_path))
     try:
-        with tempfile.TemporaryDirectory(prefix="edgesmith-") as tmp:
+        with work_folder() as tmp:
             source = frontends.load(model, Path(tmp), example_inputs)
+            check_feedable(source.inputs, model_path or "the model")  # text inputs, a huge declared shape
             calibration, evaluation = _open_data(recipe, source)
             source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
             ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
@@ -187,9 +191,19 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     if model_path is not None and sha256(model_path) != input_hash:  # a step broke its contract
         output.discard()
         raise RuntimeError(f"internal error: {model_path} was modified during conversion")
+    try:
+        _check_drop(report, recipe)
+    except VerificationFailed as exc:  # the previous output stays; this run goes beside it
+        kept = output.reject()
+        raise VerificationFailed(f"{exc}. {output.path} was left as it was; this run is in {kept}") from None
     output.commit()
-    _check_drop(report, recipe)
     return report
+
+
+def _input_paths(recipe: Recipe, model_path: Path | None) -> tuple[Path, ...]:
+    """Every file or folder the run reads: the output may neither replace nor go inside one."""
+    paths = (model_path, recipe.calibration.path, recipe.verify.eval, getattr(recipe, "source_file", None))
+    return tuple(Path(p) for p in paths if p is not None)
 
 
 def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | None, report: dict) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._io import check_utf8_path
 from ..errors import InputError, MissingExtra, closest
 from . import backends
 from .session import Session, TensorSpec, check_feeds
@@ -31,6 +32,7 @@ def load(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
+    check_utf8_path(path, "the model")
     if backend == "auto":
         names = backends.for_suffix(path.suffix.lower())
         if not names:

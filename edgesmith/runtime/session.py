@@ -6,6 +6,7 @@ imports its framework when a session is opened, so a device needs numpy plus one
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +71,37 @@ def check_feeds(session: Session, feeds: dict[str, np.ndarray]) -> None:
                 f"input '{spec.name}' has shape {list(array.shape)} but the model expects "
                 f"{list(spec.shape)}; reshape or preprocess the data to match"
             )
+
+
+def check_feedable(inputs: tuple[TensorSpec, ...], path) -> None:
+    """Raise InputError unless edgesmith can make and feed each input: numbers (not text or objects),
+    and one sample that fits in this machine's memory (a model may declare any size)."""
+    from .._io import NOT_NUMBERS
+
+    memory = _physical_memory()
+    for spec in inputs:
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind in NOT_NUMBERS:
+            raise InputError(
+                f"{path}: input '{spec.name}' takes {NOT_NUMBERS[dtype.kind]} ({spec.dtype}); edgesmith feeds models "
+                "numeric tensors: do the encoding (tokenizing, hashing) outside the model and export it taking ids"
+            )
+        size = int(np.prod(spec.concrete_shape(1), dtype=object)) * dtype.itemsize
+        if memory and size > memory:
+            raise InputError(
+                f"{path}: input '{spec.name}' declares shape {list(spec.shape)}, {size / 2**30:,.0f} GiB for one "
+                f"sample, more than this machine's {memory / 2**30:,.0f} GiB; check the model's input shape"
+            )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this OS
+        return None
 
 
 def run_in_chunks(run, size: int):

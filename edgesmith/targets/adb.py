@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -49,8 +50,19 @@ def _adb(args: list[str], timeout: float, serial: str | None = None) -> subproce
                          "raise --timeout or lower --runs") from None  # fmt: skip
 
 
+def shell(*words: str) -> list[str]:
+    """`adb shell` arguments running one program on the device. adb joins its arguments with spaces
+    and the device's shell parses the result, so every word is quoted (an artifact named
+    `a;reboot.tflite` stays a file name)."""
+    return ["shell", shlex.join(words)]
+
+
 def check(serial: str) -> None:
     """Raise a clear error unless `serial` is connected and authorized."""
+    if serial.startswith("-"):
+        raise InputError(
+            f"--adb '{serial}' is not a device serial (it starts with '-'); `adb devices` lists them"
+        )
     found = devices()
     if serial not in found:
         listed = ", ".join(f"{s} ({st})" for s, st in found.items()) or "none"
@@ -106,24 +118,28 @@ class AdbBattery:
         self.serial = serial
         self.command = command or ["adb", "-s", serial, "shell"]
 
-    def _shell(self, command: str) -> subprocess.CompletedProcess:
+    def _shell(self, *words: str) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run([*self.command, command], capture_output=True, text=True, timeout=15)
+            return subprocess.run(
+                [*self.command, shlex.join(words)], capture_output=True, text=True, timeout=15
+            )
         except subprocess.TimeoutExpired:
             raise InputError(
                 f"reading the battery of {self.serial} over adb hung; replug it and retry"
             ) from None
 
     def available(self) -> bool:
-        return self._shell(f"ls {BATTERY}/current_now {BATTERY}/voltage_now").returncode == 0
+        return self._shell("ls", f"{BATTERY}/current_now", f"{BATTERY}/voltage_now").returncode == 0
 
     def status(self) -> str:
-        return self._shell(f"cat {BATTERY}/status").stdout.strip()
+        return self._shell("cat", f"{BATTERY}/status").stdout.strip()
 
     def power_w(self) -> float:
         from .power import parse_android_battery
 
-        return parse_android_battery(self._shell(f"cat {BATTERY}/current_now {BATTERY}/voltage_now").stdout)
+        return parse_android_battery(
+            self._shell("cat", f"{BATTERY}/current_now", f"{BATTERY}/voltage_now").stdout
+        )
 
 
 def battery_probe(serial: str, probe: str | None, command: list[str] | None = None) -> AdbBattery | None:
@@ -159,17 +175,16 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
     started = time.perf_counter()
     check(serial)
     battery = battery_probe(serial, probe)
-    _adb(["shell", "mkdir", "-p", REMOTE], 30, serial)
+    _adb(shell("mkdir", "-p", REMOTE), 30, serial)
     pushed = _adb(["push", str(artifact), f"{REMOTE}/{artifact.name}"], timeout, serial)
     if pushed.returncode != 0:
         raise InputError(f"adb push to {serial} failed ({pushed.stderr.strip()[:200]}); check free space")
     model = f"{REMOTE}/{artifact.name}"
-    has_tool = _adb(["shell", "ls", BENCHMARK], 30, serial).returncode == 0
+    has_tool = _adb(shell("ls", BENCHMARK), 30, serial).returncode == 0
     if artifact.suffix.lower() == ".tflite" and has_tool:
-        args = ["shell", BENCHMARK, f"--graph={model}", f"--num_runs={runs}", f"--warmup_runs={warmup}"]
-        if threads:
-            args.append(f"--num_threads={threads}")
-        done, idle_w, busy_w = _run(args, timeout, serial, battery)
+        words = [BENCHMARK, f"--graph={model}", f"--num_runs={runs}", f"--warmup_runs={warmup}"]
+        words += [f"--num_threads={threads}"] if threads else []
+        done, idle_w, busy_w = _run(shell(*words), timeout, serial, battery)
         result = parse_benchmark_model(done.stdout + done.stderr)
     else:
         python = _adb(["shell", "command -v python3 || command -v python"], 30, serial).stdout.strip()
@@ -179,11 +194,11 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
                 "(.tflite) or install Python (e.g. Termux) for the edgesmith runner"
             )
         _adb(["push", str(RUNNER), f"{REMOTE}/runner.py"], 60, serial)
-        args = ["shell", python, f"{REMOTE}/runner.py", model, "--runs", str(runs), "--warmup", str(warmup)]
-        args += ["--threads", str(threads)] if threads else []
-        done, idle_w, busy_w = _run(args, timeout, serial, battery)
+        words = [python, f"{REMOTE}/runner.py", model, "--runs", str(runs), "--warmup", str(warmup)]
+        words += ["--threads", str(threads)] if threads else []
+        done, idle_w, busy_w = _run(shell(*words), timeout, serial, battery)
         result = _runner_json(done, serial, artifact)
-    _adb(["shell", "rm", "-rf", REMOTE], 30, serial)
+    _adb(shell("rm", "-rf", REMOTE), 30, serial)
     if battery is not None:
         energy = power.Energy(
             max(busy_w - idle_w, 0.0) * result["mean_ms"], f"measured:{battery.name}", idle_w, busy_w

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.session import Session
+from ..runtime.session import Session, check_feedable
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ def random_feeds(
     """Seeded random inputs of the session's shapes, dynamic axes from `shapes` ({name: sizes}, e.g.
     from --input-shape), else `batch` for the first; see `input_shape`."""
     check_names(shapes, [spec.name for spec in session.inputs])
+    check_feedable(session.inputs, getattr(session, "path", "the model"))
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:

@@ -63,7 +63,7 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
     source = folder / "report.json"
     if not source.is_file():
         raise InputError(f"{source}: no such file; point `edgesmith report` at a folder written by convert")
-    report = json.loads(source.read_text())
+    report = read_report(source)
     measured = measurements.load(folder)
     if not names:
         names = list(report.get("recipe", {}).get("profile", {}).get("targets") or [])
@@ -105,6 +105,69 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
     data["stages"] = report.get("stages") or []
     data["timings_s"] = {"report": round(time.perf_counter() - started, 3)}
     return data
+
+
+# What `edgesmith report` reads from report.json, with its types: "key?" may be missing or null,
+# [shape] is a list of that shape, {str: shape} a mapping of names to it.
+NUMBER = (int, float)
+_TARGET = {"p50_ms?": NUMBER, "source?": str, "note?": str, "device?": str, "threads?": int, "runs_format?": bool,
+           "energy_mj?": NUMBER, "energy_source?": str, "stale_measurement?": str,
+           "estimate?": {"p50_ms?": NUMBER, "error_pct?": NUMBER},
+           "mcu_fit?": {"fits": bool, "ram_needed_bytes": int, "flash_needed_bytes": int},
+           "layers?": [{"name": str, "ms": NUMBER}]}  # fmt: skip
+REPORT_SHAPE = {
+    "recipe?": {"profile?": {"targets?": [str]}},
+    "original?": {"metric?": str, "score?": NUMBER, "size_bytes?": int},
+    "original_latency?": {"p50_ms": NUMBER},
+    "artifacts": [{"path": str, "size_bytes": int, "precision?": str,
+                   "verify?": {"artifact?": NUMBER, "agreement?": NUMBER, "cosine?": NUMBER},
+                   "latency?": {"p50_ms?": NUMBER}, "targets?": {str: _TARGET}}],
+    "stages?": [{"after": str, "size_bytes": NUMBER, "macs?": NUMBER, "params?": NUMBER, "score?": NUMBER,
+                 "p50_ms?": NUMBER}],
+}  # fmt: skip
+
+
+def read_report(source: Path) -> dict:
+    """report.json, parsed and checked against REPORT_SHAPE: a truncated, edited or foreign file is
+    one InputError naming the first field that is wrong."""
+    fix = "run `edgesmith convert` again to rewrite it"
+    try:
+        report = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{source} is not valid JSON ({exc}); it may be truncated: {fix}") from None
+    problem = _mismatch(report, REPORT_SHAPE, "report")
+    if problem:
+        raise InputError(f"{source} is not a report edgesmith wrote: {problem}; {fix}")
+    return report
+
+
+def _mismatch(value, shape, where: str) -> str | None:
+    """Why `value` does not have `shape`, or None."""
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} should be a list"
+        return next((m for i, v in enumerate(value) if (m := _mismatch(v, shape[0], f"{where}[{i}]"))), None)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} should be an object"
+        if str in shape:
+            items = ((f"{where}.{k}", v, shape[str]) for k, v in value.items())
+        else:
+            missing = [k for k in shape if not k.endswith("?") and k not in value]
+            if missing:
+                return f"{where} has no '{missing[0]}'"
+            items = ((f"{where}.{k.rstrip('?')}", value.get(k.rstrip("?")), s) for k, s in shape.items()
+                     if not (k.endswith("?") and value.get(k.rstrip("?")) is None))  # fmt: skip
+        return next((m for w, v, s in items if (m := _mismatch(v, s, w))), None)
+    if isinstance(value, bool) and shape is not bool:
+        return f"{where} should be {_name(shape)}, not true/false"
+    if not isinstance(value, shape):
+        return f"{where} should be {_name(shape)}, not {json.dumps(value)[:40]}"
+    return None
+
+
+def _name(shape) -> str:
+    return "a number" if shape is NUMBER else {str: "text", int: "an integer", bool: "true/false"}[shape]
 
 
 def render(data: dict) -> str:
@@ -244,6 +307,10 @@ def write(
     """Write DIR/report.html and DIR/targets.json; returns the HTML path and the data."""
     from .measurements import atomic_write
 
+    if not Path(folder).is_dir():
+        raise InputError(
+            f"{folder} is not a folder; point `edgesmith report` at the folder convert wrote (--out)"
+        )
     html = Path(out) if out else Path(folder) / "report.html"
     if not html.parent.is_dir():
         raise InputError(f"{html.parent}: no such folder; create it or pick another --out")

@@ -44,6 +44,12 @@ class SshDevice:
     retries: int = 2
     options: tuple[str, ...] = field(default=())
 
+    def __post_init__(self):
+        for part in (self.user, self.host):
+            if part is not None and (part.startswith("-") or not part):  # `ssh -oProxyCommand=...`
+                raise InputError(f"--ssh '{self.login}': a user or host may not start with '-'; "
+                                 "give USER@HOST[:PORT], e.g. pi@raspberrypi.local")  # fmt: skip
+
     @classmethod
     def parse(cls, spec: str, **kwargs) -> SshDevice:
         m = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?", spec.strip())
@@ -74,8 +80,17 @@ class SshDevice:
     def login(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
-    def run(self, command: str, timeout: float) -> subprocess.CompletedProcess:
-        return self._retry(self._base("ssh") + [self.login, command], timeout, command.split()[0])
+    def argv(self, command: str) -> list[str]:
+        """The ssh command line running the shell `command` on the device. `--` ends ssh's options,
+        so nothing in the host (or what follows it) is ever read as one."""
+        return self._base("ssh") + ["--", self.login, command]
+
+    def run(
+        self, words: list[str], timeout: float, prefix: str = "", what: str = ""
+    ) -> subprocess.CompletedProcess:
+        """Run a program on the device: every word is quoted for the device's shell (ssh hands the
+        remote side one string, which that shell splits and expands); `prefix` is fixed shell code."""
+        return self._retry(self.argv(prefix + shlex.join(words)), timeout, what or words[0])
 
     def push(self, files: list[Path], timeout: float) -> str:
         """Copy files into a new temporary folder on the device in one session; returns the folder.
@@ -89,12 +104,12 @@ class SshDevice:
                 for path in POWER_FILES:  # what the runner's --probe imports (numpy-free, tiny)
                     tar.add(PACKAGE.parent / path, arcname=path)
             command = 'd=$(mktemp -d /tmp/edgesmith.XXXXXX) && tar -C "$d" -xf - && echo "$d"'
-            done = self._retry(self._base("ssh") + [self.login, command], timeout, "copy", stdin=bundle)
+            done = self._retry(self.argv(command), timeout, "copy", stdin=bundle)
         folder = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         if done.returncode != 0 and not done.stderr.strip():
             raise InputError(f"the SSH connection to {self.address} dropped while copying the model; "
                              "check the network and the board's power, then retry")  # fmt: skip
-        if done.returncode != 0 or not folder.startswith("/tmp/edgesmith."):
+        if done.returncode != 0 or not re.fullmatch(r"/tmp/edgesmith\.\w+", folder):
             raise InputError(f"copying to {self.address} failed ({_first(done.stderr)}); "
                              "check free space in /tmp and that `tar` is installed on the device")  # fmt: skip
         return folder
@@ -146,16 +161,17 @@ def profile(device: SshDevice, artifact: str | Path, runs: int = 50, warmup: int
     artifact = Path(artifact)
     started = time.perf_counter()
     remote = device.push([RUNNER, artifact], timeout)
-    folder = shlex.quote(remote)
     # `timeout` on the device too, so a run we give up on does not keep the board busy
     command = ["timeout", str(int(timeout)), device.python, f"{remote}/runner.py", f"{remote}/{artifact.name}",
                "--runs", str(runs), "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])  # fmt: skip
     command += ["--probe", probe] if probe else []
+    remove = ["rm", "-rf", remote]
     try:
-        done = device.run(f"trap 'rm -rf {folder}' EXIT HUP INT TERM; {shlex.join(command)}", timeout + 10)
+        trap = f"trap {shlex.quote(shlex.join(remove))} EXIT HUP INT TERM; "
+        done = device.run(command, timeout + 10, prefix=trap, what="the run")
     except InputError:
         with contextlib.suppress(InputError):  # the measurement error is the one to report
-            device.run(f"rm -rf {folder}", timeout=device.connect_timeout + 10)
+            device.run(remove, timeout=device.connect_timeout + 10)
         raise
     return _result(device, done, artifact, time.perf_counter() - started)
 

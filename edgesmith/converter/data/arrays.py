@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._io import read_arrays
 from ...errors import InputError
 from ...runtime.session import TensorSpec
 from ..recipe import PreprocessConfig
@@ -88,28 +89,26 @@ class ArraySource:
 
     def _open_arrays(self) -> dict[str, np.ndarray]:
         suffix = self.path.suffix.lower()
-        try:
-            if suffix == ".npy":
-                found = {"": np.load(self.path, mmap_mode="r", allow_pickle=False)}
-            elif suffix == ".npz":
-                npz = np.load(self.path, allow_pickle=False)
-                found = {name: npz[name] for name in npz.files}
-            elif suffix == ".txt":
-                if self._tokenize is None:
-                    raise InputError(
-                        f"{self.what} data {self.path}: sentences need a tokenizer; give a Hugging Face model "
-                        "folder with one (tokenizer.json or vocab.txt), or an .npz of input_ids/attention_mask"
-                    )
-                found = self._read_text()
-            else:
+        if suffix in (".npy", ".npz"):
+            found = read_arrays(self.path, f"{self.what} data", labels=LABELS)
+        elif suffix == ".txt":
+            if self._tokenize is None:
                 raise InputError(
-                    f"{self.what} data {self.path}: expected an .npz, an .npy or a folder of images"
-                    + (" (or a .txt of sentences)" if self._tokenize is not None else "")
+                    f"{self.what} data {self.path}: sentences need a tokenizer; give a Hugging Face model "
+                    "folder with one (tokenizer.json or vocab.txt), or an .npz of input_ids/attention_mask"
                 )
-        except (ValueError, OSError, EOFError) as exc:
+            try:
+                found = self._read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise InputError(
+                    f"{self.what} data {self.path} is not readable text ({reason}); save it as UTF-8"
+                ) from None
+        else:
             raise InputError(
-                f"{self.path} is not a readable numpy file ({exc}); re-save it with numpy.savez"
-            ) from exc
+                f"{self.what} data {self.path}: expected an .npz, an .npy or a folder of images"
+                + (" (or a .txt of sentences)" if self._tokenize is not None else "")
+            )
         if LABELS in found:
             self.labels = np.asarray(found.pop(LABELS))
         names = [s.name for s in self.inputs]
