@@ -83,9 +83,7 @@ def main(args) -> int:
     from ..converter.pipeline import run
     from .summary import print_summary
 
-    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format)
-    if args.model:
-        recipe.model.path = args.model
+    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format, args.model)
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0
