@@ -152,7 +152,10 @@ class Recipe(Checked):
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"recipe {path} is not valid TOML: {exc}") from exc
-        return cls.from_dict(data, where=str(path))
+        try:
+            return cls.from_dict(data)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     # -- writing ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -183,7 +186,9 @@ def _tables(data: dict, key: str) -> list:
     return data[key]
 
 
-_build = build  # data/images.py reads a folder's preprocess.toml with it
+def _build(config_cls: type, data: Any, path: str) -> Any:
+    """A config from the table of a file of its own (data/images.py: a folder's preprocess.toml)."""
+    return build(config_cls, data, "preprocess", source=path)
 
 
 def _build_step(data: Any, where: str) -> StepConfig:

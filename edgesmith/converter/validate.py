@@ -91,9 +91,15 @@ def check(obj: Any, where: str | None = None) -> None:
             _value(f"{where}.{f.name}", value, hints[f.name], f.metadata.get("rules", {}), _example(f))
 
 
-def build(cls: type, data: Any, where: str) -> Any:
+def build(cls: type, data: Any, where: str, source: str | None = None) -> Any:
     """An instance of config dataclass `cls` from a TOML table, each value checked against its field
-    under the name `where.key`; a field holding another config (`preprocess`) is built from its table."""
+    under the name `where.key`; a field holding another config (`preprocess`) is built from its table.
+    `source`: the file the table came from, which then starts every message."""
+    if source is not None:
+        try:
+            return build(cls, data, where)
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_keys(where, data, list(fields))
     hints = _hints(cls)
