@@ -98,19 +98,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args) -> int:
     from ..converter import build_recipe
     from ..converter.pipeline import run
+    from ..targets.latency import parse_shapes
     from .summary import print_summary
 
-    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format)
-    if args.model:
-        recipe.model.path = args.model
-    if args.target:
-        from ..converter.recipe import ProfileConfig
-
-        recipe.profile = ProfileConfig(**{**recipe.profile.__dict__, "targets": list(args.target)})
-    if args.input_shape:
-        from ..targets.latency import parse_shapes
-
-        recipe.model.input_shapes = {**(recipe.model.input_shapes or {}), **parse_shapes(args.input_shape)}
+    recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format, args.model,
+                          targets=args.target, input_shapes=parse_shapes(args.input_shape))  # fmt: skip
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0

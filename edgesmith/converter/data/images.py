@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,9 @@ def resolve_spec(folder: Path, spec: PreprocessConfig | None, model_input: Tenso
     if spec.size is None:
         if not (isinstance(height, int) and isinstance(width, int)):
             raise InputError("the model's image size is dynamic: set preprocess.size = [height, width]")
-        spec.size = [height, width]
+        spec = dataclasses.replace(spec, size=[height, width])
     if spec.channels is None:
-        spec.channels = channels if channels in (1, 3) else 3
+        spec = dataclasses.replace(spec, channels=channels if channels in (1, 3) else 3)
     return spec
 
 

@@ -11,14 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..validate import Checked
+
 if TYPE_CHECKING:
     from ..data.arrays import ArraySource
     from ..handle import ModelHandle
     from ..recipe import CalibrationConfig
 
 
-@dataclass
-class StepConfig:
+@dataclass(frozen=True)
+class StepConfig(Checked):
+    """A step's settings, frozen and checked when created (see validate.py for the rules)."""
+
     kind: ClassVar[str]
     consumes: ClassVar[str] = "onnx"  # "torch": runs on the PyTorch module, before the ONNX export
 

@@ -15,51 +15,35 @@ the logits, where one bit costs the most accuracy for the least size.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from ...errors import InputError
+from ..validate import spec
 from . import binary_layers, kd
 from .base import StepConfig
 
-ACTIVATIONS = ("binary", "float")
 
-
-@dataclass
+@dataclass(frozen=True)
 class BinarizeConfig(StepConfig):
     kind: ClassVar[str] = "binarize"
     consumes: ClassVar[str] = "torch"  # runs on the PyTorch module, before the ONNX export
-    activations: str = "binary"  # binary | float (weights-only)
-    keep: list[str] = field(default_factory=lambda: ["first", "last"])  # stay float
-    layers: list[str] | None = None  # regexes of the layers to binarize (None: every supported one)
-    epochs: int = 10  # 0: binarize without training
-    lr: float = 1e-3
-    batch_size: int = 64
+    activations: Literal["binary", "float"] = "binary"  # float: weights-only
+    keep: list[str] = spec(default_factory=lambda: ["first", "last"], regex=True)  # stay float
+    # regexes of the layers to binarize (None: every supported one)
+    layers: list[str] | None = spec(None, regex=True)
+    epochs: int = spec(10, ge=0)  # 0: binarize without training
+    lr: float = spec(1e-3, gt=0)
+    batch_size: int = spec(64, ge=1)
     data: str | None = None  # .npz of training inputs, with `labels` when there are any
     distill: bool = True  # from the full-precision model
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the distillation term against the hard-label term
+    temperature: float = spec(4.0, gt=0)
+    alpha: float = spec(0.9, ge=0, le=1)  # weight of the distillation term against the hard-label term
     approx_sign: bool = False  # Bi-Real's ApproxSign backward for the activations
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.activations not in ACTIVATIONS:
-            raise InputError(
-                f"binarize.activations = {self.activations!r} is not valid; choose from {list(ACTIVATIONS)}"
-            )
-        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1)):
-            if not isinstance(value, int) or value < low:
-                raise InputError(f"binarize.{name} = {value!r} must be an integer >= {low}")
-        if not (self.lr > 0 and self.temperature > 0 and 0 <= self.alpha <= 1):
-            raise InputError("binarize needs lr > 0, temperature > 0 and 0 <= alpha <= 1; fix the recipe")
-        for pattern in [*self.keep, *(self.layers or [])]:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise InputError(f"binarize: {pattern!r} is not a valid regex ({exc})") from None
+    seed: int = spec(0, ge=0)
 
 
 def load_training_data(path: str | Path, what: str = "binarize.data") -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,50 +19,36 @@ with a progress bar on stderr (silent when quiet).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ...errors import InputError, closest, require
+from ...errors import InputError, require
 from ..progress import bar
+from ..validate import spec
 from .base import StepConfig
 from .kd import kd_loss
 
-LOSSES = ("logits", "hidden", "attention", "embedding")
 
-
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig(StepConfig):
     kind: ClassVar[str] = "distill"
     consumes: ClassVar[str] = "torch"
-    losses: list[str] = field(default_factory=lambda: ["logits"])
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the soft term when labels exist
-    epochs: int = 5
-    min_steps: int = 0  # train at least this many batches: a small data set is repeated for more epochs
-    lr: float = 1e-3
-    batch_size: int = 64
-    weights: dict[str, float] = field(default_factory=dict)  # per-term weight, default 1
-    hidden_layers: dict[str, str] = field(default_factory=dict)  # CNNs: student module -> teacher module
-    embedding: str = "cosine"  # cosine | mse
+    losses: list[Literal["logits", "hidden", "attention", "embedding"]] = spec(
+        default_factory=lambda: ["logits"], nonempty=True
+    )
+    temperature: float = spec(4.0, gt=0)
+    alpha: float = spec(0.9, ge=0, le=1)  # weight of the soft term when labels exist
+    epochs: int = spec(5, ge=1)
+    min_steps: int = spec(0, ge=0)  # train at least this many batches: a small data set is repeated
+    lr: float = spec(1e-3, gt=0)
+    batch_size: int = spec(64, ge=1)
+    weights: dict[str, float] = spec(default_factory=dict, ge=0)  # per-term weight, default 1
+    hidden_layers: dict[str, str] = spec(default_factory=dict)  # CNNs: student module -> teacher module
+    embedding: Literal["cosine", "mse"] = "cosine"
     data: str | None = None  # a training folder or .npz of inputs (default: the calibration data)
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in self.losses:
-            if name not in LOSSES:
-                raise InputError(
-                    f"distill loss {name!r} is not valid{closest(name, LOSSES)}; choose from {list(LOSSES)}"
-                )
-        if not self.losses:
-            raise InputError("distill.losses is empty; use e.g. losses = ['logits']")
-        if self.embedding not in ("cosine", "mse"):
-            raise InputError("distill.embedding must be 'cosine' or 'mse'")
-        if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1 or self.temperature <= 0:
-            raise InputError("distill.epochs, lr, batch_size and temperature must be positive")
-        if self.min_steps < 0:
-            raise InputError(f"distill.min_steps = {self.min_steps} must be 0 or more")
+    seed: int = spec(0, ge=0)
 
 
 class _Features:

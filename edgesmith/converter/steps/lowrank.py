@@ -11,29 +11,26 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...errors import InputError, require
+from ...errors import require
+from ..validate import spec
 from .base import StepConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class LowRankConfig(StepConfig):
     kind: ClassVar[str] = "lowrank"
     consumes: ClassVar[str] = "torch"
-    energy: float = 0.9  # keep the smallest rank holding this fraction of sum(singular values^2)
-    rank_ratio: float | None = None  # or: rank = rank_ratio * min(in, out) (overrides energy)
-    min_saving: float = 0.1  # factorize only where a layer's MACs drop by at least this fraction
-    ignore: list[str] = field(default_factory=list)  # module-name regexes left alone
-
-    def __post_init__(self):
-        if not 0.0 < self.energy <= 1.0:
-            raise InputError(f"lowrank.energy = {self.energy} must be in (0, 1]")
-        if self.rank_ratio is not None and not 0.0 < self.rank_ratio < 1.0:
-            raise InputError(f"lowrank.rank_ratio = {self.rank_ratio} must be between 0 and 1 (exclusive)")
-        if not 0.0 <= self.min_saving < 1.0:
-            raise InputError(f"lowrank.min_saving = {self.min_saving} must be in [0, 1)")
+    # keep the smallest rank holding this fraction of sum(singular values^2)
+    energy: float = spec(0.9, gt=0, le=1)
+    rank_ratio: float | None = spec(
+        None, gt=0, lt=1
+    )  # or: rank = rank_ratio * min(in, out) (overrides energy)
+    # factorize only where a layer's MACs drop by at least this fraction
+    min_saving: float = spec(0.1, ge=0, lt=1)
+    ignore: list[str] = spec(default_factory=list, regex=True)  # module-name regexes left alone
 
 
 def _rank(torch, s, config: LowRankConfig) -> int:

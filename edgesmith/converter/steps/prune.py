@@ -16,47 +16,41 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ...errors import InputError, closest, require
+from ...errors import InputError, require
+from ..validate import spec
 from .base import StepConfig
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor")
-SCOPES = ("layer", "global")
 MAX_RATIO = 0.9  # the most channels a MACs target may remove from a layer
 BISECTIONS = 9  # trials to meet a MACs target (ratio resolution 0.9 / 2^9)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneConfig(StepConfig):
     kind: ClassVar[str] = "prune"
     consumes: ClassVar[str] = "torch"
-    criterion: str = "l1"  # l1 | l2 | bn_scale | taylor (taylor needs data)
-    ratio: float | None = None  # fraction of channels removed (per layer, or across the net if global)
-    ratios: dict[str, float] = field(default_factory=dict)  # per-layer ratio: module-name regex -> ratio
-    target_macs: float | None = None  # fraction of the original MACs to keep, e.g. 0.5
-    scope: str = "global"  # global: rank channels net-wide (measured fastest) | layer: same ratio everywhere
-    ignore: list[str] = field(default_factory=list)  # module-name regexes whose outputs are kept
-    iterative_steps: int = 1  # prune in this many steps, re-scoring importance between them
-    round_to: int = 16  # channel counts multiples of this: 16 floats fill an AVX-512 register; 1 disables
-    seed: int = 0
+    criterion: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"  # taylor needs data
+    # fraction of channels removed (per layer, or across the net if global)
+    ratio: float | None = spec(None, gt=0, lt=1)
+    # per-layer ratio: module-name regex -> ratio
+    ratios: dict[str, float] = spec(default_factory=dict, gt=0, lt=1, regex=True)
+    target_macs: float | None = spec(None, gt=0, lt=1)  # fraction of the original MACs to keep, e.g. 0.5
+    # global: rank channels net-wide (measured fastest) | layer: same ratio everywhere
+    scope: Literal["layer", "global"] = "global"
+    ignore: list[str] = spec(default_factory=list, regex=True)  # module-name regexes whose outputs are kept
+    iterative_steps: int = spec(1, ge=1)  # prune in this many steps, re-scoring importance between them
+    # channel counts multiples of this: 16 floats fill an AVX-512 register; 1 disables
+    round_to: int = spec(16, ge=1)
+    seed: int = spec(0, ge=0)
 
     def __post_init__(self):
-        for name, value, choices in (("criterion", self.criterion, CRITERIA), ("scope", self.scope, SCOPES)):
-            if value not in choices:
-                raise InputError(
-                    f"prune.{name} = {value!r} is not valid{closest(str(value), choices)}; choose from {list(choices)}"
-                )
+        super().__post_init__()
         if (self.ratio is None) == (self.target_macs is None) and not self.ratios:
             raise InputError("prune needs exactly one of ratio = 0.3 (channels removed) or target_macs = 0.5")
-        for name, value in [("ratio", self.ratio), ("target_macs", self.target_macs), *self.ratios.items()]:
-            if value is not None and not 0.0 < float(value) < 1.0:
-                raise InputError(f"prune {name} = {value} must be between 0 and 1 (exclusive)")
-        if self.iterative_steps < 1 or self.round_to < 1:
-            raise InputError("prune.iterative_steps and prune.round_to must be at least 1")
 
 
 def _importance(tp, criterion: str):

@@ -25,27 +25,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import InputError, require
+from ..validate import spec
 from .base import StepConfig
 
 WHY = "transformer pruning works on Hugging Face models"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerPruneConfig(StepConfig):
     kind: ClassVar[str] = "prune_transformer"
     consumes: ClassVar[str] = "torch"
-    heads: float = 0.0  # fraction of the attention heads removed in every layer
-    ffn: float = 0.0  # fraction of the FFN (intermediate) neurons removed in every layer
-    layers: int | None = None  # keep this many layers, evenly spaced (None: all)
-    batch_size: int = 32
-
-    def __post_init__(self):
-        for name in ("heads", "ffn"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise InputError(f"prune_transformer.{name} = {value} must be in [0, 1)")
-        if self.layers is not None and self.layers < 1:
-            raise InputError("prune_transformer.layers must be at least 1")
+    heads: float = spec(0.0, ge=0, lt=1)  # fraction of the attention heads removed in every layer
+    ffn: float = spec(0.0, ge=0, lt=1)  # fraction of the FFN (intermediate) neurons removed in every layer
+    layers: int | None = spec(None, ge=1)  # keep this many layers, evenly spaced (None: all)
+    batch_size: int = spec(32, ge=1)
 
 
 def _encoder(model):

@@ -9,49 +9,32 @@ from __future__ import annotations
 import io
 import re
 from contextlib import redirect_stdout
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
-from ...errors import InputError, require
+from ...errors import require
 from ..handle import ModelHandle
+from ..validate import spec
 from . import int8_types, qdq_tidy
 from .base import StepConfig, StepContext, StepResult, register
 
-MODES = ("static", "dynamic", "fp16")
-ENGINES = ("auto", "onnxruntime", "nncf", "inc")  # auto: the export format's native engine
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizeConfig(StepConfig):
     kind: ClassVar[str] = "quantize"
-    mode: str = "static"  # static | dynamic | fp16
+    mode: Literal["static", "dynamic", "fp16"] = "static"
     per_channel: bool = True
-    format: str = "qdq"  # qdq | qoperator
-    activations: str = "auto"  # auto | int8 | uint8 (auto: from the target's CPU)
-    weights: str = "int8"  # int8 | uint8
-    target: str = "host"  # host | x86-vnni | x86 | arm
-    op_types: list[str] | None = None  # None: ONNX Runtime's default set
-    exclude: list[str] = field(default_factory=list)  # regexes on node names to keep in float
+    format: Literal["qdq", "qoperator"] = "qdq"
+    activations: Literal["auto", "int8", "uint8"] = "auto"  # auto: from the target's CPU
+    weights: Literal["int8", "uint8"] = "int8"
+    target: str = spec("host", choices=int8_types.TARGETS)  # host | x86-vnni | x86 | arm
+    op_types: list[str] | None = spec(None, nonempty=True)  # None: ONNX Runtime's default set
+    exclude: list[str] = spec(default_factory=list, regex=True)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
-    engine: str = "auto"  # auto | onnxruntime | nncf | inc (auto: ONNX Runtime for ONNX, NNCF for OpenVINO)
-
-    def __post_init__(self):
-        for name, value, choices in (
-            ("mode", self.mode, MODES),
-            ("format", self.format, ("qdq", "qoperator")),
-            ("activations", self.activations, ("auto", "int8", "uint8")),
-            ("weights", self.weights, ("int8", "uint8")),
-            ("target", self.target, int8_types.TARGETS),
-            ("engine", self.engine, ENGINES),
-        ):
-            if value not in choices:
-                from ...errors import closest
-
-                raise InputError(
-                    f"quantize.{name} = {value!r} is not valid{closest(str(value), choices)};"
-                    f" choose from {list(choices)}"
-                )
+    # auto: ONNX Runtime for ONNX, NNCF for OpenVINO
+    engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
 
 
 def _qtype(q, name: str):

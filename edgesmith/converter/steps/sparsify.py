@@ -17,34 +17,28 @@ import copy
 import io
 import re
 import zipfile
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ...errors import InputError, require
+from ..validate import spec
 from .base import StepConfig
 
 NOTE = "dense runtimes do not get faster from zeros: latency is unchanged; only the compressed size drops"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparsifyConfig(StepConfig):
     kind: ClassVar[str] = "sparsify"
     consumes: ClassVar[str] = "torch"
-    sparsity: float = 0.5  # fraction of the weights set to zero
-    scope: str = "global"  # global: one threshold for all layers | layer: the same sparsity in each
-    iterations: int = 1  # iterative magnitude pruning rounds (train(model) runs between them)
+    sparsity: float = spec(0.5, gt=0, lt=1)  # fraction of the weights set to zero
+    # global: one threshold for all layers | layer: the same sparsity in each
+    scope: Literal["global", "layer"] = "global"
+    iterations: int = spec(1, ge=1)  # iterative magnitude pruning rounds (train(model) runs between them)
     rewind: bool = False  # lottery ticket: reset survivors to the original weights before retraining
-    ignore: list[str] = field(default_factory=list)  # module-name regexes left dense
-
-    def __post_init__(self):
-        if not 0.0 < self.sparsity < 1.0:
-            raise InputError(f"sparsify.sparsity = {self.sparsity} must be between 0 and 1 (exclusive)")
-        if self.scope not in ("global", "layer"):
-            raise InputError(f"sparsify.scope = {self.scope!r} must be 'global' or 'layer'")
-        if self.iterations < 1:
-            raise InputError("sparsify.iterations must be at least 1")
+    ignore: list[str] = spec(default_factory=list, regex=True)  # module-name regexes left dense
 
 
 def _weights(torch, model, ignore) -> dict[str, Any]:
