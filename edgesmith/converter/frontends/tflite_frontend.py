@@ -4,6 +4,10 @@ given as the reference, and a working copy is prepared once for the converters t
 - its I/O tensors are named after the signature keys (a signature is added, keyed by tensor names,
   when the model has none, as MediaPipe's have none), so LiteRT, tf2onnx and OpenVINO all give the
   inputs and outputs the names the reference uses and the eval data carries;
+- operator codes written before schema 3a (only `deprecated_builtin_code` set, `builtin_code` 0 =
+  ADD, as in MediaPipe's files) get `builtin_code` filled in, as TensorFlow's own readers do: the AI
+  Edge Quantizer reads `builtin_code` alone, takes every conv for an ADD and quantizes its filter as
+  an activation (a zero point LiteRT then refuses);
 - float16 weights stored behind DEQUANTIZE ops (TFLite's "fp16" models, MediaPipe's among them) are
   expanded to float32 constants (exact): the AI Edge Quantizer treats a DEQUANTIZE output as an
   activation, so it leaves such models unchanged in fp16/dynamic mode and gives their conv filters an
@@ -61,35 +65,69 @@ def _check_float(model, path: Path) -> None:
             )
 
 
+def _upgrade_op_codes(model) -> bool:
+    """Fill `builtin_code` from `deprecated_builtin_code` (old files); returns whether any changed."""
+    changed = False
+    for code in model.operatorCodes:
+        if code.builtinCode < code.deprecatedBuiltinCode:
+            code.builtinCode, changed = code.deprecatedBuiltinCode, True
+    return changed
+
+
 def _expand_fp16_weights(model) -> int:
     """DEQUANTIZE ops on constant float16 tensors become float32 constants (fp16 -> fp32 is exact);
-    returns how many. The float16 buffers are emptied, so the copy carries each weight once."""
+    returns how many. The float16 tensors are dropped, so the copy carries each weight once."""
     s = tflite_fb.schema()
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     expanded = 0
-    for graph in model.subgraphs:
-        kept, emptied = [], set()
+    for index, graph in enumerate(model.subgraphs):
+        kept = []
         for op in graph.operators:
             source = graph.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
             data = model.buffers[source.buffer].data if source is not None else None
-            if codes[op.opcodeIndex] != s.BuiltinOperator.DEQUANTIZE or source.type != s.TensorType.FLOAT16:
-                kept.append(op)
-                continue
-            if data is None or not len(data):  # a float16 activation, not a weight
-                kept.append(op)
+            fp16 = source is not None and source.type == s.TensorType.FLOAT16
+            if (
+                codes[op.opcodeIndex] != s.BuiltinOperator.DEQUANTIZE
+                or not fp16
+                or data is None
+                or not len(data)
+            ):
+                kept.append(op)  # anything else, or a float16 activation rather than a weight
                 continue
             weights = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float16).astype("<f4")
             buffer = s.BufferT()
             buffer.data = np.frombuffer(weights.tobytes(), np.uint8)
             model.buffers.append(buffer)
             graph.tensors[op.outputs[0]].buffer = len(model.buffers) - 1
-            emptied.add(int(op.inputs[0]))
             expanded += 1
         graph.operators = kept
-        used = {int(i) for op in kept for i in (op.inputs if op.inputs is not None else [])}
-        for index in emptied - used:
-            model.buffers[graph.tensors[index].buffer].data = None
+        _drop_unused_tensors(model, index)
+    referenced = {t.buffer for g in model.subgraphs for t in g.tensors} | {
+        m.buffer for m in model.metadata or []
+    }
+    for number, buffer in enumerate(model.buffers):
+        if number not in referenced:
+            buffer.data = None
     return expanded
+
+
+def _drop_unused_tensors(model, index: int) -> None:
+    """Remove the tensors no operator, graph input/output or signature refers to, renumbering the rest."""
+    graph = model.subgraphs[index]
+    lists = [graph.inputs, graph.outputs]
+    for op in graph.operators:
+        lists += [x for x in (op.inputs, op.outputs, op.intermediates) if x is not None]
+    signatures = [s for s in model.signatureDefs or [] if s.subgraphIndex == index]
+    entries = [e for s in signatures for e in [*(s.inputs or []), *(s.outputs or [])]]
+    used = sorted({int(i) for lst in lists for i in lst if i >= 0} | {e.tensorIndex for e in entries})
+    if len(used) == len(graph.tensors):
+        return
+    new = {old: position for position, old in enumerate(used)}
+    graph.tensors = [graph.tensors[i] for i in used]
+    for lst in lists:
+        lst[:] = [new[int(i)] if i >= 0 else i for i in lst]
+    for entry in entries:
+        entry.tensorIndex = new[entry.tensorIndex]
 
 
 def _tensor_map(name: bytes, index: int):
@@ -152,7 +190,7 @@ def load(path: Path, workdir: Path):
         keys = [s.signatureKey.decode() for s in model.signatureDefs]
         raise InputError(f"{path} has {len(keys)} signatures ({', '.join(keys)}); edgesmith converts one")
     _check_float(model, path)
-    changes = []
+    changes = ["operator codes upgraded to schema 3a"] if _upgrade_op_codes(model) else []
     if expanded := _expand_fp16_weights(model):
         changes.append(f"{expanded} float16 weights (DEQUANTIZE) expanded to float32")
     if _name_io_after_signature(model):
