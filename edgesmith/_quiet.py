@@ -1,21 +1,47 @@
-"""One way to hush a framework's chatter for the length of a call."""
+"""One way to hush a framework's chatter for the length of a call, and one switch to let it through.
+
+Frameworks talk on three channels: Python loggers (absl, tensorflow, torch.onnx ...), Python
+warnings, and C++ code writing straight to file descriptors 1 and 2 (TensorFlow's oneDNN/CUDA/CPU
+feature lines, absl's "All log messages before absl::InitializeLog()"). The last bypasses
+`sys.stderr`, so `quiet(output=True)` redirects the descriptors themselves into a temporary file.
+What it captured is kept in `CAPTURED`, for a log file; with `VERBOSE` set (the CLI's `--verbose`)
+nothing is hushed and everything reaches the terminal as it is written.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
+
+VERBOSE = False  # True: framework logs and warnings reach the terminal untouched
+CAPTURED: collections.deque[str] = collections.deque(maxlen=64)  # the latest captured outputs, oldest first
+
+# TensorFlow's C++ logging reads this once, when TensorFlow is imported: 3 keeps INFO and WARNING
+# lines from being written at all (errors are still raised as exceptions)
+TF_LOG_LEVEL = ("TF_CPP_MIN_LOG_LEVEL", "3")
+TENSORFLOW = ("absl", "jax", "litert_torch", "tensorflow", "tf2onnx", "keras", "tf_keras")  # Python loggers
 
 
 @contextlib.contextmanager
-def quiet(*loggers: str, python_warnings: bool = True):
-    """Keep only errors from these loggers (e.g. "torch.onnx", "neural_compressor"), and ignore Python
-    warnings unless `python_warnings=False`, until the block ends; levels are restored after."""
+def quiet(*loggers: str, python_warnings: bool = True, output: bool = False):
+    """Keep only errors from these loggers (e.g. "torch.onnx", "absl"), ignore Python warnings unless
+    `python_warnings=False`, and with `output=True` capture whatever is printed to stdout/stderr,
+    C++ included, until the block ends. Levels, filters and descriptors are restored after, also on
+    an exception. Does nothing when `VERBOSE` is set."""
+    if VERBOSE:
+        yield
+        return
     saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
     for logger, _ in saved:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _captured_output() if output else contextlib.nullcontext():
             if python_warnings:
                 warnings.simplefilter("ignore")
             yield
@@ -24,18 +50,51 @@ def quiet(*loggers: str, python_warnings: bool = True):
             logger.setLevel(level)
 
 
-# `--verbose` shows the frameworks' own log lines; by default they are hidden.
-VERBOSE = False
+def tensorflow():
+    """The TensorFlow family's chatter (TensorFlow, Keras, tf2onnx, LiteRT, litert-torch, JAX): its
+    loggers, warnings and C++ output, captured. Import TensorFlow inside the block: its C++ logging
+    level is read once, at import."""
+    return quiet(*TENSORFLOW, output=True)
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Descriptors 1 and 2 into one temporary file, and sys.stdout/sys.stderr (which pytest or a
+    notebook may have replaced by objects that are not those descriptors) into a buffer."""
+    name, value = TF_LOG_LEVEL
+    os.environ.setdefault(name, value)
+    buffer = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        _flush()
+        kept = [os.dup(fd) for fd in (1, 2)]
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield
+        finally:
+            _flush()
+            for fd, copy in zip((1, 2), kept, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace") + buffer.getvalue()
+            if text:
+                CAPTURED.append(text)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def set_verbose(verbose: bool) -> None:
     """Called once by the CLI. Hidden by default: TensorFlow's C++ logs and ONNX Runtime's warnings."""
-    import os
-
     global VERBOSE
     VERBOSE = bool(verbose)
     if not VERBOSE:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is first imported
+        os.environ.setdefault(*TF_LOG_LEVEL)  # read when TensorFlow is first imported
 
 
 def onnxruntime_log_level() -> int:

@@ -18,6 +18,8 @@ SUFFIX = ".onnx"
 def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
     report = None
     path = dest.with_name(dest.name + SUFFIX)
+    if ctx.source.kind == "tflite":  # tf2onnx's ONNX, made by the frontend, or why there is none
+        ctx.source.native.check_onnx()
     if model.precision == "binary":  # a binarized model: its +-alpha weights are stored as bits
         _no_quantize_after_binarize(quantize)
         from .binary_onnx import pack

@@ -53,9 +53,14 @@ def _check(config, quantize) -> None:
 
 def _stable_names(ov_model, onnx_path: Path) -> None:
     """Rename nodes OpenVINO named `<Type>_<counter>` (also when folded into a Const) to
-    `<Type>_<position in graph order>`; names that come from the ONNX file are kept."""
-    onnx = require("onnx", "convert")
-    kept = {node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    `<Type>_<position in graph order>`; names that come from the ONNX (or TFLite) file are kept."""
+    if onnx_path.suffix == ".tflite":
+        from .tflite_fb import read
+
+        kept = {t.name.decode() for g in read(onnx_path.read_bytes()).subgraphs for t in g.tensors}
+    else:
+        onnx = require("onnx", "convert")
+        kept = {node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     for position, op in enumerate(ov_model.get_ordered_ops()):
         name = op.get_friendly_name()
         match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)_\d+", name)
@@ -74,8 +79,10 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
         return Exported(xml, "binary", "edgesmith binary IR", report, (xml.with_suffix(".bin"),), True)
     _check(config, quantize)
     ov = require("openvino", "convert-openvino", "the openvino format is written with it")
+    # OpenVINO's TFLite frontend reads a .tflite source itself (tf2onnx may have no ONNX for it)
+    original = ctx.source.native.path if ctx.source.kind == "tflite" else model.path
     try:
-        ov_model = ov.convert_model(str(model.path))
+        ov_model = ov.convert_model(str(original))
     except Exception as exc:  # OpenVINO's frontend names the op it cannot convert
         from ...runtime.backends.openvino_backend import error_line
 
@@ -90,6 +97,6 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
 
         ov_model, report = quantize_model(ov_model, quantize, ctx.step)
         precision, engine = "int8", "nncf"
-    _stable_names(ov_model, model.path)
+    _stable_names(ov_model, original)
     ov.save_model(ov_model, str(xml), compress_to_fp16=precision == "fp16")
     return Exported(xml, precision, engine, report, files=(xml.with_suffix(".bin"),), files_are_weights=True)

@@ -5,7 +5,8 @@ Which converter runs depends on where the model came from:
 - PyTorch (`.pt2`, modules): litert-torch on the exported program, then the AI Edge Quantizer
   (tflite_torch.py);
 - ONNX files, or any source after graph steps changed its ONNX: onnx2torch, then as PyTorch
-  (tflite_onnx.py; the choice is argued in docs/decisions/onnx-to-tflite.md).
+  (tflite_onnx.py; the choice is argued in docs/decisions/onnx-to-tflite.md);
+- TFLite: the float file itself (tflite_frontend.py's working copy), quantized by the AI Edge Quantizer.
 
 Every artifact leaves with the source's input/output names as its signature keys and is checked
 against the reference model on one sample before anything is quantized. Same inputs give the same
@@ -61,7 +62,8 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
         raise InputError(
             f"io = '{config.io}' needs full-integer INT8 (preset int8); {PRECISIONS[mode]} models take float"
         )
-    inputs, outputs = [s.name for s in source.inputs], _output_names(model)
+    inputs = [s.name for s in source.inputs]
+    outputs = None if source.kind == "tflite" else _output_names(model)  # a .tflite's are its signature's
     calibration = ctx.step.calibration() if mode == "static" else None
     if source.kind == "keras" and model.path == source.onnx.path:
         from . import tflite_keras
@@ -72,10 +74,18 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
     else:
         from . import tflite_torch
 
-        module, converter = _torch_module(model, source, ctx.step.workdir)
-        data = tflite_fb.rename_signature(tflite_torch.convert_fp32(module, source.inputs), inputs, outputs)
-        tflite_torch.check_close(data, source.reference, source.inputs, outputs[0])
-        report = {"converter": converter, "batch": 1}
+        if source.kind == "tflite":  # already TFLite: the frontend's float working copy
+            data, report = (
+                source.native.data,
+                {"converter": "none (a .tflite source)", "source_changes": list(source.native.changes)},
+            )
+        else:
+            module, converter = _torch_module(model, source, ctx.step.workdir)
+            data = tflite_fb.rename_signature(
+                tflite_torch.convert_fp32(module, source.inputs), inputs, outputs
+            )
+            tflite_torch.check_close(data, source.reference, source.inputs, outputs[0])
+            report = {"converter": converter, "batch": 1}
         if mode is not None:
             data, quant = tflite_torch.quantize(data, mode, calibration, inputs)
             report = {**quant, **report}
@@ -83,7 +93,7 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
     report["io"] = config.io
     if binary_note:
         report["binary"] = binary_note
-    report["layout"] = "as the source model (NHWC for Keras, NCHW for PyTorch/ONNX)"
+    report["layout"] = "as the source model (NHWC for Keras and TFLite, NCHW for PyTorch/ONNX)"
     return data, PRECISIONS[mode], report
 
 

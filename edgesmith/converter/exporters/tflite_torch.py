@@ -14,40 +14,16 @@ batch (`view(batch, 576)`), and batch 1 is what edge devices run. edgesmith's Li
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
-import warnings
-
 import numpy as np
 
+from ... import _quiet
 from ...errors import InputError, require
 
 WHY = "TFLite export from PyTorch and ONNX models"
 
 
-@contextlib.contextmanager
-def quiet():
-    """litert-torch, JAX and TensorFlow print progress and C++ logs; the CLI's output is ours."""
-    previous = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    loggers = [logging.getLogger(n) for n in ("absl", "jax", "litert_torch", "tensorflow")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stderr(io.StringIO()):
-                yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-        if previous is None:
-            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-        else:
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = previous
+# litert-torch, JAX and TensorFlow print progress and C++ logs; the CLI's output is ours
+quiet = _quiet.tensorflow
 
 
 def sample_args(inputs) -> tuple:

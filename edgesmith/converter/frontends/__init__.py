@@ -1,4 +1,4 @@
-"""Frontends turn what the user gives (an ONNX file, a `.pt2`, a torch module) into a `Source`:
+"""Frontends turn what the user gives (an ONNX file, a `.pt2`, a torch module, Keras, a `.tflite`) into a `Source`:
 the original model, runnable for reference, plus an fp32 ONNX file the steps work on."""
 
 from __future__ import annotations
@@ -14,24 +14,31 @@ from ...errors import InputError
 from ...runtime.session import TensorSpec
 from ..handle import ModelHandle
 
-SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".keras": "keras", ".h5": "keras"}
+SUFFIXES = {
+    ".onnx": "onnx",
+    ".pt2": "pt2",
+    ".keras": "keras",
+    ".h5": "keras",
+    ".hdf5": "keras",
+    ".tflite": "tflite",
+}
 
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "onnx" | "pt2" | "torch" | "keras" (a Hugging Face folder or model is "torch")
+    kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" (a Hugging Face folder or model is "torch")
     path: Path | None  # the user's file (or Hugging Face model folder); None for an in-memory module
     onnx: ModelHandle  # the fp32 ONNX the steps start from
     inputs: tuple[TensorSpec, ...]
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # runs the original model
-    native: Any = None  # the framework's own model (a torch ExportedProgram ...) for exporters that need it
+    native: Any = None  # the framework's own model (a torch ExportedProgram, a Keras model, a TFLiteModel)
     module: Any = None  # the torch.nn.Module itself, for steps that train or reshape it (torch sources)
     example: tuple | None = None  # example inputs as numpy arrays (torch sources)
     notes: tuple[str, ...] = ()  # what the frontend repaired in the user's model (report.json source.fixes)
 
 
 def kind_of(model: Any) -> str:
-    """'onnx', 'pt2', 'keras', 'hf' (a Hugging Face model folder) or 'torch', after checking a path
+    """'onnx', 'pt2', 'keras', 'tflite', 'hf' (a Hugging Face model folder) or 'torch', after checking a path
     exists and has a known suffix or, for a folder, a config.json (cheap)."""
     if not isinstance(model, (str, Path)):
         return "torch"
@@ -66,6 +73,10 @@ def load(model: Any, workdir: Path, example_inputs: tuple | None = None) -> Sour
         from . import keras_frontend
 
         return keras_frontend.load(Path(model), workdir)
+    if kind == "tflite":
+        from . import tflite_frontend
+
+        return tflite_frontend.load(Path(model), workdir)
     if kind == "hf":
         from . import hf_frontend
 

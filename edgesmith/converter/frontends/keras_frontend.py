@@ -1,36 +1,104 @@
-"""Keras models (`.keras`, legacy `.h5`): run by Keras itself as the reference, exported to ONNX for
-the steps and the ONNX/OpenVINO exporters, and kept as a Keras model for the TFLite exporter, which
-converts it directly with TensorFlow's converter.
+"""Keras models (`.keras`, legacy `.h5`/`.hdf5`): run by Keras itself as the reference, exported to
+ONNX for the steps and the ONNX/OpenVINO exporters, and kept as a Keras model for the TFLite exporter,
+which converts it directly with TensorFlow's converter.
 
-The ONNX comes from Keras 3's own `model.export(format="onnx")`, which drives tf2onnx (installed with
-`--no-deps`: its wheel's dependency list is loose and it needs nothing beyond TensorFlow and onnx).
-Its input layout is the Keras model's (NHWC for images), so the same eval arrays feed every artifact.
+Most published `.h5` files were written by Keras 2, and Keras 3 cannot read many of them (a
+DepthwiseConv2D saved with `groups`, renamed arguments ...). Those load through `tf_keras`, Keras 2
+itself, when Keras 3 refuses. Keras 3 refuses Lambda layers in safe mode; tf_keras's `.h5` reader
+has no safe mode and unmarshals and runs a Lambda's bytecode while building the model, so a legacy
+file's config is read first (plain JSON) and any Lambda layer is refused before a loader sees it.
+
+The ONNX comes from tf2onnx (installed with `--no-deps`: its wheel's dependency list is loose and it
+needs nothing beyond TensorFlow and onnx): through Keras 3's `model.export(format="onnx")`, or
+`tf2onnx.convert.from_keras` for a tf_keras model. Its input layout is the Keras model's (NHWC for
+images), so the same eval arrays feed every artifact.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 
+from ... import _quiet
 from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..handle import ModelHandle
 
 WHY = "Keras models"
+LEGACY = (".h5", ".hdf5")  # HDF5 files: Keras 2's format, also written by Keras 3's legacy saver
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _not_loadable(path: Path, exc: Exception) -> InputError:
+    return InputError(
+        f"{path} is not a loadable Keras model ({_first_line(exc)}); save it with model.save('model.keras')"
+    )
+
+
+def _lambda_layers(config) -> list[str]:
+    """Names of the Lambda layers anywhere in a Keras model config (nested models included)."""
+    if isinstance(config, list):
+        return [name for item in config for name in _lambda_layers(item)]
+    if not isinstance(config, dict):
+        return []
+    found = [config.get("config", {}).get("name", "?")] if config.get("class_name") == "Lambda" else []
+    return found + [name for value in config.values() for name in _lambda_layers(value)]
+
+
+def _refuse_code(path: Path) -> None:
+    """A legacy file whose model holds a Lambda layer is refused: its Python code would run on load."""
+    h5py = require("h5py", "convert-tflite", WHY)
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as exc:
+        raise _not_loadable(path, exc) from exc
+    if raw is None:
+        raise InputError(
+            f"{path} holds weights only (no model config); save the whole model with model.save('model.keras')"
+        )
+    lambdas = _lambda_layers(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+    if lambdas:
+        raise InputError(
+            f"{path}: layer '{lambdas[0]}' is a Lambda layer, whose Python code is not run (unsafe to load); "
+            "replace it with a built-in or registered layer and save the model again"
+        )
 
 
 def _load_keras(path: Path):
-    keras = require("keras", "convert-tflite", WHY)
-    try:
-        # safe_mode (the default) refuses `.keras` files that would run arbitrary code (Lambda layers).
-        return keras.models.load_model(str(path), compile=False)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(
-            f"{path} is not a loadable Keras model ({first}); save it with model.save('model.keras')"
-        ) from exc
+    """Keras 3 first (safe mode, the default); a legacy file it cannot read goes to tf_keras."""
+    legacy = path.suffix.lower() in LEGACY
+    if legacy:
+        _refuse_code(path)
+    with _quiet.tensorflow():
+        keras = require("keras", "convert-tflite", WHY)
+        try:
+            return keras.models.load_model(str(path), compile=False)
+        except Exception as exc:
+            if not legacy:
+                raise _not_loadable(path, exc) from exc
+            keras3_error = exc
+        if importlib.util.find_spec("tf_keras") is None:
+            raise InputError(
+                f"{path}: Keras 3 cannot load this Keras 2 file ({_first_line(keras3_error)}); "
+                "run `pip install --no-deps tf_keras` (the version matching tensorflow) to load it with Keras 2"
+            ) from keras3_error
+        import tf_keras
+
+        try:
+            return tf_keras.models.load_model(str(path), compile=False, safe_mode=True)
+        except Exception as exc:
+            raise _not_loadable(path, exc) from exc
+
+
+def _is_tf_keras(model) -> bool:
+    return type(model).__module__.split(".")[0] == "tf_keras"
 
 
 def _tidy(proto, output_names: list[str]) -> None:
@@ -50,27 +118,36 @@ def _tidy(proto, output_names: list[str]) -> None:
     proto.doc_string = ""
 
 
+def _export_onnx(model, out: Path) -> None:
+    """tf2onnx, through Keras 3's exporter or directly for a tf_keras model."""
+    if _is_tf_keras(model):
+        import tensorflow as tf
+        import tf2onnx
+
+        names = list(model.input_names)
+        spec = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, names, strict=True)]
+        tf2onnx.convert.from_keras(model, input_signature=spec, output_path=str(out))
+        return
+    shapes = [tuple(d or 1 for d in t.shape) for t in model.inputs]
+    model([np.zeros(s, np.float32) for s in shapes] if len(shapes) > 1 else np.zeros(shapes[0], np.float32))
+    model.export(str(out), format="onnx", verbose=False)
+
+
 def load(path: Path, workdir: Path):
-    from ..exporters.tflite_torch import quiet
     from . import Source
 
     model = _load_keras(path)
     if importlib.util.find_spec("tf2onnx") is None:
         raise InputError("Keras models reach ONNX with tf2onnx: run `pip install --no-deps tf2onnx==1.17.0`")
     onnx = require("onnx", "convert")
-    shapes = [tuple(d or 1 for d in t.shape) for t in model.inputs]
     out = workdir / f"{path.stem}.onnx"
     try:
-        with quiet():
-            model(
-                [np.zeros(s, np.float32) for s in shapes]
-                if len(shapes) > 1
-                else np.zeros(shapes[0], np.float32)
-            )
-            model.export(str(out), format="onnx", verbose=False)
+        with _quiet.tensorflow():
+            _export_onnx(model, out)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"{path}: Keras could not export the model to ONNX ({first})") from exc
+        raise InputError(
+            f"{path}: tf2onnx could not export the Keras model to ONNX ({_first_line(exc)})"
+        ) from exc
     proto = onnx.load(str(out))
     names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     _tidy(proto, names)
@@ -80,7 +157,8 @@ def load(path: Path, workdir: Path):
 
     def reference(feeds):
         args = [np.asarray(feeds[n]) for n in names]
-        outputs = model(args if len(args) > 1 else args[0], training=False)
+        with _quiet.tensorflow():
+            outputs = model(args if len(args) > 1 else args[0], training=False)
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return [np.asarray(o) for o in flat]
 
