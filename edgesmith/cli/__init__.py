@@ -70,7 +70,10 @@ def _write_log(argv: list[str]) -> Path | None:
         folder = log_dir()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"edgesmith-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        path.write_text("edgesmith " + " ".join(argv) + "\n\n" + traceback.format_exc())
+        from .._quiet import CAPTURED
+
+        logs = "".join(f"\n--- framework output ---\n{text}" for text in CAPTURED)
+        path.write_text("edgesmith " + " ".join(argv) + "\n\n" + traceback.format_exc() + logs)
         return path
     except OSError:
         return None

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from .._io import check_utf8_path
 from ..errors import InputError
 
-STAGING_ROOM = 40  # bytes a staging name adds to DIR's name: ".", ".partial-", a PID, mkdtemp's 8
+STAGING_ROOM = 40  # bytes a staging name adds to DIR's: ".", ".partial-", a PID, 8 random hex digits
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,14 +46,18 @@ class OutputDir:
         self._created = _missing_parents(self.path)
         self._lock = None
         self._restore_signal = None
+        self.staging = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _FolderLock(self.path)
             clean_stale(self.path)
             self._check_existing(force)
-            self.staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(self.path), dir=self.path.parent))
-            follow_umask(self.staging)
+            self._restore_signal = _raise_on_sigterm()  # set before the staging exists: always cleaned
+            self.staging = _fresh_name(self.path.parent, _staging_prefix(self.path))
+            self.staging.mkdir(0o777)  # the umask applies, as to any folder the user makes
         except BaseException as exc:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
             self._release()
             self._remove_created()
             if isinstance(exc, OSError):
@@ -60,7 +65,6 @@ class OutputDir:
                     f"cannot write --out {self.path}: {exc.strerror}; choose another --out"
                 ) from exc
             raise
-        self._restore_signal = _raise_on_sigterm()
 
     def _check_existing(self, force: bool) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -180,6 +184,12 @@ def _missing_parents(path: Path) -> list[Path]:
 
 def _staging_prefix(path: Path) -> str:
     return f".{path.name}.partial-{os.getpid()}-"
+
+
+def _fresh_name(parent: Path, prefix: str) -> Path:
+    """A new folder's path, known before the folder exists (unlike mkdtemp's), so an interrupt at
+    any moment leaves nothing that its cleanup cannot name."""
+    return parent / f"{prefix}{secrets.token_hex(4)}"
 
 
 def _is_ours(folder: Path) -> bool:
@@ -306,20 +316,17 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def work_folder():
-    """A temporary work folder named `edgesmith-PID-*`, so a later run can tell it was left by a
-    process that died and remove it."""
-    with tempfile.TemporaryDirectory(prefix=f"edgesmith-{os.getpid()}-") as tmp:
-        yield tmp
+    """A private temporary work folder named `edgesmith-PID-*`, removed on exit (a SIGTERM too); a
+    later run removes it if this process is killed outright."""
+    path = _fresh_name(Path(tempfile.gettempdir()), f"edgesmith-{os.getpid()}-")
+    try:
+        path.mkdir(0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- permissions and signals ----------------------------------------------------------------------
-
-
-def follow_umask(folder: Path) -> None:
-    """mkdtemp creates 0700 folders; the output should get the mode any folder the user makes gets."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
 
 
 def _raise_on_sigterm():
