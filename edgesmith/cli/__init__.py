@@ -11,7 +11,7 @@ import sys
 
 from ..errors import EdgesmithError
 
-COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report")
+COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:
