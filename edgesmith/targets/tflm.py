@@ -205,3 +205,31 @@ def measured_arena(model: str | Path) -> Arena:
     feeds = [np.zeros(d["shape"], np.float32 if d["quant"] else d["dtype"]) for d in session.inputs]
     session.run(feeds)
     return session.arena
+
+
+def compare_with_litert(model: str | Path, feeds: dict[str, np.ndarray], precision: str) -> dict:
+    """Run `model` on TFLM and on LiteRT (edgesmith.runtime) with the same feeds; compare the outputs
+    (`emulate.compare`) and TFLM's arena with the planner's estimate for a 64-bit build."""
+    from ..runtime import load
+    from . import arena
+    from .emulate import compare
+
+    data = model_bytes(model)
+    with tempfile.TemporaryDirectory(prefix="edgesmith-tflm-") as tmp:
+        copy = Path(tmp) / "model.tflite"  # a c-array's bytes, as LiteRT reads files
+        copy.write_bytes(data)
+        session = load(copy, backend="litert", exact=True)
+        names = [s.name for s in session.inputs]
+        reference = session.run(feeds)
+    outputs, measured = run(model, [feeds[n] for n in names])
+    result = compare(reference, dict(zip(reference, outputs, strict=True)), precision)
+    estimate = arena.estimate(data, pointer_bytes=8)
+    error = (estimate["total_bytes_estimate"] - measured.total) / measured.total
+    return result | {
+        "arena": {
+            "tflm": measured.to_json(),
+            "estimate": estimate,
+            "error_pct": round(100 * error, 2),
+            "planned_error_bytes": estimate["planned_bytes"] - measured.head,
+        }
+    }
