@@ -106,3 +106,17 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mnist_int8_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """The shipped MNIST CNN as static INT8 (`--preset int8`, the shipped calibration set) in ONNX,
+    TFLite and the TFLite Micro C array, converted once per session: format -> artifact path."""
+    from edgesmith import convert
+
+    out = tmp_path_factory.mktemp("mnist-int8") / "out"
+    recipe = out.parent / "recipe.toml"
+    exports = "".join(f'[[exports]]\nformat = "{f}"\n' for f in ("onnx", "tflite", "c-array"))
+    recipe.write_text(exports + "[profile]\nenabled = false\n")
+    report = convert(SHIPPED_MODEL, recipe=recipe, preset="int8", calibration=SHIPPED_CALIBRATION, out=out)
+    return {a["format"]: Path(a["path"]) for a in report["artifacts"]}

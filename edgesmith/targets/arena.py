@@ -25,10 +25,23 @@ from dataclasses import dataclass
 import numpy as np
 
 ALIGN = 16  # TFLM's kBufferAlignment
-EVAL_TENSOR_BYTES = 12  # TfLiteEvalTensor on a 32-bit MCU: data pointer, dims pointer, type
-NODE_BYTES = 48  # TfLiteNode plus its registration pointer (NodeAndRegistration), 32-bit
+# The persistent part (the arena's tail), per pointer width: 4 on a 32-bit MCU, 8 where the
+# tflite-micro wheel runs (the host), which is where `tflm.py` measures it. Struct sizes follow
+# TFLM's TF_LITE_STATIC_MEMORY layouts; the 8-byte ones are what its RecordingMicroAllocator reports.
+EVAL_TENSOR_BYTES = {4: 12, 8: 24}  # TfLiteEvalTensor: data and dims pointers, type; one per tensor
+NODE_BYTES = {4: 32, 8: 64}  # NodeAndRegistration: TfLiteNode (6 pointers + int) + registration pointer
+IO_TENSOR_BYTES = {4: 40, 8: 64}  # a full TfLiteTensor for each graph input and output
+IO_QUANT_BYTES = {4: 20, 8: 32}  # its affine quantization (struct + arrays) when the I/O is integer
 PER_CHANNEL_BYTES = 8  # int32 output multiplier + int32 shift per output channel (conv, FC OpData)
 PER_CHANNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+# What the struct counts above do not cover, fitted on TFLM's wheel (64-bit) over four models
+# (MNIST CNN, a depthwise CNN, a small CNN with int8 I/O, TFLM's sine model; residuals within 60 B):
+# per operator, the kernel's OpData and the parsed builtin options; fixed, the allocator's and the
+# memory planner's own objects, placed in the arena by MicroAllocator::Create. The 32-bit values are
+# scaled from those (OpData is mostly int32 fields, the fixed objects mostly pointers): an estimate,
+# not measured on an MCU.
+PER_OP_BYTES = {4: 42, 8: 56}
+FIXED_BYTES = {4: 330, 8: 652}
 EXCLUDES = "kernel scratch buffers (e.g. CMSIS-NN im2col); add them for your kernel library"
 
 
@@ -48,11 +61,16 @@ def align(n: int) -> int:
 
 
 def greedy_plan(buffers: list[Buffer]) -> dict:
-    """tensor -> offset, by TFLM's greedy-by-size first fit."""
-    order = sorted(buffers, key=lambda b: (-b.size, b.first, str(b.tensor)))
-    placed: list[tuple[int, Buffer]] = []  # (offset, buffer), kept sorted by offset
+    """tensor -> offset, by TFLM's greedy-by-size first fit (`greedy_memory_planner.cc`).
+
+    `buffers` come in the order TFLM adds them (tensor index order). TFLM fills its sort array from
+    the tail and bubble-sorts it stably by size, so among equal sizes the buffer added *last* is
+    placed first; a placed buffer goes after any already placed at the same offset. Both matter:
+    with two 8 KB activations the other order can leave a 3 KB gap unused (measured on TFLM)."""
+    order = sorted(enumerate(buffers), key=lambda ib: (-ib[1].size, -ib[0]))
+    placed: list[tuple[int, Buffer]] = []  # (offset, buffer), in offset order, ties by placement
     offsets: dict = {}
-    for buffer in order:
+    for _, buffer in order:
         offset = 0
         for start, other in placed:
             if not buffer.alive_with(other):
@@ -60,8 +78,8 @@ def greedy_plan(buffers: list[Buffer]) -> dict:
             if offset + buffer.size <= start:
                 break
             offset = max(offset, start + other.size)
-        placed.append((offset, buffer))
-        placed.sort(key=lambda p: (p[0], str(p[1].tensor)))
+        at = next((i for i, (start, _) in enumerate(placed) if start > offset), len(placed))
+        placed.insert(at, (offset, buffer))
         offsets[buffer.tensor] = offset
     return offsets
 
@@ -177,25 +195,43 @@ def op_names(model) -> list[str]:
     return [codes.get(kinds[op.opcodeIndex], "CUSTOM") for op in model.subgraphs[0].operators]
 
 
-def estimate(data: bytes) -> dict:
-    """The planned arena of a `.tflite`, a persistent-part estimate and their sum, in bytes."""
-    model = read(data)
-    buffers = lifetimes(model)
-    graph = model.subgraphs[0]
-    ops = op_names(model)
+def persistent_bytes(model, ops: list[str], pointer_bytes: int = 4) -> int:
+    """The arena's persistent part (tail) for a `ModelT`: TFLM's structs by count, per-channel
+    requantization data, and the fitted per-operator and fixed parts (see the constants)."""
+    graph, p = model.subgraphs[0], pointer_bytes
     float32 = schema().TensorType.FLOAT32
     channels = sum(
         int(graph.tensors[op.outputs[0]].shape[-1])
         for op, name in zip(graph.operators, ops, strict=True)
         if name in PER_CHANNEL_OPS and graph.tensors[op.outputs[0]].type != float32
     )
+    io = [int(i) for i in [*graph.inputs, *graph.outputs]]
+    quantized_io = sum(1 for i in io if graph.tensors[i].type != float32)
+    return (
+        EVAL_TENSOR_BYTES[p] * len(graph.tensors)
+        + NODE_BYTES[p] * len(ops)
+        + IO_TENSOR_BYTES[p] * len(io)
+        + IO_QUANT_BYTES[p] * quantized_io
+        + PER_CHANNEL_BYTES * channels
+        + PER_OP_BYTES[p] * len(ops)
+        + FIXED_BYTES[p]
+    )
+
+
+def estimate(data: bytes, pointer_bytes: int = 4) -> dict:
+    """The planned arena of a `.tflite`, a persistent-part estimate and their sum, in bytes.
+
+    `pointer_bytes`: 4 for a 32-bit MCU (the default), 8 to compare with TFLM run on a 64-bit host."""
+    model = read(data)
+    buffers = lifetimes(model)
     planned = planned_bytes(buffers)
-    persistent = EVAL_TENSOR_BYTES * len(graph.tensors) + NODE_BYTES * len(ops) + PER_CHANNEL_BYTES * channels
+    persistent = persistent_bytes(model, op_names(model), pointer_bytes)
     return {
         "planned_bytes": planned,
         "persistent_bytes_estimate": persistent,
         "total_bytes_estimate": align(planned + persistent),
         "naive_bytes": sum(b.size for b in buffers),  # every tensor in its own buffer: what planning saves
         "tensors_planned": len(buffers),
+        "pointer_bytes": pointer_bytes,
         "excludes": EXCLUDES,
     }

@@ -3,6 +3,11 @@
 The arena comes from the one TFLM planner in `arena.py`: for a `.tflite`, TFLM's own lifetimes and
 greedy placement plus its persistent structs (what the c-array exporter reports too); for ONNX, the
 same greedy placement over the cost model's kernels (shape-only ops alias their input).
+
+Where the `tflite-micro` wheel is installed, a `.tflite` is run once on TFLM's interpreter and its
+measured head (planned tensors plus the reference kernels' scratch buffers) replaces the planned
+part. The persistent part stays the 32-bit estimate: the wheel runs on this 64-bit host, whose
+structs are larger than an MCU's (the measured 64-bit total is reported beside it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ def arena_bytes(graph: list[Layer]) -> int:
 
 def plan(model: str | Path, graph: list[Layer]) -> dict:
     """The arena of `model`: TFLM's flatbuffer rules for `.tflite` (when a TFLite schema is
-    installed), else the kernels of `graph`. `arena_bytes` is what the fit counts."""
+    installed), measured on TFLM where it is installed, else the kernels of `graph`. `arena_bytes` is
+    what the fit counts."""
     from ..errors import EdgesmithError
 
     if Path(model).suffix.lower() == ".tflite":
@@ -30,10 +36,33 @@ def plan(model: str | Path, graph: list[Layer]) -> dict:
         except EdgesmithError:  # no LiteRT/TensorFlow schema: fall back to the kernels
             pass
         else:
-            return out | {"arena_bytes": out["total_bytes_estimate"],
-                          "method": "TFLM greedy planner on the flatbuffer + persistent structs"}  # fmt: skip
+            out |= {"arena_bytes": out["total_bytes_estimate"],
+                    "method": "TFLM greedy planner on the flatbuffer + persistent structs"}  # fmt: skip
+            return out | _measured(model, out)
     out = planner.from_layers(graph)
     return out | {"arena_bytes": out["planned_bytes"]}
+
+
+def _measured(model: str | Path, estimate: dict) -> dict:
+    """TFLM's own arena for a `.tflite` (the tflite-micro wheel), or {} where it is not installed;
+    a model TFLM cannot run keeps the estimate and says why."""
+    from ..errors import InputError
+    from . import tflm
+
+    if not tflm.available():
+        return {}
+    try:
+        measured = tflm.measured_arena(model)
+    except InputError as exc:
+        return {"tflm_error": str(exc)}
+    arena_bytes = planner.align(measured.head + estimate["persistent_bytes_estimate"])
+    return {
+        "arena_bytes": arena_bytes,
+        "planned_bytes": measured.head,
+        "tflm_measured": measured.to_json(),
+        "method": "TFLite Micro's interpreter (tflite-micro wheel): measured planned tensors + kernel "
+        "scratch; persistent structs estimated for a 32-bit MCU",
+    }
 
 
 def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> dict:
@@ -48,6 +77,7 @@ def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> 
         "arena_bytes": arena["arena_bytes"],
         "arena_planned_bytes": arena["planned_bytes"],
         "arena_method": arena["method"],
+        **{k: arena[k] for k in ("tflm_measured", "tflm_error") if k in arena},
         "model_bytes": model_bytes,
         "ram_needed_bytes": ram,
         "ram_bytes": target.ram_bytes,
@@ -76,4 +106,5 @@ def describe(fit_: dict, target: Target) -> str:
     if fit_["flash_bytes"]:
         flash += f" of {kb(fit_['flash_bytes'])} ({kb(abs(fit_['flash_margin_bytes']))} "
         flash += f"{'free' if fit_['fits_flash'] else 'over'})"
-    return f"{'fits' if fit_['fits'] else 'does not fit'} on {target.name}: {ram}, {flash}"
+    verdict = f"{'fits' if fit_['fits'] else 'does not fit'} on {target.name}: {ram}, {flash}"
+    return verdict + (f"; but {fit_['tflm_error']}" if "tflm_error" in fit_ else "")

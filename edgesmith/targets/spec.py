@@ -62,6 +62,15 @@ class Target:
     def is_mcu(self) -> bool:
         return self.kind == "mcu"
 
+    @property
+    def isa_family(self) -> str:
+        """'arm' (armv7e-m, armv8-a, armv8.2-a ...), 'x86' (x86-64) or the ISA as written (xtensa)."""
+        if self.isa.startswith(("arm", "aarch64")):
+            return "arm"
+        if self.isa.startswith(("x86", "amd64")):
+            return "x86"
+        return self.isa
+
     def peak_macs_per_s(self, dtype: str, threads: int = 1, op_class: str | None = None) -> float:
         """Peak MACs/s of `dtype`; with `op_class`, capped by what the stack's inner loop can issue."""
         return self.macs_per_cycle_for(dtype, op_class) * self.clock_ghz * 1e9 * self.speedup(threads)

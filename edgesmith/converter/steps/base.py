@@ -40,6 +40,7 @@ class StepContext:
     calibration_config: CalibrationConfig
     quiet: bool = False
     original: Any = None  # the unchanged torch module, for steps that distill from it
+    devices: tuple[str, ...] = ()  # the recipe's device targets ([profile] targets): they pick INT8 types
 
 
 Handler = Callable[[Any, "ModelHandle", StepContext], StepResult]

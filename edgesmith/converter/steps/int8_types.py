@@ -8,12 +8,19 @@
   activations into integer kernels there (QDQIsInt8Allowed is false), so S8S8 runs at 0.65-0.77
   of fp32 latency against 0.29-0.44 for U8S8 (docs/decisions/int8-ort-settings.md).
 - ARM: int8 x int8 with symmetric activations, which the SDOT/SMMLA kernels (and XNNPACK, LiteRT)
-  are built for.
+  are built for. MCUs of other ISAs (the ESP32-S3's Xtensa) run TFLite Micro's int8 x int8 kernels:
+  the same types.
+
+Who decides: `quantize.target` when a recipe sets it to anything but `host`; else the recipe's device
+targets (`[profile] targets = ["rpi4"]`: their spec files say the ISA), else this machine. When the
+targets mix ISAs, the first device that is not the host decides (artifacts are built for devices;
+the host is listed to compare with), and the reason names the others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from ...targets.cpu import has_vnni, isa
 
@@ -43,9 +50,57 @@ def resolve_target(target: str) -> str:
     return "arm" if kind == "arm" else "x86"
 
 
-def choose(target: str = "host", activations: str = "auto", weights: str = "int8") -> Int8Types:
+def for_device(name: str) -> str:
+    """The types target (one of TARGETS but 'host') for a device spec, from the ISA its file gives."""
+    from ...targets import spec
+
+    target = spec.get(name)
+    if target.kind == "host":
+        return resolve_target("host")
+    if target.isa_family == "x86":
+        return "x86-vnni" if has_vnni(frozenset(target.features)) else "x86"
+    return "arm"  # ARM cores, and MCUs whose TFLite Micro kernels are int8 x int8 (Xtensa ESP-NN)
+
+
+def from_devices(devices: Sequence[str]) -> tuple[str, str, str]:
+    """(types target, the device that decided, a note when the targets disagree) for the recipe's
+    device targets."""
+    from ...targets import spec
+
+    picks = {name: for_device(name) for name in devices}
+    hosts = {name for name in devices if spec.get(name).kind == "host"}
+    chosen = next((n for n in devices if n not in hosts), devices[0])
+    target = spec.get(chosen)
+    where = f"the recipe's target {chosen} ({' '.join(dict.fromkeys((target.core, target.isa)))})"
+    if len(set(picks.values())) == 1:
+        return picks[chosen], where, ""
+    others = ", ".join(f"{n} would take {t} types" for n, t in picks.items() if picks[n] != picks[chosen])
+    why = "the host is listed to compare with" if chosen not in hosts and hosts else "the first listed"
+    note = (
+        f". The targets mix ISAs: {chosen} decides ({why}); {others}. Set quantize.target to choose, "
+        "or convert once per target"
+    )
+    return picks[chosen], where, note
+
+
+def choose(
+    target: str = "host", activations: str = "auto", weights: str = "int8", devices: Sequence[str] = ()
+) -> Int8Types:
+    """The types for `target` (`quantize.target`); when it is 'host' and the recipe names device
+    targets (`[profile] targets`), for those devices instead."""
+    where, note = None, ""
+    if target == "host" and devices:
+        target, where, note = from_devices(devices)
     resolved = resolve_target(target)
-    where = f"the target '{target}'" if target != "host" else f"this host ({resolved})"
+    if where is None:
+        where = f"the target '{target}'" if target != "host" else f"this host ({resolved})"
+        if devices:
+            note = f" (quantize.target overrides the recipe's targets: {', '.join(devices)})"
+    types = _types(resolved, where, activations, weights)
+    return replace(types, reason=types.reason + note)
+
+
+def _types(resolved: str, where: str, activations: str, weights: str) -> Int8Types:
     if activations != "auto":
         return Int8Types(activations, weights, resolved, "set explicitly in the recipe")
     if resolved == "x86-vnni":
@@ -60,5 +115,8 @@ def choose(target: str = "host", activations: str = "auto", weights: str = "int8
             "sums cannot saturate; s8 activations would not reach ONNX Runtime's integer kernels on x86"
         )
         return Int8Types("uint8", weights, resolved, why, reduce_range=True)
-    why = f"{where} is ARM: s8 x s8 with symmetric activations matches its SDOT/SMMLA kernels"
+    why = (
+        f"{where} runs ARM (or TFLite Micro) int8 kernels: s8 x s8 with symmetric activations, as "
+        "SDOT/SMMLA (or SMLAL), XNNPACK and CMSIS-NN take them"
+    )
     return Int8Types("int8", weights, resolved, why, symmetric_activations=True)

@@ -118,7 +118,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     op_types, why = _static_op_types(source_path, config.op_types)
     if why:
         report["op_types"] = {"quantized": op_types, "reason": why}
-    types = int8_types.choose(config.target, config.activations, config.weights)
+    types = int8_types.choose(config.target, config.activations, config.weights, ctx.devices)
     cal = ctx.calibration()
     calib = ctx.calibration_config
     from ..progress import bar

@@ -1,0 +1,137 @@
+"""`edgesmith verify --emulate aarch64`: artifacts run on ARM kernels (qemu-user, an arm64 Debian
+userland and the aarch64 wheels of ONNX Runtime and LiteRT) and are compared with the host's run.
+
+The userland is built once into ~/.cache/edgesmith (about a minute on a 2-core machine, then cached);
+each emulated run starts an arm64 Python under qemu, so these tests take tens of seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgesmith.targets import emulate
+
+from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-aarch64-static") is None or shutil.which("mmdebstrap") is None,
+    reason="needs the Debian packages qemu-user-static and mmdebstrap (.ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="session")
+def arm64():
+    """The cached arm64 userland for a Cortex-A72 (built on first use)."""
+    return emulate.userland("cortex-a72")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """64 real MNIST digits from the shipped hold-out set, as `--input`."""
+    with np.load(SHIPPED_CALIBRATION / "holdout.npz") as data:
+        images = data["input"][:64]
+    path = tmp_path_factory.mktemp("emulate") / "digits.npz"
+    np.savez(path, input=images)
+    return path
+
+
+@pytest.mark.slow
+@needs_qemu
+@pytest.mark.parametrize("fmt, backend", [("onnx", "ort"), ("tflite", "litert")])
+def test_int8_mnist_runs_on_emulated_arm_like_on_x86(arm64, mnist_int8_artifacts, digits, cli, fmt, backend):
+    code, out, _ = cli(
+        "verify", mnist_int8_artifacts[fmt], "--emulate", "aarch64", "--input", digits, "--json"
+    )
+    result = json.loads(out)
+    device = result["device"]
+    assert (device["machine"], device["cpu"], device["backend"]) == ("aarch64", "cortex-a72", backend)
+    assert result["precision"] == "int8"
+    logits = result["outputs"]["logits"]
+    # Measured: identical to x86 (max abs error 0) for both runtimes on these digits.
+    assert logits["agreement"] == 1.0 and logits["cosine"] > 0.999 and logits["max_abs_rel"] < 0.02
+    assert code == 0 and result["ok"]
+
+
+@pytest.fixture(scope="module")
+def rpi4_int8(tmp_path_factory):
+    """The shipped CNN quantized by the quantize step for a recipe whose target is rpi4."""
+    from edgesmith import runtime
+    from edgesmith.converter.data.arrays import ArraySource
+    from edgesmith.converter.handle import ModelHandle
+    from edgesmith.converter.recipe import CalibrationConfig
+    from edgesmith.converter.steps import HANDLERS, StepContext
+    from edgesmith.converter.steps.quantize import QuantizeConfig
+
+    cal = CalibrationConfig(path=str(SHIPPED_CALIBRATION), max_samples=128)
+    source = ArraySource(cal.path, runtime.load(SHIPPED_MODEL).inputs, "calibration", cal.max_samples,
+                         cal.batch_size, cal.preprocess)  # fmt: skip
+    ctx = StepContext(tmp_path_factory.mktemp("rpi4"), lambda: source, cal, quiet=True, devices=("rpi4",))
+    return HANDLERS[QuantizeConfig](QuantizeConfig(), ModelHandle(SHIPPED_MODEL), ctx)
+
+
+def test_a_rpi4_target_picks_arm_types(rpi4_int8):
+    types = rpi4_int8.report["types"]
+    assert (types["activations"], types["weights"], types["symmetric_activations"]) == ("int8", "int8", True)
+    assert types["reason"].startswith("the recipe's target rpi4 (Cortex-A72 armv8-a)")
+
+
+def test_mixed_isas_say_which_target_decided_and_quantize_target_overrides():
+    from edgesmith.converter.steps.int8_types import choose, resolve_target
+
+    mixed = choose(devices=["host", "rpi4"])
+    assert mixed.target == "arm" and "mix ISAs: rpi4 decides" in mixed.reason
+    assert f"host would take {resolve_target('host')} types" in mixed.reason
+    assert choose(devices=["host"]).target == resolve_target("host")
+    assert choose(devices=["stm32f746"]).activations == "int8"  # TFLite Micro's int8 x int8 kernels
+    override = choose("x86", devices=["rpi4"])
+    assert (override.target, override.reduce_range) == ("x86", True)
+    assert "quantize.target overrides the recipe's targets: rpi4" in override.reason
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_rpi4_types_run_on_emulated_arm_like_on_x86(arm64, rpi4_int8):
+    """The s8 x s8 artifact a rpi4 recipe makes, on ARM kernels: same outputs as here (measured:
+    identical on 256 digits). Other inputs give other outputs: the guest computes, nothing is copied."""
+    from edgesmith import runtime
+
+    with np.load(SHIPPED_CALIBRATION / "holdout.npz") as data:
+        digits, labels = {"input": data["input"][:32]}, data["labels"][:32]
+    arm, info = emulate.run_aarch64(rpi4_int8.model.path, digits)
+    host = runtime.load(rpi4_int8.model.path, exact=True).run(digits)
+    assert info["machine"] == "aarch64" and info["backend"] == "ort"
+    assert emulate.compare(host, arm, "int8")["ok"]
+    assert (arm["logits"].argmax(1) == labels).mean() > 0.9
+    zeros, _ = emulate.run_aarch64(rpi4_int8.model.path, {"input": np.zeros((2, 1, 28, 28), np.float32)})
+    assert not np.allclose(zeros["logits"], arm["logits"][:2])
+
+
+def test_compare_flags_outputs_beyond_the_precision_tolerance():
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.standard_normal((50, 10)).astype(np.float32)}
+    close = {"logits": ref["logits"] + np.float32(1e-6)}
+    assert emulate.compare(ref, close, "fp32")["ok"]
+    shuffled = {"logits": ref["logits"][:, ::-1].copy()}  # same values, other classes win
+    result = emulate.compare(ref, shuffled, "int8")
+    assert not result["ok"] and result["outputs"]["logits"]["agreement"] < 0.5
+    off_by_steps = {"logits": ref["logits"] + np.float32(0.05)}  # fine for int8, not for fp32
+    assert emulate.compare(ref, off_by_steps, "int8")["ok"]
+    assert not emulate.compare(ref, off_by_steps, "fp32")["ok"]
+
+
+def test_missing_tools_name_the_packages_to_install(cli, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, out, err = cli("verify", SHIPPED_MODEL, "--emulate", "aarch64")
+    assert code == 2 and out == ""
+    assert "apt-get install qemu-user-static mmdebstrap" in err and "Traceback" not in err
+
+
+def test_cpuinfo_names_the_emulated_core():
+    """ONNX Runtime's aarch64 build crashes on an x86 /proc/cpuinfo; the one written names an Arm core."""
+    text = emulate._cpuinfo("cortex-a72")
+    assert "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd08" in text
+    assert text.count("processor\t:") == 4
