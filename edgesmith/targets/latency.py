@@ -39,7 +39,7 @@ class Measurement:
 
 def random_feeds(session: Session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs of the session's shapes (dynamic axes: `batch` first, 1 elsewhere)."""
-    check_feedable(session.inputs, session.path)
+    check_feedable(session.inputs, getattr(session, "path", "the model"))
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
