@@ -183,6 +183,11 @@ def test_replace_is_one_exchange(tmp_path, monkeypatch):
     (staged.staging / "a").write_text("third")
     staged.commit()
     assert (out / "a").read_text() == "third" and beside(out) == []
+    trash = tmp_path / f".out2.old-{_dead_pid()}-abcd1234"  # killed between the two renames:
+    trash.mkdir()  # the next run puts the old tree back before anything else
+    out.rename(trash / "old")
+    outdir.clean_stale(out)
+    assert (out / "a").read_text() == "third" and beside(out) == []
 
 
 def test_output_folders_follow_the_umask(cli, tmp_path, cnn, cal):

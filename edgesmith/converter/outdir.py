@@ -248,7 +248,7 @@ def _exchange(a: Path, b: Path) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl < 1.2.?)
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28)
         return False
     at_fdcwd = -100
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -306,8 +306,12 @@ _PID = re.compile(r"-(\d+)-[^-]*$")
 
 def clean_stale(folder: Path) -> None:
     """Remove staging and trash folders beside `folder`, and edgesmith work folders in the temp
-    folder, whose process is gone (SIGKILL, a crash): the PID is part of each name."""
+    folder, whose process is gone (SIGKILL, a crash): the PID is part of each name. An old tree
+    whose run died between the two renames of the fallback replace is put back first."""
     for path in folder.parent.glob(f".{glob_escape(folder.name)}.*-*-*"):
+        if path.name.startswith(f".{folder.name}.old-") and not folder.exists() and _dead(path):
+            with contextlib.suppress(OSError):
+                (path / "old").rename(folder)
         if path.name.startswith((f".{folder.name}.partial-", f".{folder.name}.old-")):
             _remove_if_dead(path)
     for path in Path(tempfile.gettempdir()).glob("edgesmith-*-*"):
@@ -319,13 +323,19 @@ def glob_escape(name: str) -> str:
 
 
 def _remove_if_dead(path: Path) -> None:
+    if _dead(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _dead(path: Path) -> bool:
+    """Whether `path` is a folder of ours whose name holds the PID of a process that is gone."""
     match = _PID.search(path.name)
     if not match or not path.is_dir() or path.is_symlink():
-        return
-    with contextlib.suppress(OSError):
-        if path.stat().st_uid != os.getuid() or _alive(int(match.group(1))):
-            return
-        shutil.rmtree(path, ignore_errors=True)
+        return False
+    try:
+        return path.stat().st_uid == os.getuid() and not _alive(int(match.group(1)))
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
