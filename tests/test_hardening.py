@@ -465,7 +465,8 @@ def report_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["truncated", "not utf-8", "a list", "no artifacts", "artifact without path",
-                                  "size is text", "target estimate is text", "targets is text"])  # fmt: skip
+                                  "size is text", "target estimate is text", "targets is text",
+                                  "artifact missing"])  # fmt: skip
 def test_report_on_a_spoiled_report_json(cli, tmp_path, report_folder, case):
     folder = tmp_path / "out"
     shutil.copytree(report_folder, folder)
@@ -480,6 +481,7 @@ def test_report_on_a_spoiled_report_json(cli, tmp_path, report_folder, case):
         "size is text": json.dumps(good | {"artifacts": [artifact | {"size_bytes": "1 KB"}]}).encode(),
         "target estimate is text": json.dumps(good | {"artifacts": [artifact | {"targets": {"host": {"p50_ms": "x"}}}]}).encode(),
         "targets is text": json.dumps(good | {"recipe": {"profile": {"targets": "rpi4"}}}).encode(),
+        "artifact missing": json.dumps(good | {"artifacts": [artifact | {"path": "gone.onnx"}]}).encode(),
     }[case]  # fmt: skip
     (folder / "report.json").write_bytes(spoiled)
     listing, before = sorted(folder.iterdir()), hashes(folder)
