@@ -97,13 +97,18 @@ def test_out_inside_an_input_folder_is_refused(cli, tmp_path, cnn):
     assert hashes(tmp_path) == before and sorted(images.iterdir()) == [images / "a.png"]
 
 
-@pytest.mark.parametrize("case", ["dot", "dangling symlink", "under a file", "too long", "read-only parent"])
+@pytest.mark.parametrize("case", ["dot", "parent of cwd", "dangling symlink", "symlink loop", "under a file",
+                                  "too long a name", "too long a path", "read-only parent"])  # fmt: skip
 def test_unusable_out_is_one_line_and_leaves_nothing(cli, tmp_path, cnn, cal, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
-    out = {"dot": Path("."), "dangling symlink": tmp_path / "link", "under a file": tmp_path / "f" / "out",
-           "too long": tmp_path / ("x" * 250), "read-only parent": tmp_path / "ro" / "sub" / "out"}[case]  # fmt: skip
+    out = {"dot": Path("."), "parent of cwd": Path(".."), "dangling symlink": tmp_path / "link",
+           "symlink loop": tmp_path / "loop" / "out", "under a file": tmp_path / "f" / "out",
+           "too long a name": tmp_path / ("x" * 250), "too long a path": tmp_path.joinpath(*["d" * 200] * 25),
+           "read-only parent": tmp_path / "ro" / "sub" / "out"}[case]  # fmt: skip
     if case == "dangling symlink":
         out.symlink_to(tmp_path / "missing")
+    if case == "symlink loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
     if case == "under a file":
         (tmp_path / "f").write_text("a file")
     if case == "read-only parent":
@@ -155,7 +160,7 @@ def test_one_run_per_output_folder(cli, tmp_path, cnn, cal):
     assert hashes(out) == first and beside(out) == []
 
 
-def test_replace_is_one_exchange(tmp_path):
+def test_replace_is_one_exchange(tmp_path, monkeypatch):
     """renameat2(RENAME_EXCHANGE): at no moment is there no folder at the output's name."""
     old, new = tmp_path / "out", tmp_path / "new"
     old.mkdir()
@@ -173,6 +178,16 @@ def test_replace_is_one_exchange(tmp_path):
     (staged.staging / "a").write_text("second")
     staged.commit()
     assert (out / "a").read_text() == "second" and beside(out) == []
+    monkeypatch.setattr(outdir, "_exchange", lambda a, b: False)  # an OS without it: two renames
+    staged = outdir.OutputDir(out, force=True)
+    (staged.staging / "a").write_text("third")
+    staged.commit()
+    assert (out / "a").read_text() == "third" and beside(out) == []
+    trash = tmp_path / f".out2.old-{_dead_pid()}-abcd1234"  # killed between the two renames:
+    trash.mkdir()  # the next run puts the old tree back before anything else
+    out.rename(trash / "old")
+    outdir.clean_stale(out)
+    assert (out / "a").read_text() == "third" and beside(out) == []
 
 
 def test_output_folders_follow_the_umask(cli, tmp_path, cnn, cal):
@@ -450,7 +465,8 @@ def report_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["truncated", "not utf-8", "a list", "no artifacts", "artifact without path",
-                                  "size is text", "target estimate is text", "targets is text"])  # fmt: skip
+                                  "size is text", "target estimate is text", "targets is text",
+                                  "artifact missing"])  # fmt: skip
 def test_report_on_a_spoiled_report_json(cli, tmp_path, report_folder, case):
     folder = tmp_path / "out"
     shutil.copytree(report_folder, folder)
@@ -465,6 +481,7 @@ def test_report_on_a_spoiled_report_json(cli, tmp_path, report_folder, case):
         "size is text": json.dumps(good | {"artifacts": [artifact | {"size_bytes": "1 KB"}]}).encode(),
         "target estimate is text": json.dumps(good | {"artifacts": [artifact | {"targets": {"host": {"p50_ms": "x"}}}]}).encode(),
         "targets is text": json.dumps(good | {"recipe": {"profile": {"targets": "rpi4"}}}).encode(),
+        "artifact missing": json.dumps(good | {"artifacts": [artifact | {"path": "gone.onnx"}]}).encode(),
     }[case]  # fmt: skip
     (folder / "report.json").write_bytes(spoiled)
     listing, before = sorted(folder.iterdir()), hashes(folder)

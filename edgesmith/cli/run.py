@@ -32,8 +32,10 @@ def read_inputs(path: Path, session) -> dict[str, np.ndarray]:
     from ..errors import InputError
     from ..runtime import check_feeds
 
+    if path.is_dir():
+        raise InputError(f"--input {path} is a folder; give an .npz with one array per model input")
     if not path.is_file():
-        raise InputError(f"{path}: no such file; check the path")
+        raise InputError(f"--input {path}: no such file; check the path")
     arrays = read_arrays(path, "--input")
     arrays.pop("labels", None)
     names = [s.name for s in session.inputs]

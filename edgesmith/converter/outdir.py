@@ -123,22 +123,39 @@ def _checked_path(path: Path) -> Path:
     """The folder to write for --out `path` (a symlink's target), or one line saying why it cannot
     be one. Nothing is created."""
     absolute = Path(os.path.abspath(path))
+    _check_length(absolute)
+    try:
+        return _usable_folder(path, absolute)
+    except OSError as exc:  # a loop of symlinks, a path the file system refuses
+        raise InputError(f"--out {_short(path)}: {exc.strerror}; choose another --out") from None
+
+
+def _check_length(absolute: Path) -> None:
+    name_max, path_max = _limit(absolute, "PC_NAME_MAX", 255), _limit(absolute, "PC_PATH_MAX", 4096)
+    longest = max(absolute.parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) + STAGING_ROOM > name_max:
+        raise InputError(f"--out: the name {_short(longest)} is {len(os.fsencode(longest))} bytes; keep names "
+                         f"under {name_max - STAGING_ROOM} (the file system allows {name_max})")  # fmt: skip
+    if len(os.fsencode(absolute)) + STAGING_ROOM > path_max:
+        raise InputError(f"--out {_short(absolute)} is {len(os.fsencode(absolute))} bytes long; keep it under "
+                         f"{path_max - STAGING_ROOM} (the system allows {path_max})")  # fmt: skip
+
+
+def _usable_folder(path: Path, absolute: Path) -> Path:
     if path.is_symlink():
         if not path.exists():
             raise InputError(f"--out {path} is a symlink to {os.readlink(path)}, which does not exist; "
                              "remove the link or choose another --out")  # fmt: skip
-        path = absolute = path.resolve()
-    cwd = Path.cwd().resolve()
-    if absolute.parent == absolute or cwd.is_relative_to(absolute.resolve()):
+        path = absolute = _real(path)
+    if absolute.parent == absolute or _real(Path.cwd()).is_relative_to(_real(absolute)):
         raise InputError(f"--out {path} is the current folder or one above it, which a run would replace; "
                          "name a new folder, e.g. --out build")  # fmt: skip
     for ancestor in reversed(absolute.parents):
+        if ancestor.is_symlink() and not ancestor.exists():
+            raise InputError(f"--out {path}: {ancestor} is a symlink to {os.readlink(ancestor)}, which does not "
+                             "exist (or loops); choose another --out")  # fmt: skip
         if ancestor.exists() and not ancestor.is_dir():
             raise InputError(f"--out {path}: {ancestor} is a file, not a folder; choose another --out")
-    limit = _name_max(absolute)
-    if len(os.fsencode(absolute.name)) + STAGING_ROOM > limit:
-        raise InputError(f"--out name {absolute.name[:40]}... is {len(os.fsencode(absolute.name))} bytes; "
-                         f"keep it under {limit - STAGING_ROOM} (the file system allows {limit} per name)")  # fmt: skip
     writable = next(p for p in [absolute.parent, *absolute.parent.parents] if p.exists())
     if not os.access(writable, os.W_OK | os.X_OK):
         raise InputError(
@@ -147,20 +164,29 @@ def _checked_path(path: Path) -> Path:
     return Path(os.path.normpath(path))  # as given (report.json names it so), without "x/.." parts
 
 
-def _name_max(path: Path) -> int:
-    existing = next(p for p in path.parents if p.exists())
+def _real(path: Path) -> Path:
+    """The path with symlinks followed as far as they go (a loop stays a path, to fail when used)."""
+    return Path(os.path.realpath(path))
+
+
+def _limit(path: Path, name: str, default: int) -> int:
     try:
-        return os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        return 255
+        return os.pathconf(path.anchor or "/", name)
+    except (OSError, ValueError, AttributeError):  # not on this OS
+        return default
+
+
+def _short(text) -> str:
+    text = str(text)
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
 
 
 def _check_inputs(out: Path, rejected: Path, inputs: tuple[Path, ...]) -> None:
     """Refuse an output that would replace an input, or that would be written into one."""
-    out_forms = {Path(os.path.abspath(out)), out.resolve()}
+    out_forms = {Path(os.path.abspath(out)), _real(out)}
     rejected = Path(os.path.abspath(rejected))
     for given in inputs:
-        for a in {Path(os.path.abspath(given)), Path(given).resolve()}:
+        for a in {Path(os.path.abspath(given)), _real(Path(given))}:
             for o in out_forms:
                 if a == o:
                     raise InputError(f"--out {out} is the input {given} itself; choose another --out")
@@ -222,7 +248,7 @@ def _exchange(a: Path, b: Path) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl < 1.2.?)
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28)
         return False
     at_fdcwd = -100
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -280,8 +306,12 @@ _PID = re.compile(r"-(\d+)-[^-]*$")
 
 def clean_stale(folder: Path) -> None:
     """Remove staging and trash folders beside `folder`, and edgesmith work folders in the temp
-    folder, whose process is gone (SIGKILL, a crash): the PID is part of each name."""
+    folder, whose process is gone (SIGKILL, a crash): the PID is part of each name. An old tree
+    whose run died between the two renames of the fallback replace is put back first."""
     for path in folder.parent.glob(f".{glob_escape(folder.name)}.*-*-*"):
+        if path.name.startswith(f".{folder.name}.old-") and not folder.exists() and _dead(path):
+            with contextlib.suppress(OSError):
+                (path / "old").rename(folder)
         if path.name.startswith((f".{folder.name}.partial-", f".{folder.name}.old-")):
             _remove_if_dead(path)
     for path in Path(tempfile.gettempdir()).glob("edgesmith-*-*"):
@@ -293,13 +323,19 @@ def glob_escape(name: str) -> str:
 
 
 def _remove_if_dead(path: Path) -> None:
+    if _dead(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _dead(path: Path) -> bool:
+    """Whether `path` is a folder of ours whose name holds the PID of a process that is gone."""
     match = _PID.search(path.name)
     if not match or not path.is_dir() or path.is_symlink():
-        return
-    with contextlib.suppress(OSError):
-        if path.stat().st_uid != os.getuid() or _alive(int(match.group(1))):
-            return
-        shutil.rmtree(path, ignore_errors=True)
+        return False
+    try:
+        return path.stat().st_uid == os.getuid() and not _alive(int(match.group(1)))
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -202,8 +202,9 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
 
 def _input_paths(recipe: Recipe, model_path: Path | None) -> tuple[Path, ...]:
     """Every file or folder the run reads: the output may neither replace nor go inside one."""
-    paths = (model_path, recipe.calibration.path, recipe.verify.eval, getattr(recipe, "source_file", None))
-    return tuple(Path(p) for p in paths if p is not None)
+    paths = [model_path, recipe.calibration.path, recipe.verify.eval, getattr(recipe, "source_file", None)]
+    paths += [getattr(step, "data", None) for step in recipe.steps]  # distill/binarize training data
+    return tuple(Path(p) for p in paths if isinstance(p, (str, Path)) and str(p))
 
 
 def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | None, report: dict) -> None:

@@ -81,6 +81,9 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
         path = folder / Path(entry["path"]).name  # the folder may have moved since convert
         if not path.is_file():
             path = Path(entry["path"])
+        if not path.is_file():
+            raise InputError(f"{source} lists the artifact {entry['path'] or '(no name)'}, which is in neither "
+                             f"{folder} nor where it names; restore it or run `edgesmith convert` again")  # fmt: skip
         verify = entry.get("verify", {})
         known = entry.get("targets", {})
         t0 = time.perf_counter()
