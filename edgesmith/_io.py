@@ -23,6 +23,23 @@ def atomic_path(path: Path):
         raise
 
 
+@contextlib.contextmanager
+def work_folder(kind: str = ""):
+    """A private temporary folder named `edgesmith-[KIND-]PID-*`, removed on exit (a SIGTERM too, when
+    the CLI turned it into an exception); the next convert removes it if this process was killed
+    outright (converter/outdir.py `clean_stale` reads the PID from the name)."""
+    import secrets
+    import shutil
+
+    prefix = f"edgesmith-{kind}-" if kind else "edgesmith-"
+    path = Path(tempfile.gettempdir()) / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def check_utf8_path(path, what: str) -> None:
     """Refuse a path that is not valid UTF-8 (a file name from another locale): ONNX Runtime, onnx
     and TensorFlow take paths as UTF-8 text and fail on it with an unrelated message."""

@@ -350,18 +350,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def work_folder():
-    """A private temporary work folder named `edgesmith-PID-*`, removed on exit (a SIGTERM too); a
-    later run removes it if this process is killed outright."""
-    path = _fresh_name(Path(tempfile.gettempdir()), f"edgesmith-{os.getpid()}-")
-    try:
-        path.mkdir(0o700)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 # -- permissions and signals ----------------------------------------------------------------------
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from .._io import check_utf8_path
+from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
 from . import exporters, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
-from .outdir import OutputDir, work_folder
+from .outdir import OutputDir
 from .recipe import Recipe
 from .steps import HANDLERS, StepContext
 from .steps.quantize import QuantizeConfig

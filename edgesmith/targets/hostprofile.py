@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from .._io import work_folder
 from .graph import Layer
 from .latency import input_shape
 
@@ -31,7 +31,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
     from ..runtime.backends.ort_backend import _DTYPES
 
     ort = require("onnxruntime", "ort")
-    with tempfile.TemporaryDirectory(prefix="edgesmith-prof-") as tmp:
+    with work_folder("prof") as tmp:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

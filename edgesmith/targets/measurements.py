@@ -98,15 +98,19 @@ def load(folder: str | Path) -> dict[tuple[str, str], dict]:
     out = {}
     for path in sorted((Path(folder) / FOLDER).glob("*.json")):
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
             key = (record["artifact"], record["target"])
-            if "p50_ms" not in record:  # a record without a latency is not a measurement
-                raise KeyError("p50_ms")
-        except (json.JSONDecodeError, KeyError, TypeError):
+            if not all(isinstance(k, str) for k in key) or not _is_number(record.get("p50_ms")):
+                raise TypeError("not a measurement")  # a record without a latency is not a measurement
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise InputError(f"{path} is not a saved measurement; delete it or re-run `edgesmith profile ... "
                              "--save`") from None  # fmt: skip
         out[key] = record | {"file": f"{FOLDER}/{path.name}"}
     return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= 0
 
 
 def merge(estimate: dict, record: dict, artifact: Path) -> dict:
