@@ -61,9 +61,32 @@ def precision_of(artifact: Path) -> str:
         artifact = artifact.with_suffix(".tflite")
     manifest = artifact.with_name(artifact.name + ".json")
     try:
-        return str(json.loads(manifest.read_text()).get("precision", "unknown"))
-    except (OSError, ValueError, AttributeError):
+        return str(json.loads(manifest.read_text())["precision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _precision_from_graph(artifact)
+
+
+def _precision_from_graph(artifact: Path) -> str:
+    """Without a manifest: 'int8' when the graph holds 8-bit tensors or quantize ops, 'fp16' when it
+    holds float16 ones, else 'fp32'; 'unknown' (the loosest tolerance) when it cannot be read."""
+    try:
+        if artifact.suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(str(artifact), load_external_data=False).graph
+            ops = {n.op_type for n in graph.node}
+            types = {t.data_type for t in graph.initializer}
+            int8 = bool(ops & {"DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"})
+            fp16 = onnx.TensorProto.FLOAT16 in types
+        else:
+            from ..targets import arena, tflm
+
+            schema = arena.schema().TensorType
+            types = {t.type for t in arena.read(tflm.model_bytes(artifact)).subgraphs[0].tensors}
+            int8, fp16 = bool(types & {schema.INT8, schema.UINT8}), schema.FLOAT16 in types
+    except Exception:  # an unreadable graph: the runtime will say what is wrong with it
         return "unknown"
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
 def main(args) -> int:
