@@ -138,3 +138,11 @@ def test_cpuinfo_names_the_emulated_core():
     text = emulate._cpuinfo("cortex-a72")
     assert "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd08" in text
     assert text.count("processor\t:") == 4
+
+
+def test_targets_map_to_emulated_cores():
+    from edgesmith.targets import spec
+
+    assert emulate.cpu_for(spec.get("rpi4")) == "cortex-a72"  # its own core
+    assert emulate.cpu_for(spec.get("rpi5")) == "cortex-a76"
+    assert emulate.cpu_for(spec.get("pixel3a")) == "cortex-a76"  # Kryo 360 (A75): armv8.2-a, dot product

@@ -101,9 +101,8 @@ def main(args) -> int:
     session = load(artifact, exact=True)
     feeds = read_inputs(Path(args.input), session) if args.input else random_feeds(session)
     reference = session.run(feeds)
-    outputs, info = emulate.run_aarch64(artifact, feeds, cpu=args.cpu)
-    result = emulate.compare(reference, outputs, precision_of(artifact))
-    result |= {"artifact": artifact.name, "host_backend": session.backend, "device": info}
+    result = emulate.verify(artifact, feeds, reference, precision_of(artifact), cpu=args.cpu)
+    result |= {"artifact": artifact.name, "host_backend": session.backend}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
