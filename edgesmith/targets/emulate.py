@@ -50,15 +50,15 @@ PACKAGES = (
     "libexpat1",
     "libgomp1",
 )
-# aarch64 wheels (distribution, version installed here or None for the newest). ai-edge-litert's
-# aarch64 wheels are tagged manylinux_2_27, onnxruntime's 2_28: bookworm's glibc 2.36 takes both.
+# aarch64 wheels, at the versions installed here (`_pins`). ai-edge-litert's aarch64 wheels are
+# tagged manylinux_2_27, onnxruntime's 2_28: bookworm's glibc 2.36 takes both.
 WHEELS = ("numpy", "onnxruntime", "ai-edge-litert")
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64")
 
 # Emulated cores: qemu's -cpu name -> the MIDR part number and hwcaps a real one reports in
 # /proc/cpuinfo (Arm's Technical Reference Manuals, MIDR_EL1; Linux arch/arm64 cpuinfo names).
 CPUS = {
-    "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 3, many MCUs-class SoCs
+    "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 3, phones' little cores
     "cortex-a72": ("0xd08", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 4
     "cortex-a76": ("0xd0b", "fp asimd evtstrm crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
 }

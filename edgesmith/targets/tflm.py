@@ -52,7 +52,7 @@ class Arena:
 
     def to_json(self) -> dict:
         return {"total_bytes": self.total, "head_bytes": self.head, "tail_bytes": self.tail,
-                "categories": self.categories, "pointer_bytes": 8 * (sys.maxsize > 2**32) or 4}  # fmt: skip
+                "categories": self.categories, "pointer_bytes": 8 if sys.maxsize > 2**32 else 4}  # fmt: skip
 
 
 def model_bytes(path: str | Path) -> bytes:
@@ -120,8 +120,9 @@ class TflmSession:
             raise InputError(
                 f"TensorFlow Lite Micro cannot run this model: {'; '.join(lines[:2])[:300]}"
             ) from exc
-        self.inputs = self._details(self._interpreter.get_input_details, len(_model_io(data)[0]))
-        self.outputs = self._details(self._interpreter.get_output_details, len(_model_io(data)[1]))
+        inputs, outputs = _model_io(data)
+        self.inputs = self._details(self._interpreter.get_input_details, len(inputs))
+        self.outputs = self._details(self._interpreter.get_output_details, len(outputs))
         self.arena: Arena | None = None
 
     @staticmethod
