@@ -22,13 +22,15 @@ from ..targets.emulate import ARCHES, CPUS
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify",
-        help="run an artifact on emulated ARM and compare its outputs with this host's",
-        description="Runs ARTIFACT with edgesmith's device runtime here and on an emulated ARM core "
-        "(qemu-user, an arm64 Debian userland and the aarch64 wheels of ONNX Runtime / LiteRT, built "
-        "once into ~/.cache/edgesmith), and compares the outputs: max abs error, cosine, arg-max "
-        "agreement. Exits 1 when they disagree beyond the tolerance of the artifact's precision. "
-        "Needs the Debian packages qemu-user-static and mmdebstrap. Example: edgesmith verify "
-        "out/mnist_cnn.int8.onnx --emulate aarch64 --input batch.npz",
+        help="run an artifact on emulated ARM or on TensorFlow Lite Micro and compare the outputs",
+        description="--emulate aarch64: runs ARTIFACT with edgesmith's device runtime here and on an "
+        "emulated ARM core (qemu-user, an arm64 Debian userland and the aarch64 wheels of ONNX Runtime "
+        "/ LiteRT, built once into ~/.cache/edgesmith; needs the Debian packages qemu-user-static and "
+        "mmdebstrap). --tflm: runs a .tflite or c-array artifact on TensorFlow Lite Micro's interpreter "
+        "and on LiteRT, and compares TFLM's arena with the planner's (needs edgesmith[tflm]). Compares "
+        "the outputs (max abs error, cosine, arg-max agreement) and exits 1 when they disagree beyond "
+        "the tolerance of the artifact's precision. Example: edgesmith verify out/mnist_cnn.int8.onnx "
+        "--emulate aarch64 --input batch.npz",
     )
     p.add_argument("artifact", metavar="ARTIFACT")
     how = p.add_mutually_exclusive_group(required=True)
@@ -116,12 +118,7 @@ def _print(result: dict) -> None:
         f"{result['artifact']} ({result['precision']}) on emulated {info['machine']} {info['cpu']} "
         f"({info['backend']} {info['backend_version']}) vs this host ({result['host_backend']}):"
     )
-    for name, row in result["outputs"].items():
-        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
-        verdict = "ok" if row["ok"] else "DIFFERS"
-        print(
-            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
-        )
+    _print_outputs(result)
     tol = result["tolerance"]
     print(
         f"tolerance for {result['precision']}: cosine >= {tol['cosine']}, agreement >= {tol['agreement']:.0%}, "
@@ -155,15 +152,19 @@ def _tflm(args) -> int:
 
 def _print_tflm(result: dict) -> None:
     print(f"{result['artifact']} ({result['precision']}) on TensorFlow Lite Micro vs LiteRT:")
-    for name, row in result["outputs"].items():
-        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
-        verdict = "ok" if row["ok"] else "DIFFERS"
-        print(
-            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
-        )
+    _print_outputs(result)
     arena = result["arena"]
     print(
         f"arena: TFLM {arena['tflm']['total_bytes']} B ({arena['tflm']['head_bytes']} planned + "
         f"{arena['tflm']['tail_bytes']} persistent, 64-bit host), planner {arena['estimate']['total_bytes_estimate']} B "
         f"({arena['error_pct']:+.2f}%)"
     )
+
+
+def _print_outputs(result: dict) -> None:
+    for name, row in result["outputs"].items():
+        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
+        verdict = "ok" if row["ok"] else "DIFFERS"
+        print(
+            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
+        )
