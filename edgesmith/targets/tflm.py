@@ -146,15 +146,26 @@ class TflmSession:
         for start in range(0, total, batch):
             for i, (x, d) in enumerate(zip(feeds, self.inputs, strict=True)):
                 self._interpreter.set_input(_to_input(x[start : start + batch], d), i)
-            self._interpreter.invoke()
+            self._invoke()
             parts.append(
                 [_from_output(self._interpreter.get_output(i), d) for i, d in enumerate(self.outputs)]
             )
-            if self.arena is None:
-                with _captured_stderr() as text:
-                    self._interpreter.print_allocations()
-                self.arena = parse_allocations(text[0])
         return [np.concatenate([p[i] for p in parts])[:total] for i in range(len(self.outputs))]
+
+    def _invoke(self) -> None:
+        """One invoke; a kernel TFLM lacks (an int8 SQRT...) fails here, with TFLM's own reason."""
+        try:
+            with _captured_stderr() as log:
+                self._interpreter.invoke()
+        except RuntimeError as exc:
+            lines = [line for line in log[0].splitlines() if line.strip()] or [str(exc)]
+            raise InputError(
+                f"TensorFlow Lite Micro cannot run this model: {'; '.join(lines[:2])[:300]}"
+            ) from exc
+        if self.arena is None:  # read after the first invoke: kernels may allocate in their first Eval
+            with _captured_stderr() as text:
+                self._interpreter.print_allocations()
+            self.arena = parse_allocations(text[0])
 
 
 def _arena_size(data: bytes) -> int:
