@@ -22,13 +22,15 @@ from ..targets.emulate import ARCHES, CPUS
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify",
-        help="run an artifact on emulated ARM and compare its outputs with this host's",
-        description="Runs ARTIFACT with edgesmith's device runtime here and on an emulated ARM core "
-        "(qemu-user, an arm64 Debian userland and the aarch64 wheels of ONNX Runtime / LiteRT, built "
-        "once into ~/.cache/edgesmith), and compares the outputs: max abs error, cosine, arg-max "
-        "agreement. Exits 1 when they disagree beyond the tolerance of the artifact's precision. "
-        "Needs the Debian packages qemu-user-static and mmdebstrap. Example: edgesmith verify "
-        "out/mnist_cnn.int8.onnx --emulate aarch64 --input batch.npz",
+        help="run an artifact on emulated ARM or on TensorFlow Lite Micro and compare the outputs",
+        description="--emulate aarch64: runs ARTIFACT with edgesmith's device runtime here and on an "
+        "emulated ARM core (qemu-user, an arm64 Debian userland and the aarch64 wheels of ONNX Runtime "
+        "/ LiteRT, built once into ~/.cache/edgesmith; needs the Debian packages qemu-user-static and "
+        "mmdebstrap). --tflm: runs a .tflite or c-array artifact on TensorFlow Lite Micro's interpreter "
+        "and on LiteRT, and compares TFLM's arena with the planner's (needs edgesmith[tflm]). Compares "
+        "the outputs (max abs error, cosine, arg-max agreement) and exits 1 when they disagree beyond "
+        "the tolerance of the artifact's precision. Example: edgesmith verify out/mnist_cnn.int8.onnx "
+        "--emulate aarch64 --input batch.npz",
     )
     p.add_argument("artifact", metavar="ARTIFACT")
     how = p.add_mutually_exclusive_group(required=True)
@@ -61,9 +63,32 @@ def precision_of(artifact: Path) -> str:
         artifact = artifact.with_suffix(".tflite")
     manifest = artifact.with_name(artifact.name + ".json")
     try:
-        return str(json.loads(manifest.read_text()).get("precision", "unknown"))
-    except (OSError, ValueError, AttributeError):
+        return str(json.loads(manifest.read_text())["precision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _precision_from_graph(artifact)
+
+
+def _precision_from_graph(artifact: Path) -> str:
+    """Without a manifest: 'int8' when the graph holds 8-bit tensors or quantize ops, 'fp16' when it
+    holds float16 ones, else 'fp32'; 'unknown' (the loosest tolerance) when it cannot be read."""
+    try:
+        if artifact.suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(str(artifact), load_external_data=False).graph
+            ops = {n.op_type for n in graph.node}
+            types = {t.data_type for t in graph.initializer}
+            int8 = bool(ops & {"DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"})
+            fp16 = onnx.TensorProto.FLOAT16 in types
+        else:
+            from ..targets import arena, tflm
+
+            schema = arena.schema().TensorType
+            types = {t.type for t in arena.read(tflm.model_bytes(artifact)).subgraphs[0].tensors}
+            int8, fp16 = bool(types & {schema.INT8, schema.UINT8}), schema.FLOAT16 in types
+    except Exception:  # an unreadable graph: the runtime will say what is wrong with it
         return "unknown"
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
 def main(args) -> int:
@@ -78,9 +103,8 @@ def main(args) -> int:
     session = load(artifact, exact=True)
     feeds = read_inputs(Path(args.input), session) if args.input else random_feeds(session)
     reference = session.run(feeds)
-    outputs, info = emulate.run_aarch64(artifact, feeds, cpu=args.cpu)
-    result = emulate.compare(reference, outputs, precision_of(artifact))
-    result |= {"artifact": artifact.name, "host_backend": session.backend, "device": info}
+    result = emulate.verify(artifact, feeds, reference, precision_of(artifact), cpu=args.cpu)
+    result |= {"artifact": artifact.name, "host_backend": session.backend}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -94,12 +118,7 @@ def _print(result: dict) -> None:
         f"{result['artifact']} ({result['precision']}) on emulated {info['machine']} {info['cpu']} "
         f"({info['backend']} {info['backend_version']}) vs this host ({result['host_backend']}):"
     )
-    for name, row in result["outputs"].items():
-        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
-        verdict = "ok" if row["ok"] else "DIFFERS"
-        print(
-            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
-        )
+    _print_outputs(result)
     tol = result["tolerance"]
     print(
         f"tolerance for {result['precision']}: cosine >= {tol['cosine']}, agreement >= {tol['agreement']:.0%}, "
@@ -133,15 +152,19 @@ def _tflm(args) -> int:
 
 def _print_tflm(result: dict) -> None:
     print(f"{result['artifact']} ({result['precision']}) on TensorFlow Lite Micro vs LiteRT:")
-    for name, row in result["outputs"].items():
-        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
-        verdict = "ok" if row["ok"] else "DIFFERS"
-        print(
-            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
-        )
+    _print_outputs(result)
     arena = result["arena"]
     print(
         f"arena: TFLM {arena['tflm']['total_bytes']} B ({arena['tflm']['head_bytes']} planned + "
         f"{arena['tflm']['tail_bytes']} persistent, 64-bit host), planner {arena['estimate']['total_bytes_estimate']} B "
         f"({arena['error_pct']:+.2f}%)"
     )
+
+
+def _print_outputs(result: dict) -> None:
+    for name, row in result["outputs"].items():
+        agreement = f", arg-max agreement {row['agreement']:.2%}" if "agreement" in row else ""
+        verdict = "ok" if row["ok"] else "DIFFERS"
+        print(
+            f"  {name}: max abs error {row['max_abs_error']:.3g}, cosine {row['cosine']:.6f}{agreement}: {verdict}"
+        )

@@ -8,7 +8,8 @@ aarch64 wheels of numpy, onnxruntime and ai-edge-litert (the versions installed 
 and the device run the same release) are fetched with `pip download --platform ...` and unpacked.
 Both are built once into `~/.cache/edgesmith/arm64-<hash>` (the hash covers everything that goes
 in): in a temporary folder beside it, renamed into place when complete, so an interrupted or
-concurrent build never leaves a half-made userland behind.
+concurrent build never leaves a half-made userland behind. Each emulated core gets a small root of
+symlinks into it with its own /proc/cpuinfo.
 
 `qemu-aarch64-static -L ROOT` looks guest paths up under ROOT first, then on the host: the guest's
 Python finds its stdlib in ROOT and reads the model and the feeds from the host's temporary folder.
@@ -49,21 +50,30 @@ PACKAGES = (
     "libexpat1",
     "libgomp1",
 )
-# aarch64 wheels (distribution, version installed here or None for the newest). ai-edge-litert's
-# aarch64 wheels are tagged manylinux_2_27, onnxruntime's 2_28: bookworm's glibc 2.36 takes both.
+# aarch64 wheels, at the versions installed here (`_pins`). ai-edge-litert's aarch64 wheels are
+# tagged manylinux_2_27, onnxruntime's 2_28: bookworm's glibc 2.36 takes both.
 WHEELS = ("numpy", "onnxruntime", "ai-edge-litert")
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64")
 
 # Emulated cores: qemu's -cpu name -> the MIDR part number and hwcaps a real one reports in
 # /proc/cpuinfo (Arm's Technical Reference Manuals, MIDR_EL1; Linux arch/arm64 cpuinfo names).
 CPUS = {
-    "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 3, many MCUs-class SoCs
+    "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 3, phones' little cores
     "cortex-a72": ("0xd08", "fp asimd evtstrm crc32 cpuid"),  # Raspberry Pi 4
     "cortex-a76": ("0xd0b", "fp asimd evtstrm crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
 }
 # The device side of the package: what `edgesmith.runtime` imports, nothing of the converter.
 DEVICE_FILES = ("__init__.py", "errors.py", "runtime")
 GUEST = Path(__file__).with_name("emulate_guest.py")
+
+
+def cpu_for(target) -> str:
+    """The emulated core for a device spec (`spec.Target`): its own core when qemu has it
+    (rpi4: cortex-a72), else the closest by ISA (armv8.2-a and later: cortex-a76, with dot product)."""
+    core = target.core.lower()
+    if core in CPUS:
+        return core
+    return "cortex-a72" if target.isa in ("armv8-a", "armv8.0-a") else "cortex-a76"
 
 
 def check_tools() -> str:
@@ -103,35 +113,54 @@ def _cpuinfo(cpu: str) -> str:
     return "".join(f"processor\t: {i}\n{block}\n" for i in range(4))
 
 
-def userland(cpu: str = "cortex-a72") -> Path:
-    """The cached arm64 userland + wheels for `cpu` (built on first use): a folder with `root/`
-    (the -L prefix) and `site/` (the unpacked wheels)."""
+def userland(cpu: str = "cortex-a72") -> tuple[Path, Path]:
+    """(root, site) for `cpu`, built on first use: `root` is the -L prefix, `site` the unpacked
+    wheels. The userland and wheels are shared by every core; each core's root is a folder of
+    symlinks into it plus its own proc/cpuinfo (a few bytes, not another 260 MB)."""
     if cpu not in CPUS:
         raise EdgesmithError(f"unknown ARM core '{cpu}'; choose from {sorted(CPUS)}")
     check_tools()
     pins = _pins()
-    key = json.dumps([SUITE, PACKAGES, pins, PLATFORMS, _cpuinfo(cpu)])
+    key = json.dumps([SUITE, PACKAGES, pins, PLATFORMS])
     folder = cache_root() / f"arm64-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if (folder / "complete").is_file():
-        return folder
+    _build_once(folder, lambda staging: _build_userland(staging, pins, key))
+    cpu_root = folder / f"cpu-{cpu}"
+    _build_once(cpu_root, lambda staging: _link_cpu_root(staging, folder / "root", cpu))
+    return cpu_root, folder / "site"
+
+
+def _build_once(folder: Path, build) -> None:
+    """`build(staging)` into a temporary folder beside `folder`, renamed into place when complete,
+    unless `folder` exists: an interrupted build leaves nothing, a concurrent one loses the rename."""
+    if folder.exists():
+        return
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _debootstrap(staging / "root")
-        (staging / "root" / "proc").mkdir(exist_ok=True)
-        (staging / "root" / "proc" / "cpuinfo").write_text(_cpuinfo(cpu))
-        _wheels(pins, staging / "site", staging / "downloads")
-        shutil.rmtree(staging / "downloads")
-        _precompile(staging)
-        (staging / "complete").write_text(key + "\n")
+        build(staging)
         try:
             staging.rename(folder)
         except OSError:  # another process finished first: its copy is as good as ours
-            if not (folder / "complete").is_file():
+            if not folder.exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+
+def _build_userland(staging: Path, pins: list[str], key: str) -> None:
+    _debootstrap(staging / "root")
+    _wheels(pins, staging / "site", staging / "downloads")
+    shutil.rmtree(staging / "downloads")
+    _precompile(staging)
+    (staging / "built.json").write_text(key + "\n")
+
+
+def _link_cpu_root(staging: Path, root: Path, cpu: str) -> None:
+    for entry in sorted(root.iterdir()):
+        if entry.name != "proc":
+            (staging / entry.name).symlink_to(Path("..") / root.name / entry.name)
+    (staging / "proc").mkdir()
+    (staging / "proc" / "cpuinfo").write_text(_cpuinfo(cpu))
 
 
 def _run_tool(cmd: list[str], what: str) -> None:
@@ -224,8 +253,7 @@ def run_aarch64(
     Returns the outputs and what ran them (backend and its version, machine, the guest's wall time of
     load and run under emulation, which says nothing about a real device's speed)."""
     qemu = check_tools()
-    env_folder = userland(cpu)
-    root, site = env_folder / "root", env_folder / "site"
+    root, site = userland(cpu)
     with tempfile.TemporaryDirectory(prefix="edgesmith-emulate-") as tmp:
         work = Path(tmp)
         _copy_device_package(work / "pkg")
@@ -257,6 +285,19 @@ def _guest_error(done: subprocess.CompletedProcess, name: str) -> Exception:
     if done.returncode < 0:
         last = f"killed by signal {-done.returncode}"
     return RuntimeError(f"running {name} under qemu-aarch64 failed: {last[:400]}")
+
+
+def verify(
+    artifact: Path,
+    feeds: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    precision: str,
+    cpu: str = "cortex-a72",
+) -> dict:
+    """`compare` of the emulated run of `artifact` on `feeds` with `reference` (the host's outputs),
+    plus what ran it (`device`). `convert` can call this per artifact for an ARM target."""
+    outputs, info = run_aarch64(artifact, feeds, cpu=cpu)
+    return compare(reference, outputs, precision) | {"device": info}
 
 
 # --- comparing the emulated run with the host's ---------------------------------------------------

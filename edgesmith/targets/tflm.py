@@ -52,7 +52,7 @@ class Arena:
 
     def to_json(self) -> dict:
         return {"total_bytes": self.total, "head_bytes": self.head, "tail_bytes": self.tail,
-                "categories": self.categories, "pointer_bytes": 8 * (sys.maxsize > 2**32) or 4}  # fmt: skip
+                "categories": self.categories, "pointer_bytes": 8 if sys.maxsize > 2**32 else 4}  # fmt: skip
 
 
 def model_bytes(path: str | Path) -> bytes:
@@ -120,8 +120,9 @@ class TflmSession:
             raise InputError(
                 f"TensorFlow Lite Micro cannot run this model: {'; '.join(lines[:2])[:300]}"
             ) from exc
-        self.inputs = self._details(self._interpreter.get_input_details, len(_model_io(data)[0]))
-        self.outputs = self._details(self._interpreter.get_output_details, len(_model_io(data)[1]))
+        inputs, outputs = _model_io(data)
+        self.inputs = self._details(self._interpreter.get_input_details, len(inputs))
+        self.outputs = self._details(self._interpreter.get_output_details, len(outputs))
         self.arena: Arena | None = None
 
     @staticmethod
@@ -145,15 +146,26 @@ class TflmSession:
         for start in range(0, total, batch):
             for i, (x, d) in enumerate(zip(feeds, self.inputs, strict=True)):
                 self._interpreter.set_input(_to_input(x[start : start + batch], d), i)
-            self._interpreter.invoke()
+            self._invoke()
             parts.append(
                 [_from_output(self._interpreter.get_output(i), d) for i, d in enumerate(self.outputs)]
             )
-            if self.arena is None:
-                with _captured_stderr() as text:
-                    self._interpreter.print_allocations()
-                self.arena = parse_allocations(text[0])
         return [np.concatenate([p[i] for p in parts])[:total] for i in range(len(self.outputs))]
+
+    def _invoke(self) -> None:
+        """One invoke; a kernel TFLM lacks (an int8 SQRT...) fails here, with TFLM's own reason."""
+        try:
+            with _captured_stderr() as log:
+                self._interpreter.invoke()
+        except RuntimeError as exc:
+            lines = [line for line in log[0].splitlines() if line.strip()] or [str(exc)]
+            raise InputError(
+                f"TensorFlow Lite Micro cannot run this model: {'; '.join(lines[:2])[:300]}"
+            ) from exc
+        if self.arena is None:  # read after the first invoke: kernels may allocate in their first Eval
+            with _captured_stderr() as text:
+                self._interpreter.print_allocations()
+            self.arena = parse_allocations(text[0])
 
 
 def _arena_size(data: bytes) -> int:
