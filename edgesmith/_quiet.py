@@ -100,3 +100,63 @@ def set_verbose(verbose: bool) -> None:
 def onnxruntime_log_level() -> int:
     """ONNX Runtime's severity threshold: 0 verbose ... 3 errors only (its warnings are noise here)."""
     return 2 if VERBOSE else 3
+
+
+# Loggers of the frameworks edgesmith drives; below ERROR they only talk about themselves.
+FRAMEWORK_LOGGERS = (*TENSORFLOW, "torch", "torch.utils._pytree", "torchao", "onnxscript", "onnx_ir", "nncf", "openvino",
+                     "neural_compressor", "ai_edge_quantizer", "transformers", "ray")  # fmt: skip
+
+
+@contextlib.contextmanager
+def hushed_process():
+    """For a whole CLI command: what frameworks write straight to descriptors 1 and 2 (C++ logs,
+    absl, oneDNN notes) goes to a temporary file kept in `CAPTURED` (for the internal-error log),
+    their loggers keep only errors, while edgesmith's own output (tables, progress bars, the error
+    line) still reaches the terminal through sys.stdout/sys.stderr, re-pointed at copies of the
+    original descriptors. Where sys.stdout/sys.stderr are not the descriptors (pytest, notebooks)
+    they are left alone. Does nothing with `VERBOSE`."""
+    if VERBOSE:
+        yield
+        return
+    saved_levels = [(logging.getLogger(n), logging.getLogger(n).level) for n in FRAMEWORK_LOGGERS]
+    for logger, _ in saved_levels:
+        logger.setLevel(logging.ERROR)
+    last_resort = logging.lastResort
+    if last_resort is not None:
+        logging.lastResort = logging.StreamHandler()
+        logging.lastResort.setLevel(logging.ERROR)
+    streams = {1: "stdout", 2: "stderr"}
+    _flush()
+    copies = {fd: os.dup(fd) for fd in streams}
+    replaced = {}
+    for fd, name in streams.items():
+        stream = getattr(sys, name)
+        try:
+            is_fd = stream.fileno() == fd
+        except (AttributeError, OSError, ValueError):
+            is_fd = False
+        if is_fd:
+            replaced[name] = stream
+            setattr(sys, name, io.TextIOWrapper(os.fdopen(os.dup(copies[fd]), "wb", buffering=0),
+                                                encoding=stream.encoding, errors=stream.errors,
+                                                line_buffering=True, write_through=True))  # fmt: skip
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for fd in streams:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            _flush()
+            for fd, copy in copies.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            for name, stream in replaced.items():
+                getattr(sys, name).close()
+                setattr(sys, name, stream)
+            for logger, level in saved_levels:
+                logger.setLevel(level)
+            logging.lastResort = last_resort
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text:
+                CAPTURED.append(text)

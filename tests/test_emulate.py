@@ -146,3 +146,18 @@ def test_targets_map_to_emulated_cores():
     assert emulate.cpu_for(spec.get("rpi4")) == "cortex-a72"  # its own core
     assert emulate.cpu_for(spec.get("rpi5")) == "cortex-a76"
     assert emulate.cpu_for(spec.get("pixel3a")) == "cortex-a76"  # Kryo 360 (A75): armv8.2-a, dot product
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_convert_for_an_arm_target_runs_each_artifact_on_arm(arm64, cli, tmp_path):
+    """`convert --target rpi4`: ARM INT8 types, and the artifact also run on emulated ARM kernels."""
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("convert", SHIPPED_MODEL, "--preset", "int8", "--target", "rpi4",
+                               "--calibration", SHIPPED_CALIBRATION, "--out", out, "--quiet")  # fmt: skip
+    assert code == 0, stderr
+    [artifact] = json.loads((out / "report.json").read_text())["artifacts"]
+    assert artifact["quantization"]["types"]["activations"] == "int8"
+    emulated = artifact["emulated"]["rpi4"]
+    assert emulated["device"]["machine"] == "aarch64" and emulated["device"]["cpu"] == "cortex-a72"
+    assert emulated["ok"] and emulated["outputs"]["logits"]["agreement"] == 1.0

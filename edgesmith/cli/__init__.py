@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
     try:
-        return args._main(args)
+        with _quiet.hushed_process():
+            return args._main(args)
     except EdgesmithError as exc:
         print(f"edgesmith: error: {exc}", file=sys.stderr)
         return exc.exit_code

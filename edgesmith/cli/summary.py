@@ -124,6 +124,14 @@ def print_summary(report: dict, out) -> None:
         if "types" in step:
             t = step["types"]
             print(f"\nINT8 types: {t['activations']} activations x {t['weights']} weights: {t['reason']}")
+    for a in report["artifacts"]:
+        for target, emulated in (a.get("emulated") or {}).items():
+            worst = min(o["cosine"] for o in emulated["outputs"].values())
+            verdict = "matches this host" if emulated["ok"] else "DIFFERS from this host"
+            print(f"\n{a['path'].rsplit('/', 1)[-1]} on emulated ARM ({target}: {emulated['device']['cpu']}, "
+                  f"{emulated['device']['backend']}): {verdict} (min cosine {worst:.6f})", end="")  # fmt: skip
+    if (report.get("emulation") or {}).get("skipped"):
+        print(f"\nnot run on emulated ARM: {report['emulation']['skipped']}", end="")
     checked = (report.get("verify") or {}).get("data")
     if checked and checked != "eval":
         print(f"\nverified on {report['verify']['samples']} samples of {checked} (no labels: pass --eval "

@@ -158,7 +158,13 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             check_feedable(source.inputs, model_path or "the model")  # text inputs, a huge declared shape
             calibration, evaluation = _open_data(recipe, source)
             source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
-            ctx = StepContext(Path(tmp), lambda: calibration, recipe.calibration, quiet)
+            ctx = StepContext(
+                Path(tmp),
+                lambda: calibration,
+                recipe.calibration,
+                quiet,
+                devices=tuple(recipe.profile.targets),
+            )  # the targets pick the INT8 types
             changed, ctx, step_reports = _torch_stage(torch_steps, source, ctx)
             handle = changed.onnx
             for config in steps:
@@ -177,6 +183,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 report["steps"].append({"kind": "quantize", **first, "engines": engines})
             checked_on = _verification_data(recipe, source, evaluation)
             ref = _verify(source, checked_on, report, quiet)
+            _emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
                 _profile(source, report, recipe)
             if report["steps"]:
@@ -266,6 +273,40 @@ def _verify(source, data, report: dict, quiet: bool):
     report["verify"] = report["artifacts"][0]["verify"]
     report["original"] = {"metric": ref.metric, "score": ref.score, "size_bytes": source.onnx.size_bytes}
     return ref
+
+
+def _emulate_on_arm(report: dict, recipe: Recipe, data) -> None:
+    """A recipe with ARM targets (Raspberry Pis, phones): each ONNX/TFLite artifact also runs on ARM
+    kernels, under qemu-user (targets/emulate.py), on the first verification batch, and is compared
+    with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
+    from ..targets import spec
+
+    cpus = {}
+    for name in recipe.profile.targets:
+        target = spec.get(name)
+        if target.isa_family == "arm" and not target.is_mcu:
+            from ..targets import emulate
+
+            cpus.setdefault(emulate.cpu_for(target), name)
+    if not cpus:
+        return
+    from ..errors import EdgesmithError
+    from ..runtime import load as load_session
+    from ..targets import emulate
+
+    try:
+        emulate.check_tools()
+    except EdgesmithError as exc:
+        report["emulation"] = {"skipped": str(exc)}
+        return
+    feeds = next(iter(data.batches()))
+    for entry in report["artifacts"]:
+        path = Path(entry["path"])
+        if path.suffix not in (".onnx", ".tflite"):
+            continue
+        host = load_session(path, exact=True).run(feeds)
+        entry["emulated"] = {name: emulate.verify(path, feeds, host, entry["precision"], cpu=cpu)
+                             for cpu, name in cpus.items()}  # fmt: skip
 
 
 def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) -> list[dict]:
@@ -402,6 +443,13 @@ def _check_drop(report: dict, recipe: Recipe) -> None:
         min_cosine = recipe.verify.min_cosine
         if min_cosine is None and not changes_function:
             min_cosine = DEFAULT_MIN_COSINE.get(entry["precision"])
+        for target, emulated in (entry.get("emulated") or {}).items():
+            if not emulated["ok"]:
+                raise VerificationFailed(
+                    f"{name}: on emulated ARM ({target}, {emulated['device'].get('cpu', 'aarch64')}) its outputs "
+                    f"differ from this host's beyond the {entry['precision']} tolerance; see report.json "
+                    "artifacts[].emulated"
+                )
         worst = below_min_cosine(result, min_cosine) if min_cosine is not None else None
         if worst is not None:
             raise VerificationFailed(

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import work_folder
 from ..errors import EdgesmithError
 
 ARCHES = ("aarch64",)
@@ -63,7 +64,9 @@ CPUS = {
     "cortex-a76": ("0xd0b", "fp asimd evtstrm crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
 }
 # The device side of the package: what `edgesmith.runtime` imports, nothing of the converter.
-DEVICE_FILES = ("__init__.py", "errors.py", "runtime")
+# the device side of the package: what `import edgesmith.runtime` loads (tests/test_runtime.py checks
+# that list stays this short)
+DEVICE_FILES = ("__init__.py", "errors.py", "_io.py", "_quiet.py", "runtime")
 GUEST = Path(__file__).with_name("emulate_guest.py")
 
 
@@ -254,8 +257,7 @@ def run_aarch64(
     load and run under emulation, which says nothing about a real device's speed)."""
     qemu = check_tools()
     root, site = userland(cpu)
-    with tempfile.TemporaryDirectory(prefix="edgesmith-emulate-") as tmp:
-        work = Path(tmp)
+    with work_folder("emulate") as work:
         _copy_device_package(work / "pkg")
         np.savez(work / "feeds.npz", **feeds)
         cmd = [qemu, "-L", str(root), "-cpu", cpu, str(root / "usr" / "bin" / PYTHON), "-I", "-S",
