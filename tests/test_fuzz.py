@@ -148,10 +148,41 @@ def _inside(box: Sandbox):
         tempfile.tempdir = tempdir
 
 
-def cli(box: Sandbox, *argv, writes: tuple[Path, ...] | None = None) -> tuple[int, str, str]:
+# Crashes this suite found in code other helpers own, by (file, function, exception) of the deepest
+# edgesmith frame ("*": any exception). A generated case ending in one is set aside (hypothesis'
+# `reject`, counted in the statistics) so that the rest of the run still guards the contract; each has
+# a pinned reproducer at the end of this file, marked xfail(strict=True). Once fixed, that test passes,
+# strict fails it, and the entry here and the mark there go together.
+KNOWN_CRASHES = {
+    ("converter/data/arrays.py", "_open_arrays", "BadZipFile"): "truncated .npz",
+    ("converter/data/arrays.py", "__init__", "TypeError"): "0-d labels",
+    ("converter/data/images.py", "resolve_spec", "UnicodeDecodeError"): "non-UTF-8 preprocess.toml",
+    ("_io.py", "atomic_path", "IsADirectoryError"): "run --output DIR",
+    ("targets/report.py", "collect", "*"): "malformed report.json",
+    ("targets/report.py", "_table", "*"): "mistyped report.json values",
+}
+KNOWN_TEMP_PATH = "is not a valid ONNX model"  # the ONNX frontend names its temporary copy in this message
+
+
+def _known_crash(exc: BaseException) -> str | None:
+    marker = f"{os.sep}edgesmith{os.sep}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if marker in f.filename]
+    if not frames:
+        return None
+    file = frames[-1].filename.rsplit(marker, 1)[1]
+    for key in ((file, frames[-1].name, type(exc).__name__), (file, frames[-1].name, "*")):
+        if key in KNOWN_CRASHES:
+            return KNOWN_CRASHES[key]
+    return None
+
+
+def cli(
+    box: Sandbox, *argv, writes: tuple[Path, ...] | None = None, known: bool = True
+) -> tuple[int, str, str]:
     """Run `edgesmith ARGV` in `box` and check the contract; returns (code, stdout, stderr).
 
-    `writes`: the only paths that may change (default: `--out` and the `DIR.rejected` beside it)."""
+    `writes`: the only paths that may change (default: `--out` and the `DIR.rejected` beside it).
+    `known`: under @given, set a case that ends in a known crash aside instead of failing."""
     from edgesmith.cli import main
 
     writes = writes if writes is not None else (box.out, box.out.with_name(box.out.name + ".rejected"))
@@ -163,13 +194,27 @@ def cli(box: Sandbox, *argv, writes: tuple[Path, ...] | None = None) -> tuple[in
             code = main(argv)
         except SystemExit as exc:  # argparse: a malformed command line
             code = exc.code
-        except BaseException:  # anything escaping main() breaks the contract
+        except BaseException as exc:  # anything escaping main() breaks the contract
+            if known and _known_crash(exc):
+                _set_aside(f"known crash: {_known_crash(exc)}")
             pytest.fail(f"edgesmith {' '.join(argv)}: an exception escaped the CLI\n{traceback.format_exc()}")
+    if known and str(box.tmp) in stderr.getvalue() and KNOWN_TEMP_PATH in stderr.getvalue():
+        _set_aside("known: a temporary path in the message")
     check_contract(argv, code, stderr.getvalue(), before, _tree(box.root), box, writes)
     _note(f"exit {code}")
     if os.environ.get("EDGESMITH_FUZZ_MESSAGES"):  # the messages themselves, to read them over
         _note(stderr.getvalue().strip()[-150:])
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def _set_aside(why: str) -> None:
+    """Reject this generated case, counted as `why`; outside @given this does nothing."""
+    from hypothesis import reject
+    from hypothesis.control import currently_in_test_context
+
+    if currently_in_test_context():
+        _note(why)
+        reject()
 
 
 def _note(what: str) -> None:
@@ -724,11 +769,6 @@ def mutated_report(draw, original: bytes):
     return json.dumps(report).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets/report.py collect() reads report.json unchecked: JSONDecodeError/UnicodeDecodeError on "
-    "bad bytes, KeyError/TypeError on missing or mistyped keys (see the helper report); remove when fixed",
-)
 @settings(max_examples=examples(30))
 @given(data=st.data())
 def test_mutated_report_json(sandboxes, convert_folder, data):
@@ -825,7 +865,17 @@ def test_known_crash_in_convert(sandboxes, case):
         extra = KNOWN[case](box)
         recipe = box.write("r.toml", NO_PROFILE)
         code, _, err = cli(
-            box, "convert", model, "--preset", "fp32", "--recipe", recipe, "--out", box.out, *extra
+            box,
+            "convert",
+            model,
+            "--preset",
+            "fp32",
+            "--recipe",
+            recipe,
+            "--out",
+            box.out,
+            *extra,
+            known=False,
         )
         assert code == 2, err
 
@@ -838,5 +888,39 @@ def test_known_crash_run_output_is_a_folder(sandboxes, onnx_files):
         model = box.write("m.onnx", onnx_files["small"])
         np.savez(box.root / "x.npz", input=np.zeros((2, 1, 28, 28), np.float32))
         box.out.mkdir()
-        code, _, err = cli(box, "run", model, "--input", box.root / "x.npz", "--output", box.out)
+        code, _, err = cli(box, "run", model, "--input", box.root / "x.npz", "--output", box.out, known=False)
+        assert code == 2, err
+
+
+REPORT_DAMAGE = {
+    "empty report.json: JSONDecodeError": lambda text: "",
+    "non-UTF-8 report.json: UnicodeDecodeError": lambda text: text.replace("fp32", "\udcff"),
+    "no artifacts: KeyError": lambda text: json.dumps(
+        {k: v for k, v in json.loads(text).items() if k != "artifacts"}
+    ),
+    "an artifact's path a number: TypeError": lambda text: text.replace(
+        '"format": "onnx",\n      "path": ', '"format": "onnx",\n      "path": 7, "x": ', 1
+    ),
+    "an artifact's size null: TypeError in _table": lambda text: text.replace(
+        '"size_bytes": ', '"size_bytes": null, "x": '
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"targets/report.py: {k}"))
+        for k in REPORT_DAMAGE
+    ],
+)
+def test_known_crash_in_report(sandboxes, convert_folder, damage):
+    with sandboxes() as box:
+        shutil.copytree(convert_folder, box.out)
+        text = (box.out / "report.json").read_text()
+        damaged = REPORT_DAMAGE[damage](text)
+        assert damaged != text
+        (box.out / "report.json").write_bytes(damaged.encode("utf-8", "surrogateescape"))
+        writes = (box.out / "report.html", box.out / "targets.json")
+        code, _, err = cli(box, "report", box.out, "--target", "rpi4", writes=writes, known=False)
         assert code == 2, err
