@@ -564,6 +564,7 @@ def test_mutated_tflite_run(sandboxes, keras_files, data):
         check_contract(
             ["run", model.name], proc.returncode, proc.stderr, before, _tree(box.root), box, (box.out,)
         )
+        _note(f"exit {proc.returncode}")
 
 
 # -- data: npz/npy files and image folders --------------------------------------------------------------
