@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import types
 import typing
 from pathlib import Path
 
@@ -349,7 +350,7 @@ def values_for(cls: type, f: dataclasses.Field):
 def outer_type_is_wrong(tp, value) -> bool:
     """An oracle simpler than the validator: does `value` already fail on its outer TOML type?"""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return all(outer_type_is_wrong(a, value) for a in args)
     origin = typing.get_origin(tp) or tp
     if origin is typing.Literal:
@@ -399,18 +400,52 @@ def test_the_schema_covers_every_field_the_fuzzer_fills():
         ("calibration.preprocess", "mean"),
     } <= names
     assert len(SCHEMA) > 80
+    assert {("verify", "batch_size"), ("calibration.preprocess", "size"), ("model", "input_shapes")} <= {
+        (where, f.name) for where, _, f in BOUNDED
+    }
 
 
-@settings(max_examples=examples(25))
-@given(st.data())
-def test_bad_recipe_through_the_cli_is_refused_before_the_model_is_read(sandboxes, data):
+def out_of_range(tp, rules: dict) -> list:
+    """Numbers just outside a field's declared bounds, shaped like the field (a list or table of them)."""
+    bad = [rules["ge"] - 1] if "ge" in rules else [rules["gt"], rules["gt"] - 1] if "gt" in rules else []
+    bad += [rules["le"] + 1] if "le" in rules else [rules["lt"], rules["lt"] + 1] if "lt" in rules else []
+    origin, args = typing.get_origin(tp), [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        return out_of_range(args[0], rules)
+    if origin is list:
+        return [[v] for v in out_of_range(args[0], rules)]
+    if origin is dict:
+        return [{"x": v} for v in out_of_range(args[1], rules)]
+    return [int(v) if tp is int else float(v) for v in bad] if tp in (int, float) else []
+
+
+BOUNDED = [
+    (w, c, f)
+    for w, c, f in SCHEMA
+    if out_of_range(typing.get_type_hints(c)[f.name], f.metadata.get("rules", {}))
+]
+
+
+@st.composite
+def wrong_setting(draw):
+    """(place, field, value) with a value of the wrong outer type, or of the right type out of range."""
+    if draw(st.booleans()):
+        where, cls, f = draw(st.sampled_from(BOUNDED))
+        rules = f.metadata.get("rules", {})
+        return where, f, draw(st.sampled_from(out_of_range(typing.get_type_hints(cls)[f.name], rules)))
+    where, cls, f = draw(st.sampled_from(SCHEMA))
+    tp = typing.get_type_hints(cls)[f.name]
+    return where, f, draw(toml_values.filter(lambda v: outer_type_is_wrong(tp, v)))
+
+
+@settings(max_examples=examples(30))
+@given(wrong_setting())
+def test_bad_recipe_through_the_cli_is_refused_before_the_model_is_read(sandboxes, setting):
     """A wrong value in a recipe file: exit 2 and one line naming the key, before the model is opened
     (the model here is not even a model), with no output folder."""
     import tomli_w
 
-    where, cls, f = data.draw(st.sampled_from(SCHEMA), label="field")
-    tp = typing.get_type_hints(cls)[f.name]
-    value = data.draw(toml_values.filter(lambda v: outer_type_is_wrong(tp, v)), label="wrong value")
+    where, f, value = setting
     table, name = place(where, f.name, value)
     with sandboxes() as box:
         recipe = box.write("r.toml", tomli_w.dumps(table))
