@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import types
 import typing
 from pathlib import Path
 
@@ -148,10 +149,41 @@ def _inside(box: Sandbox):
         tempfile.tempdir = tempdir
 
 
-def cli(box: Sandbox, *argv, writes: tuple[Path, ...] | None = None) -> tuple[int, str, str]:
+# Crashes this suite found in code other helpers own, by (file, function, exception) of the deepest
+# edgesmith frame ("*": any exception). A generated case ending in one is set aside (hypothesis'
+# `reject`, counted in the statistics) so that the rest of the run still guards the contract; each has
+# a pinned reproducer at the end of this file, marked xfail(strict=True). Once fixed, that test passes,
+# strict fails it, and the entry here and the mark there go together.
+KNOWN_CRASHES = {
+    ("converter/data/arrays.py", "_open_arrays", "BadZipFile"): "truncated .npz",
+    ("converter/data/arrays.py", "__init__", "TypeError"): "0-d labels",
+    ("converter/data/images.py", "resolve_spec", "UnicodeDecodeError"): "non-UTF-8 preprocess.toml",
+    ("_io.py", "atomic_path", "IsADirectoryError"): "run --output DIR",
+    ("targets/report.py", "collect", "*"): "malformed report.json",
+    ("targets/report.py", "_table", "*"): "mistyped report.json values",
+}
+KNOWN_TEMP_PATH = "is not a valid ONNX model"  # the ONNX frontend names its temporary copy in this message
+
+
+def _known_crash(exc: BaseException) -> str | None:
+    marker = f"{os.sep}edgesmith{os.sep}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if marker in f.filename]
+    if not frames:
+        return None
+    file = frames[-1].filename.rsplit(marker, 1)[1]
+    for key in ((file, frames[-1].name, type(exc).__name__), (file, frames[-1].name, "*")):
+        if key in KNOWN_CRASHES:
+            return KNOWN_CRASHES[key]
+    return None
+
+
+def cli(
+    box: Sandbox, *argv, writes: tuple[Path, ...] | None = None, known: bool = True
+) -> tuple[int, str, str]:
     """Run `edgesmith ARGV` in `box` and check the contract; returns (code, stdout, stderr).
 
-    `writes`: the only paths that may change (default: `--out` and the `DIR.rejected` beside it)."""
+    `writes`: the only paths that may change (default: `--out` and the `DIR.rejected` beside it).
+    `known`: under @given, set a case that ends in a known crash aside instead of failing."""
     from edgesmith.cli import main
 
     writes = writes if writes is not None else (box.out, box.out.with_name(box.out.name + ".rejected"))
@@ -163,13 +195,27 @@ def cli(box: Sandbox, *argv, writes: tuple[Path, ...] | None = None) -> tuple[in
             code = main(argv)
         except SystemExit as exc:  # argparse: a malformed command line
             code = exc.code
-        except BaseException:  # anything escaping main() breaks the contract
+        except BaseException as exc:  # anything escaping main() breaks the contract
+            if known and _known_crash(exc):
+                _set_aside(f"known crash: {_known_crash(exc)}")
             pytest.fail(f"edgesmith {' '.join(argv)}: an exception escaped the CLI\n{traceback.format_exc()}")
+    if known and str(box.tmp) in stderr.getvalue() and KNOWN_TEMP_PATH in stderr.getvalue():
+        _set_aside("known: a temporary path in the message")
     check_contract(argv, code, stderr.getvalue(), before, _tree(box.root), box, writes)
     _note(f"exit {code}")
     if os.environ.get("EDGESMITH_FUZZ_MESSAGES"):  # the messages themselves, to read them over
         _note(stderr.getvalue().strip()[-150:])
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def _set_aside(why: str) -> None:
+    """Reject this generated case, counted as `why`; outside @given this does nothing."""
+    from hypothesis import reject
+    from hypothesis.control import currently_in_test_context
+
+    if currently_in_test_context():
+        _note(why)
+        reject()
 
 
 def _note(what: str) -> None:
@@ -304,7 +350,7 @@ def values_for(cls: type, f: dataclasses.Field):
 def outer_type_is_wrong(tp, value) -> bool:
     """An oracle simpler than the validator: does `value` already fail on its outer TOML type?"""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return all(outer_type_is_wrong(a, value) for a in args)
     origin = typing.get_origin(tp) or tp
     if origin is typing.Literal:
@@ -354,18 +400,52 @@ def test_the_schema_covers_every_field_the_fuzzer_fills():
         ("calibration.preprocess", "mean"),
     } <= names
     assert len(SCHEMA) > 80
+    assert {("verify", "batch_size"), ("calibration.preprocess", "size"), ("model", "input_shapes")} <= {
+        (where, f.name) for where, _, f in BOUNDED
+    }
 
 
-@settings(max_examples=examples(25))
-@given(st.data())
-def test_bad_recipe_through_the_cli_is_refused_before_the_model_is_read(sandboxes, data):
+def out_of_range(tp, rules: dict) -> list:
+    """Numbers just outside a field's declared bounds, shaped like the field (a list or table of them)."""
+    bad = [rules["ge"] - 1] if "ge" in rules else [rules["gt"], rules["gt"] - 1] if "gt" in rules else []
+    bad += [rules["le"] + 1] if "le" in rules else [rules["lt"], rules["lt"] + 1] if "lt" in rules else []
+    origin, args = typing.get_origin(tp), [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        return out_of_range(args[0], rules)
+    if origin is list:
+        return [[v] for v in out_of_range(args[0], rules)]
+    if origin is dict:
+        return [{"x": v} for v in out_of_range(args[1], rules)]
+    return [int(v) if tp is int else float(v) for v in bad] if tp in (int, float) else []
+
+
+BOUNDED = [
+    (w, c, f)
+    for w, c, f in SCHEMA
+    if out_of_range(typing.get_type_hints(c)[f.name], f.metadata.get("rules", {}))
+]
+
+
+@st.composite
+def wrong_setting(draw):
+    """(place, field, value) with a value of the wrong outer type, or of the right type out of range."""
+    if draw(st.booleans()):
+        where, cls, f = draw(st.sampled_from(BOUNDED))
+        rules = f.metadata.get("rules", {})
+        return where, f, draw(st.sampled_from(out_of_range(typing.get_type_hints(cls)[f.name], rules)))
+    where, cls, f = draw(st.sampled_from(SCHEMA))
+    tp = typing.get_type_hints(cls)[f.name]
+    return where, f, draw(toml_values.filter(lambda v: outer_type_is_wrong(tp, v)))
+
+
+@settings(max_examples=examples(30))
+@given(wrong_setting())
+def test_bad_recipe_through_the_cli_is_refused_before_the_model_is_read(sandboxes, setting):
     """A wrong value in a recipe file: exit 2 and one line naming the key, before the model is opened
     (the model here is not even a model), with no output folder."""
     import tomli_w
 
-    where, cls, f = data.draw(st.sampled_from(SCHEMA), label="field")
-    tp = typing.get_type_hints(cls)[f.name]
-    value = data.draw(toml_values.filter(lambda v: outer_type_is_wrong(tp, v)), label="wrong value")
+    where, f, value = setting
     table, name = place(where, f.name, value)
     with sandboxes() as box:
         recipe = box.write("r.toml", tomli_w.dumps(table))
@@ -519,6 +599,7 @@ def test_mutated_tflite_run(sandboxes, keras_files, data):
         check_contract(
             ["run", model.name], proc.returncode, proc.stderr, before, _tree(box.root), box, (box.out,)
         )
+        _note(f"exit {proc.returncode}")
 
 
 # -- data: npz/npy files and image folders --------------------------------------------------------------
@@ -724,11 +805,6 @@ def mutated_report(draw, original: bytes):
     return json.dumps(report).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets/report.py collect() reads report.json unchecked: JSONDecodeError/UnicodeDecodeError on "
-    "bad bytes, KeyError/TypeError on missing or mistyped keys (see the helper report); remove when fixed",
-)
 @settings(max_examples=examples(30))
 @given(data=st.data())
 def test_mutated_report_json(sandboxes, convert_folder, data):
@@ -825,7 +901,17 @@ def test_known_crash_in_convert(sandboxes, case):
         extra = KNOWN[case](box)
         recipe = box.write("r.toml", NO_PROFILE)
         code, _, err = cli(
-            box, "convert", model, "--preset", "fp32", "--recipe", recipe, "--out", box.out, *extra
+            box,
+            "convert",
+            model,
+            "--preset",
+            "fp32",
+            "--recipe",
+            recipe,
+            "--out",
+            box.out,
+            *extra,
+            known=False,
         )
         assert code == 2, err
 
@@ -838,5 +924,90 @@ def test_known_crash_run_output_is_a_folder(sandboxes, onnx_files):
         model = box.write("m.onnx", onnx_files["small"])
         np.savez(box.root / "x.npz", input=np.zeros((2, 1, 28, 28), np.float32))
         box.out.mkdir()
-        code, _, err = cli(box, "run", model, "--input", box.root / "x.npz", "--output", box.out)
+        code, _, err = cli(box, "run", model, "--input", box.root / "x.npz", "--output", box.out, known=False)
         assert code == 2, err
+
+
+REPORT_DAMAGE = {
+    "empty report.json: JSONDecodeError": lambda text: "",
+    "non-UTF-8 report.json: UnicodeDecodeError": lambda text: text.replace("fp32", "\udcff"),
+    "no artifacts: KeyError": lambda text: json.dumps(
+        {k: v for k, v in json.loads(text).items() if k != "artifacts"}
+    ),
+    "an artifact's path a number: TypeError": lambda text: text.replace(
+        '"format": "onnx",\n      "path": ', '"format": "onnx",\n      "path": 7, "x": ', 1
+    ),
+    "an artifact's size null: TypeError in _table": lambda text: text.replace(
+        '"size_bytes": ', '"size_bytes": null, "x": '
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"targets/report.py: {k}"))
+        for k in REPORT_DAMAGE
+    ],
+)
+def test_known_crash_in_report(sandboxes, convert_folder, damage):
+    with sandboxes() as box:
+        shutil.copytree(convert_folder, box.out)
+        text = (box.out / "report.json").read_text()
+        damaged = REPORT_DAMAGE[damage](text)
+        assert damaged != text
+        (box.out / "report.json").write_bytes(damaged.encode("utf-8", "surrogateescape"))
+        writes = (box.out / "report.html", box.out / "targets.json")
+        code, _, err = cli(box, "report", box.out, "--target", "rpi4", writes=writes, known=False)
+        assert code == 2, err
+
+
+# -- what a user's terminal shows: a real process, stderr as written -------------------------------------
+
+
+def _intact(request, onnx_files, suffix: str) -> bytes:
+    if suffix == ".onnx":
+        return onnx_files["mnist"]
+    if suffix == ".pt2":
+        return (ROOT / "models" / "mnist_cnn.pt2").read_bytes()
+    return request.getfixturevalue("keras_files")[suffix]
+
+
+@pytest.mark.slow  # one interpreter per format, importing its framework: ~15 s each
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        ".onnx",
+        pytest.param(
+            ".pt2",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="converter/frontends/torch_frontend.py "
+                "load_pt2: torch.export.load logs its traceback to stderr (a W... line per frame)",
+            ),
+        ),  # fmt: skip
+        pytest.param(  # .h5 goes through the same TensorFlow import
+            ".keras",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="converter/frontends/keras_frontend.py: importing TensorFlow prints absl/oneDNN/cudart "
+                "lines to stderr (set TF_CPP_MIN_LOG_LEVEL and absl's level before the import)",
+            ),
+        ),
+    ],
+)
+def test_truncated_model_in_a_real_process_prints_one_line(request, tmp_path, onnx_files, suffix):
+    """Libraries log to the process' stderr behind an in-process capture's back (torch's logging keeps
+    the stream it started with): only a real process shows exactly what the user sees."""
+    model = tmp_path / f"model{suffix}"
+    data = _intact(request, onnx_files, suffix)
+    model.write_bytes(data[: len(data) // 2])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from edgesmith.cli import entry; entry()",
+         "convert", str(model), "--preset", "fp32", "--out", str(tmp_path / "out"), "-q"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edgesmith: error: "), proc.stderr
+    assert model.read_bytes() == data[: len(data) // 2] and not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ what is expected and the closest valid choice:
 
     verify.batch_size = 0 must be a positive integer (closest valid: 1)
     calibration.method = 'entropi' is not valid; expected one of 'minmax', 'percentile', 'entropy' (did you mean 'entropy'?)
-    steps[0].exclude[1] = '(' is not a valid regex (missing ), unterminated subpattern at position 0)
+    steps[0].exclude[1] = '(' is not a valid regex (missing ), unterminated subpattern at position 0); expected a Python regular expression
     calibration.preprocess.mean[0] = 'x' has the wrong type; expected a number
 """
 
@@ -117,7 +117,7 @@ def build(cls: type, data: Any, where: str, source: str | None = None) -> Any:
 def check_keys(where: str, data: Any, valid: list[str]) -> None:
     """`data` must be a table whose keys are all in `valid`; a typo names the closest key."""
     if not isinstance(data, dict):
-        raise InputError(f"{where} must be a table of keys, got {_show(data)}")
+        raise fail(where, data, "has the wrong type; expected a table of keys")
     for key in data:
         if key not in valid:
             raise InputError(
