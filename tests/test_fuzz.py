@@ -152,16 +152,12 @@ def _inside(box: Sandbox):
 # Crashes this suite found in code other helpers own, by (file, function, exception) of the deepest
 # edgesmith frame ("*": any exception). A generated case ending in one is set aside (hypothesis'
 # `reject`, counted in the statistics) so that the rest of the run still guards the contract; each has
-# a pinned reproducer at the end of this file, marked xfail(strict=True). Once fixed, that test passes,
-# strict fails it, and the entry here and the mark there go together.
-KNOWN_CRASHES = {
-    ("converter/data/arrays.py", "_open_arrays", "BadZipFile"): "truncated .npz",
-    ("converter/data/arrays.py", "__init__", "TypeError"): "0-d labels",
-    ("converter/data/images.py", "resolve_spec", "UnicodeDecodeError"): "non-UTF-8 preprocess.toml",
-    ("_io.py", "atomic_path", "IsADirectoryError"): "run --output DIR",
-    ("targets/report.py", "collect", "*"): "malformed report.json",
-    ("targets/report.py", "_table", "*"): "mistyped report.json values",
-}
+# a pinned reproducer at the end of this file (all fixed now: they stay as regression tests).
+# the CLI writes the traceback of an internal error (exit 3) here; the harness shows it when one happens
+LOGS = Path(tempfile.mkdtemp(prefix="edgesmith-fuzz-logs-"))
+os.environ["EDGESMITH_LOG_DIR"] = str(LOGS)
+
+KNOWN_CRASHES: dict[tuple[str, str, str], str] = {}  # (file, function, exception) -> what; none known now
 KNOWN_TEMP_PATH = "is not a valid ONNX model"  # the ONNX frontend names its temporary copy in this message
 
 
@@ -201,6 +197,10 @@ def cli(
             pytest.fail(f"edgesmith {' '.join(argv)}: an exception escaped the CLI\n{traceback.format_exc()}")
     if known and str(box.tmp) in stderr.getvalue() and KNOWN_TEMP_PATH in stderr.getvalue():
         _set_aside("known: a temporary path in the message")
+    if code == 3:  # main() turned an exception into "internal error": on bad input that is a bug too
+        logs = sorted(LOGS.glob("*.log"), key=lambda p: p.stat().st_mtime)
+        pytest.fail(f"edgesmith {' '.join(argv)}: an internal error (exit 3) on fuzzed input\n"
+                    + (logs[-1].read_text() if logs else stderr.getvalue()))  # fmt: skip
     check_contract(argv, code, stderr.getvalue(), before, _tree(box.root), box, writes)
     _note(f"exit {code}")
     if os.environ.get("EDGESMITH_FUZZ_MESSAGES"):  # the messages themselves, to read them over
@@ -890,9 +890,7 @@ KNOWN = {
 }
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=k)) for k in KNOWN]
-)
+@pytest.mark.parametrize("case", list(KNOWN))
 def test_known_crash_in_convert(sandboxes, case):
     with sandboxes() as box:
         model = box.root / "cnn.onnx"
@@ -916,9 +914,6 @@ def test_known_crash_in_convert(sandboxes, case):
         assert code == 2, err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="run --output DIR: IsADirectoryError from edgesmith/_io.py atomic_path"
-)
 def test_known_crash_run_output_is_a_folder(sandboxes, onnx_files):
     with sandboxes() as box:
         model = box.write("m.onnx", onnx_files["small"])
@@ -945,10 +940,7 @@ REPORT_DAMAGE = {
 
 @pytest.mark.parametrize(
     "damage",
-    [
-        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"targets/report.py: {k}"))
-        for k in REPORT_DAMAGE
-    ],
+    [k for k in REPORT_DAMAGE],
 )
 def test_known_crash_in_report(sandboxes, convert_folder, damage):
     with sandboxes() as box:
@@ -978,22 +970,8 @@ def _intact(request, onnx_files, suffix: str) -> bytes:
     "suffix",
     [
         ".onnx",
-        pytest.param(
-            ".pt2",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="converter/frontends/torch_frontend.py "
-                "load_pt2: torch.export.load logs its traceback to stderr (a W... line per frame)",
-            ),
-        ),  # fmt: skip
-        pytest.param(  # .h5 goes through the same TensorFlow import
-            ".keras",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="converter/frontends/keras_frontend.py: importing TensorFlow prints absl/oneDNN/cudart "
-                "lines to stderr (set TF_CPP_MIN_LOG_LEVEL and absl's level before the import)",
-            ),
-        ),
+        ".pt2",
+        ".keras",  # .h5 goes through the same TensorFlow import
     ],
 )
 def test_truncated_model_in_a_real_process_prints_one_line(request, tmp_path, onnx_files, suffix):

@@ -111,6 +111,10 @@ class ArraySource:
             )
         if LABELS in found:
             self.labels = np.asarray(found.pop(LABELS))
+            if self.labels.ndim == 0:
+                raise InputError(
+                    f"{self.path}: `labels` is a single value; give one label per sample (a 1-D array)"
+                )
         names = [s.name for s in self.inputs]
         if all(n in found for n in names):
             arrays = {n: found[n] for n in names}

@@ -33,8 +33,8 @@ def resolve_spec(folder: Path, spec: PreprocessConfig | None, model_input: Tenso
         from ..recipe import _build
 
         try:
-            data = tomllib.loads((folder / SPEC_FILE).read_text())
-        except tomllib.TOMLDecodeError as exc:
+            data = tomllib.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{folder / SPEC_FILE} is not valid TOML: {exc}") from exc
         spec = _build(PreprocessConfig, data, str(folder / SPEC_FILE))
     spec = spec or PreprocessConfig()
