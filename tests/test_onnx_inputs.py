@@ -268,3 +268,38 @@ def test_data_at_two_sizes_is_refused(dynamic_hw, cli, tmp_path):
     code, _, err = cli("convert", dynamic_hw, "--preset", "fp16", "--eval", folder / "data64.npz",
                        "--input-shape", "images=1x3x96x96", "--out", tmp_path / "out")  # fmt: skip
     assert code == 2 and "--input-shape [3, 96, 96], eval [3, 64, 64]" in err, err
+
+
+# -- names ONNX Runtime's quantizer derives ---------------------------------------------------------
+
+
+def test_static_int8_survives_colliding_tensor_names(tmp_path):
+    """A bias shared by three Convs whose outputs are named `bias0`..`bias2`: ONNX Runtime's quantizer
+    copies the shared bias as `bias0`, `bias1` ... and, unguarded, wires those copies in place of the
+    activations (tf2onnx graphs such as basic-pitch's have such names). Four input channels: the stem
+    padding pass leaves them alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), f"w{i}")
+        for i in range(3)
+    ]
+    bias = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias")
+    nodes = [helper.make_node("Conv", ["x", f"w{i}", "bias"], [f"bias{i}"], name=f"conv{i}", pads=[1, 1, 1, 1])
+             for i in range(3)]  # fmt: skip
+    nodes.append(helper.make_node("Sum", ["bias0", "bias1", "bias2"], ["y"], name="sum"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])], [*weights, bias],
+    )  # fmt: skip
+    path = tmp_path / "shared_bias.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8), str(path))
+    data = tmp_path / "x.npz"
+    x = rng.standard_normal((32, 4, 8, 8)).astype(np.float32)
+    np.savez(data, x=x)
+    report = edgesmith.convert(path, recipe=Recipe.from_dict({"profile": QUICK_PROFILE}), preset="int8",
+                               calibration=data, out=tmp_path / "out")  # fmt: skip
+    (artifact,) = report["artifacts"]
+    cosine = _cosines(_run(artifact["path"], {"x": x}), _run(path, {"x": x}))
+    assert cosine.min() >= 0.99, cosine.min()
