@@ -108,6 +108,7 @@ def random_feeds(
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs of the session's shapes, dynamic axes from `shapes` ({name: sizes}, e.g.
     from --input-shape), else `batch` for the first; see `input_shape`."""
+    check_names(shapes, [spec.name for spec in session.inputs])
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
