@@ -312,3 +312,26 @@ def test_input_shape_for_an_input_the_model_lacks_is_refused(dynamic_hw, cli, tm
     assert code == 2 and "--input-shape names ['image'], but the model's inputs are ['images']" in err, err
     code, _, err = cli(command, dynamic_hw, "--input-shape", "images=1x3x64", *extra)
     assert code == 2 and "give one size per axis" in err, err
+
+
+@pytest.mark.slow  # INC's PT2E path: ~1 min
+def test_static_batch_pt2_through_inc_keeps_its_batch(mnistnet, mnist_test, tmp_path):
+    pytest.importorskip("neural_compressor")
+    import torch
+
+    path = tmp_path / "mnistnet_b1.pt2"
+    torch.export.save(torch.export.export(mnistnet, (torch.zeros(1, 1, 28, 28),)), str(path))
+    images, labels = mnist_test
+    eval_npz = tmp_path / "eval.npz"
+    np.savez(eval_npz, input=images[:256], labels=labels[:256])
+    recipe = Recipe.from_dict({
+        "calibration": {"path": str(SHIPPED_CALIBRATION), "max_samples": 32},
+        "steps": [{"kind": "quantize", "mode": "static", "engine": "inc"}],
+        "verify": {"eval": str(eval_npz)},
+        "profile": QUICK_PROFILE,
+    })  # fmt: skip
+    report = edgesmith.convert(path, recipe=recipe, out=tmp_path / "out")
+    (artifact,) = report["artifacts"]
+    assert artifact["verify"]["drop"] <= 0.5, artifact["verify"]
+    dims = [d.dim_value for d in onnx.load(artifact["path"]).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, 28, 28]
