@@ -67,7 +67,7 @@ def test_fixed_batch_source_reads_batches_of_the_model_batch(tmp_path):
 def test_batch1_onnx_to_static_int8(batch1_model, mnist_test, tmp_path, fmt):
     images, labels = mnist_test
     eval_npz = tmp_path / "eval.npz"
-    np.savez(eval_npz, input=images[:1000], labels=labels[:1000])
+    np.savez(eval_npz, input=images[:500], labels=labels[:500])
     recipe = Recipe.from_dict({
         "calibration": {"path": str(SHIPPED_CALIBRATION), "max_samples": 64},
         "steps": [{"kind": "quantize", "mode": "static"}],
@@ -79,7 +79,7 @@ def test_batch1_onnx_to_static_int8(batch1_model, mnist_test, tmp_path, fmt):
     assert report["original"]["score"] > 98.0
     (artifact,) = report["artifacts"]
     verify = artifact["verify"]
-    assert verify["samples"] == 1000 and verify["drop"] <= 0.5 and verify["agreement"] >= 99.0, verify
+    assert verify["samples"] == 500 and verify["drop"] <= 0.6 and verify["agreement"] >= 99.0, verify
     assert artifact["quantization"]["calibration"]["samples"] == 64
     if fmt == "onnx":
         model = onnx.load(artifact["path"])
@@ -268,3 +268,70 @@ def test_data_at_two_sizes_is_refused(dynamic_hw, cli, tmp_path):
     code, _, err = cli("convert", dynamic_hw, "--preset", "fp16", "--eval", folder / "data64.npz",
                        "--input-shape", "images=1x3x96x96", "--out", tmp_path / "out")  # fmt: skip
     assert code == 2 and "--input-shape [3, 96, 96], eval [3, 64, 64]" in err, err
+
+
+# -- names ONNX Runtime's quantizer derives ---------------------------------------------------------
+
+
+def test_static_int8_survives_colliding_tensor_names(tmp_path):
+    """A bias shared by three Convs whose outputs are named `bias0`..`bias2`: ONNX Runtime's quantizer
+    copies the shared bias as `bias0`, `bias1` ... and, unguarded, wires those copies in place of the
+    activations (tf2onnx graphs such as basic-pitch's have such names). Four input channels: the stem
+    padding pass leaves them alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), f"w{i}")
+        for i in range(3)
+    ]
+    bias = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias")
+    nodes = [helper.make_node("Conv", ["x", f"w{i}", "bias"], [f"bias{i}"], name=f"conv{i}", pads=[1, 1, 1, 1])
+             for i in range(3)]  # fmt: skip
+    nodes.append(helper.make_node("Sum", ["bias0", "bias1", "bias2"], ["y"], name="sum"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])], [*weights, bias],
+    )  # fmt: skip
+    path = tmp_path / "shared_bias.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8), str(path))
+    data = tmp_path / "x.npz"
+    x = rng.standard_normal((32, 4, 8, 8)).astype(np.float32)
+    np.savez(data, x=x)
+    report = edgesmith.convert(path, recipe=Recipe.from_dict({"profile": QUICK_PROFILE}), preset="int8",
+                               calibration=data, out=tmp_path / "out")  # fmt: skip
+    (artifact,) = report["artifacts"]
+    cosine = _cosines(_run(artifact["path"], {"x": x}), _run(path, {"x": x}))
+    assert cosine.min() >= 0.99, cosine.min()
+
+
+@pytest.mark.parametrize("command", ["profile", "convert"])
+def test_input_shape_for_an_input_the_model_lacks_is_refused(dynamic_hw, cli, tmp_path, command):
+    extra = ["--preset", "fp16", "--out", tmp_path / "out"] if command == "convert" else []
+    code, _, err = cli(command, dynamic_hw, "--input-shape", "image=1x3x64x64", *extra)
+    assert code == 2 and "--input-shape names ['image'], but the model's inputs are ['images']" in err, err
+    code, _, err = cli(command, dynamic_hw, "--input-shape", "images=1x3x64", *extra)
+    assert code == 2 and "give one size per axis" in err, err
+
+
+@pytest.mark.slow  # INC's PT2E path: ~1 min
+def test_static_batch_pt2_through_inc_keeps_its_batch(mnistnet, mnist_test, tmp_path):
+    pytest.importorskip("neural_compressor")
+    import torch
+
+    path = tmp_path / "mnistnet_b1.pt2"
+    torch.export.save(torch.export.export(mnistnet, (torch.zeros(1, 1, 28, 28),)), str(path))
+    images, labels = mnist_test
+    eval_npz = tmp_path / "eval.npz"
+    np.savez(eval_npz, input=images[:256], labels=labels[:256])
+    recipe = Recipe.from_dict({
+        "calibration": {"path": str(SHIPPED_CALIBRATION), "max_samples": 32},
+        "steps": [{"kind": "quantize", "mode": "static", "engine": "inc"}],
+        "verify": {"eval": str(eval_npz)},
+        "profile": QUICK_PROFILE,
+    })  # fmt: skip
+    report = edgesmith.convert(path, recipe=recipe, out=tmp_path / "out")
+    (artifact,) = report["artifacts"]
+    assert artifact["verify"]["drop"] <= 0.5, artifact["verify"]
+    dims = [d.dim_value for d in onnx.load(artifact["path"]).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, 28, 28]

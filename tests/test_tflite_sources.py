@@ -71,6 +71,12 @@ def test_basic_pitch_onnx_through_edgesmith_matches_its_own_tflite(tmp_path):
 
 def test_silero_vad_control_flow_fails_naming_the_op(tmp_path):
     model = package_file("silero_vad", "data/silero_vad.onnx")
+    with pytest.raises(InputError, match=r"input 'input' has a dynamic size on axis 1"):
+        convert(model, tmp_path)  # a TFLite file has one shape: nothing here says which
+    recipe = RECIPE + "[model]\ninput_shapes = {input = [1, 512], state = [2, 1, 128]}\n"
+    (tmp_path / "sized.toml").write_text(recipe)
+    import edgesmith
+
     with pytest.raises(InputError, match=r"op 'If' has no TFLite conversion path"):
-        convert(model, tmp_path)
+        edgesmith.convert(model, recipe=tmp_path / "sized.toml", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -21,6 +21,8 @@ stdev, peak memory and energy per inference, each labelled with its source.
                                                       kept in out/measurements/ for `edgesmith report out`
   edgesmith profile model.onnx --target host --estimate   the model's estimate for this machine
   edgesmith profile model.tflite --target stm32f746   estimate + RAM/flash fit
+  edgesmith profile detector.onnx --input-shape images=1x3x320x320
+                                                      a model with dynamic H/W, timed at 320x320
 
 `edgesmith targets` lists the target names.
 """
@@ -88,6 +90,11 @@ def main(args) -> int:
             f"'{artifact.suffix}'; export one with `edgesmith convert --format tflite`"
         )
     save = _save_folder(args, artifact, target)
+    if args.shapes:  # a misspelt name would otherwise leave the axis unsized, with a less helpful error
+        from ..runtime import load
+        from ..targets.latency import check_names
+
+        check_names(args.shapes, [s.name for s in load(artifact, backend=args.backend).inputs])
     started = time.perf_counter()
     if args.ssh or args.adb:
         result = _remote(args, artifact, target)

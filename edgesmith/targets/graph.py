@@ -61,10 +61,9 @@ def layers(path: str | Path, batch: int = 1, shapes: dict | None = None) -> list
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise InputError(f"{path} is not a valid ONNX model ({exc}); check the file is complete") from exc
-    from .latency import check_names, input_shape
+    from .latency import input_shape
 
     weights = {t.name for t in model.graph.initializer}
-    check_names(shapes, [v.name for v in model.graph.input if v.name not in weights])
     for value in [v for v in model.graph.input if v.name not in weights]:
         dims = value.type.tensor_type.shape.dim
         sizes = input_shape(value.name, [d.dim_value or None for d in dims], batch, shapes)

@@ -42,14 +42,21 @@ def target_results(path: str | Path, names: list[str], threads: int | None = Non
 
 
 def host_layers(path: str | Path, top: int = 15) -> list[tuple[str, float]]:
-    """Measured per-layer ms on this machine (ORT profiler), the `top` slowest; [] if unavailable."""
+    """Measured per-layer ms on this machine (ORT profiler), the `top` slowest; [] if unavailable (also
+    for a model with dynamic sizes other than the batch: nothing here says which to time)."""
     from importlib.util import find_spec
 
+    from ..errors import EdgesmithError
     from . import graph, hostprofile
 
     if Path(path).suffix.lower() != ".onnx" or find_spec("onnxruntime") is None:
         return []
-    matched = hostprofile.match(graph.layers(path), hostprofile.ort_node_times(path, 1, runs=10, warmup=3))
+    try:
+        matched = hostprofile.match(
+            graph.layers(path), hostprofile.ort_node_times(path, 1, runs=10, warmup=3)
+        )
+    except EdgesmithError:
+        return []
     return sorted(matched.items(), key=lambda kv: -kv[1])[:top]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from ...errors import InputError, require
 
 HINT = "export the model without it, or convert from the PyTorch/Keras original"
+CONTROL_FLOW = ("If", "Loop", "Scan")
 
 
 def _torchvision_stub() -> dict:
@@ -100,6 +101,11 @@ def _fold_static(path: Path, inputs, workdir: Path):
     onnx = require("onnx", "convert")
     ort = require("onnxruntime", "convert")
     model = onnx.load(str(path))
+    flow = next((n.op_type for n in model.graph.node if n.op_type in CONTROL_FLOW), None)
+    if flow:  # onnx2torch has no converter for them; say so before folding, which may fail on their branches
+        raise InputError(
+            f"op '{flow}' has no TFLite conversion path (onnx2torch cannot translate it); {HINT}"
+        )
     shapes = {s.name: input_shape(s.name, s.shape, 1) for s in inputs}
     for value in model.graph.input:
         if value.name in shapes:
@@ -111,7 +117,15 @@ def _fold_static(path: Path, inputs, workdir: Path):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(folded)
-    ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"])
+    try:
+        ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own types: the graph does not hold at these sizes
+        cause = " ".join(str(exc).split()).replace(f"{static}", static.name)
+        sizes = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items())
+        raise InputError(
+            f"the model does not run at the input sizes the TFLite file needs ({sizes}): {cause}; give "
+            f"sizes it takes with --input-shape or data of that shape"
+        ) from exc
     model = onnx.load(str(folded))
     _relax_reshapes(model)
     return model

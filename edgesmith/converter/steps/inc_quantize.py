@@ -44,9 +44,14 @@ def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH")
     names = [s.name for s in source.inputs]
     first = next(iter(cal.batches()))
-    args = tuple(torch.from_numpy(np.concatenate([first[n]] * 2)) for n in names)  # a batch of >= 2
-    batch = torch.export.Dim("batch")
-    dynamic = tuple({0: batch} for _ in args)
+    if (
+        cal.fixed_batch
+    ):  # the model's batch is fixed (a static-batch .pt2): export at it, as the source has it
+        args, dynamic = tuple(torch.from_numpy(first[n]) for n in names), None
+    else:
+        args = tuple(torch.from_numpy(np.concatenate([first[n]] * 2)) for n in names)  # a batch of >= 2
+        batch = torch.export.Dim("batch")
+        dynamic = tuple({0: batch} for _ in args)
     algo = ALGOS[step.calibration_config.method]
     with quiet("neural_compressor", python_warnings=False), torch.no_grad():  # INC logs every stage at INFO
         if source.module is not None:

@@ -113,6 +113,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             nodes_to_exclude=excluded,
         )
         report.update(weights=config.weights, activations="uint8 (computed at run time)")
+        _check_loads(out)
         return StepResult(ModelHandle(out, "int8-dynamic"), report | {"excluded_nodes": excluded})
 
     op_types, why = _static_op_types(source_path, config.op_types)
@@ -149,6 +150,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     model_proto = onnx.load(str(out))
     tidied = qdq_tidy.tidy(model_proto, isa="x86" if types.target.startswith("x86") else "arm")
     onnx.save(model_proto, str(out))
+    _check_loads(out)
     report.update(
         tidied,
         format=config.format,
@@ -158,6 +160,23 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         preprocessed=config.preprocess,
     )
     return StepResult(ModelHandle(out, "int8"), report)
+
+
+def _check_loads(path) -> None:
+    """Fail here, with ONNX Runtime's whole reason, when its quantizer wrote a graph ONNX Runtime refuses:
+    that is a quantizer bug, not a broken input, and later the artifact's load error would read as one."""
+    ort = require("onnxruntime", "convert")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types
+        cause = " ".join(str(exc).split()).replace(str(path), path.name)
+        raise RuntimeError(
+            f"ONNX Runtime's quantizer wrote a model that ONNX Runtime cannot load ({cause}); try "
+            "quantize.engine = 'nncf', or keep the node it names in float with quantize.exclude"
+        ) from exc
 
 
 def _plain_names(path, out):
