@@ -183,8 +183,9 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
 def load(path: Path, workdir: Path):
     from . import Source
 
-    require("ai_edge_litert", "litert", WHY)
-    session = load_session(path, backend="litert")  # a broken file fails here, in one line
+    with _quiet.tensorflow():  # LiteRT announces its XNNPACK delegate once per process
+        require("ai_edge_litert", "litert", WHY)
+        session = load_session(path, backend="litert")  # a broken file fails here, in one line
     model = tflite_fb.read(path.read_bytes())
     if len(model.signatureDefs or []) > 1:
         keys = [s.signatureKey.decode() for s in model.signatureDefs]
