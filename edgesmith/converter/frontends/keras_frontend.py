@@ -118,8 +118,17 @@ def _tidy(proto, output_names: list[str]) -> None:
     proto.doc_string = ""
 
 
+def fresh_tf2onnx_names() -> None:
+    """tf2onnx names the nodes it inserts after a process-wide counter (`Transpose__1113`): restart it,
+    so a second conversion in one process writes the same bytes as the first."""
+    import tf2onnx.utils
+
+    tf2onnx.utils.INTERNAL_NAME = 1
+
+
 def _export_onnx(model, out: Path) -> None:
     """tf2onnx, through Keras 3's exporter or directly for a tf_keras model."""
+    fresh_tf2onnx_names()
     if _is_tf_keras(model):
         import tensorflow as tf
         import tf2onnx

@@ -31,6 +31,7 @@ from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..exporters import tflite_fb
 from ..handle import ModelHandle
+from .keras_frontend import fresh_tf2onnx_names
 
 WHY = "TFLite models"
 KEY = "serving_default"  # the signature key TensorFlow's converter writes
@@ -171,6 +172,7 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
     try:
         with _quiet.tensorflow():
             tf2onnx = require("tf2onnx", "convert-tflite", "TFLite models reach ONNX with tf2onnx")
+            fresh_tf2onnx_names()
             tf2onnx.convert.from_tflite(str(copy), output_path=str(out))
     except InputError:
         raise
