@@ -118,17 +118,36 @@ def _tidy(proto, output_names: list[str]) -> None:
     proto.doc_string = ""
 
 
-def fresh_tf2onnx_names() -> None:
-    """tf2onnx names the nodes it inserts after a process-wide counter (`Transpose__1113`): restart it,
-    so a second conversion in one process writes the same bytes as the first."""
-    import tf2onnx.utils
+def stable_tf2onnx_names(proto) -> None:
+    """tf2onnx names what it inserts after a process-wide counter, in an order that varies from run
+    to run (`const_fold_opt__462`, `pad_const__99`): renumber those names in graph order and sort the
+    initializers, so the same model always gives the same bytes."""
+    import re
 
-    tf2onnx.utils.INTERNAL_NAME = 1
+    graph = proto.graph
+    names = [n for node in graph.node for n in (node.name, *node.input, *node.output)]
+    names += [t.name for t in graph.initializer]
+    taken, renames = set(names), {}
+    for name in names:
+        match = re.fullmatch(r"(.*?)__\d+(.*)", name)
+        if match and name not in renames:
+            new = f"{match[1]}__{len(renames) + 1}{match[2]}"
+            while new in taken and new != name:
+                new += "_"
+            renames[name] = new
+    for node in graph.node:
+        node.name = renames.get(node.name, node.name)
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for tensor in [*graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    initializers = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def _export_onnx(model, out: Path) -> None:
     """tf2onnx, through Keras 3's exporter or directly for a tf_keras model."""
-    fresh_tf2onnx_names()
     if _is_tf_keras(model):
         import tensorflow as tf
         import tf2onnx
@@ -158,6 +177,7 @@ def load(path: Path, workdir: Path):
             f"{path}: tf2onnx could not export the Keras model to ONNX ({_first_line(exc)})"
         ) from exc
     proto = onnx.load(str(out))
+    stable_tf2onnx_names(proto)
     names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     _tidy(proto, names)
     onnx.save(proto, str(out))

@@ -31,7 +31,7 @@ from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..exporters import tflite_fb
 from ..handle import ModelHandle
-from .keras_frontend import fresh_tf2onnx_names
+from .keras_frontend import stable_tf2onnx_names
 
 WHY = "TFLite models"
 KEY = "serving_default"  # the signature key TensorFlow's converter writes
@@ -172,8 +172,9 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
     try:
         with _quiet.tensorflow():
             tf2onnx = require("tf2onnx", "convert-tflite", "TFLite models reach ONNX with tf2onnx")
-            fresh_tf2onnx_names()
-            tf2onnx.convert.from_tflite(str(copy), output_path=str(out))
+            proto, _ = tf2onnx.convert.from_tflite(str(copy))
+        stable_tf2onnx_names(proto)
+        require("onnx", "convert").save(proto, str(out))
     except InputError:
         raise
     except Exception as exc:
