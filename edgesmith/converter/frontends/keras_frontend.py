@@ -119,22 +119,27 @@ def _tidy(proto, output_names: list[str]) -> None:
 
 
 def stable_tf2onnx_names(proto) -> None:
-    """tf2onnx names what it inserts after a process-wide counter, in an order that varies from run
-    to run (`const_fold_opt__462`, `pad_const__99`): renumber those names in graph order and sort the
-    initializers, so the same model always gives the same bytes."""
+    """tf2onnx's names vary from run to run: what it inserts is numbered after a process-wide counter
+    in an order that depends on string hashing (`const_fold_opt__462`), and of identical constants it
+    merges it keeps whichever name a set yields first. Renumber the former and rename shared
+    constants in graph order, then sort the initializers, so the same model gives the same bytes."""
+    import collections
     import re
 
     graph = proto.graph
     names = [n for node in graph.node for n in (node.name, *node.input, *node.output)]
-    names += [t.name for t in graph.initializer]
-    taken, renames = set(names), {}
+    uses = collections.Counter(n for node in graph.node for n in node.input)
+    shared = {t.name for t in graph.initializer if uses[t.name] > 1}
+    taken, renames = set(names) | {t.name for t in graph.initializer}, {}
     for name in names:
         match = re.fullmatch(r"(.*?)__\d+(.*)", name)
-        if match and name not in renames:
-            new = f"{match[1]}__{len(renames) + 1}{match[2]}"
-            while new in taken and new != name:
-                new += "_"
-            renames[name] = new
+        if name in renames or not (match or name in shared):
+            continue
+        base, suffix = (match[1], match[2]) if match else ("shared_const", "")
+        new = f"{base}__{len(renames) + 1}{suffix}"
+        while new in taken and new != name:
+            new += "_"
+        renames[name] = new
     for node in graph.node:
         node.name = renames.get(node.name, node.name)
         node.input[:] = [renames.get(n, n) for n in node.input]
