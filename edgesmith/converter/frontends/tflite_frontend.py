@@ -208,4 +208,6 @@ def load(path: Path, workdir: Path):
     def reference(feeds):
         return list(session.run(feeds).values())
 
+    # Without an ONNX the handle holds the working copy: the exporters read `native` for a tflite
+    # source, and the onnx exporter refuses with `onnx_error` (check_onnx) before touching the handle.
     return Source("tflite", path, ModelHandle(onnx or copy, "fp32"), session.inputs, reference, native)
