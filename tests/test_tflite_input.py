@@ -150,9 +150,10 @@ def test_a_sparse_model_refuses_onnx_naming_densify(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_sparse_model_still_reaches_tflite_fp32_unchanged_in_output(tmp_path):
+def test_the_sparse_model_still_reaches_tflite_fp32_but_not_full_integer(tmp_path):
     """tf2onnx's refusal blocks only the onnx format: the fp32 TFLite is the working copy (float16
-    weights expanded, a signature added) and gives LiteRT's outputs exactly."""
+    weights expanded, a signature added) and gives LiteRT's outputs exactly. Full-integer INT8 is
+    refused in one line: the AI Edge Quantizer takes the densified weights for activations."""
     import edgesmith
 
     model = _model("face_detection_full_range_sparse")
@@ -165,6 +166,10 @@ def test_the_sparse_model_still_reaches_tflite_fp32_unchanged_in_output(tmp_path
     assert set(got) == set(want) == {"Identity", "Identity_1"}
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+    np.save(tmp_path / "calibration.npy", x)
+    with pytest.raises(InputError, match=r"no full-integer TFLite .*sparse weights \(op DENSIFY\)"):
+        edgesmith.convert(model, recipe=recipe, preset="int8", calibration=tmp_path / "calibration.npy",
+                          out=tmp_path / "int8")  # fmt: skip
 
 
 def test_an_already_quantized_tflite_is_refused_in_one_line(tmp_path):

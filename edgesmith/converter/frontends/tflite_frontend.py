@@ -52,6 +52,15 @@ class TFLiteModel:
                 f"no ONNX for this model: {self.onnx_error}; export it as --format tflite or openvino"
             )
 
+    def check_tflite(self, mode: str | None) -> None:
+        """Weights computed at run time (sparse ones, expanded by DENSIFY) look like activations to the
+        AI Edge Quantizer, which then gives conv filters a zero point LiteRT refuses to run."""
+        if mode == "static" and "DENSIFY" in tflite_fb.op_names(self.data):
+            raise InputError(
+                "no full-integer TFLite for this model: the AI Edge Quantizer cannot quantize sparse "
+                "weights (op DENSIFY); use --preset int8-dynamic or fp16 for tflite, or int8 for openvino"
+            )
+
 
 def _check_float(model, path: Path) -> None:
     """Quantized models (int8 weights or activations) are refused: the quantizers start from float."""
