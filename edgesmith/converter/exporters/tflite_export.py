@@ -75,6 +75,7 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
         from . import tflite_torch
 
         if source.kind == "tflite":  # already TFLite: the frontend's float working copy
+            source.native.check_tflite(mode)
             data, report = (
                 source.native.data,
                 {"converter": "none (a .tflite source)", "source_changes": list(source.native.changes)},

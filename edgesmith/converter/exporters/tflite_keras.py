@@ -9,13 +9,14 @@ kernel fails conversion instead of silently staying float.
 
 from __future__ import annotations
 
+from ..._quiet import tensorflow as quiet
 from ...errors import InputError, require
-from .tflite_torch import quiet
 
 
 def convert(model, mode: str | None, calibration, inputs, io: str) -> tuple[bytes, dict | None]:
-    tf = require("tensorflow", "convert-tflite", "TFLite export from Keras")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    with quiet():  # TensorFlow's C++ logging level is read at import
+        tf = require("tensorflow", "convert-tflite", "TFLite export from Keras")
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     report: dict | None = None
     if mode is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -51,4 +52,8 @@ def convert(model, mode: str | None, calibration, inputs, io: str) -> tuple[byte
             f"TensorFlow's TFLite converter failed on the Keras model ({first}); an op may have no "
             "TFLite (or int8) kernel"
         ) from exc
+    with quiet():  # the bytes open in LiteRT (which announces its XNNPACK delegate once per process)
+        from ai_edge_litert.interpreter import Interpreter
+
+        Interpreter(model_content=bytes(data)).allocate_tensors()
     return bytes(data), report

@@ -118,6 +118,39 @@ def _tidy(proto, output_names: list[str]) -> None:
     proto.doc_string = ""
 
 
+def stable_tf2onnx_names(proto) -> None:
+    """tf2onnx's names vary from run to run: what it inserts is numbered after a process-wide counter
+    in an order that depends on string hashing (`const_fold_opt__462`), and of identical constants it
+    merges it keeps whichever name a set yields first. Renumber the former and rename shared
+    constants in graph order, then sort the initializers, so the same model gives the same bytes."""
+    import collections
+    import re
+
+    graph = proto.graph
+    names = [n for node in graph.node for n in (node.name, *node.input, *node.output)]
+    uses = collections.Counter(n for node in graph.node for n in node.input)
+    shared = {t.name for t in graph.initializer if uses[t.name] > 1}
+    taken, renames = set(names) | {t.name for t in graph.initializer}, {}
+    for name in names:
+        match = re.fullmatch(r"(.*?)__\d+(.*)", name)
+        if name in renames or not (match or name in shared):
+            continue
+        base, suffix = (match[1], match[2]) if match else ("shared_const", "")
+        new = f"{base}__{len(renames) + 1}{suffix}"
+        while new in taken and new != name:
+            new += "_"
+        renames[name] = new
+    for node in graph.node:
+        node.name = renames.get(node.name, node.name)
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for tensor in [*graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    initializers = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
 def _export_onnx(model, out: Path) -> None:
     """tf2onnx, through Keras 3's exporter or directly for a tf_keras model."""
     if _is_tf_keras(model):
@@ -149,6 +182,7 @@ def load(path: Path, workdir: Path):
             f"{path}: tf2onnx could not export the Keras model to ONNX ({_first_line(exc)})"
         ) from exc
     proto = onnx.load(str(out))
+    stable_tf2onnx_names(proto)
     names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     _tidy(proto, names)
     onnx.save(proto, str(out))

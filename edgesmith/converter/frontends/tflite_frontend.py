@@ -31,6 +31,7 @@ from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..exporters import tflite_fb
 from ..handle import ModelHandle
+from .keras_frontend import stable_tf2onnx_names
 
 WHY = "TFLite models"
 KEY = "serving_default"  # the signature key TensorFlow's converter writes
@@ -49,6 +50,15 @@ class TFLiteModel:
         if self.onnx_error is not None:
             raise InputError(
                 f"no ONNX for this model: {self.onnx_error}; export it as --format tflite or openvino"
+            )
+
+    def check_tflite(self, mode: str | None) -> None:
+        """Weights computed at run time (sparse ones, expanded by DENSIFY) look like activations to the
+        AI Edge Quantizer, which then gives conv filters a zero point LiteRT refuses to run."""
+        if mode == "static" and "DENSIFY" in tflite_fb.op_names(self.data):
+            raise InputError(
+                "no full-integer TFLite for this model: the AI Edge Quantizer cannot quantize sparse "
+                "weights (op DENSIFY); use --preset int8-dynamic or fp16 for tflite, or int8 for openvino"
             )
 
 
@@ -171,7 +181,9 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
     try:
         with _quiet.tensorflow():
             tf2onnx = require("tf2onnx", "convert-tflite", "TFLite models reach ONNX with tf2onnx")
-            tf2onnx.convert.from_tflite(str(copy), output_path=str(out))
+            proto, _ = tf2onnx.convert.from_tflite(str(copy))
+        stable_tf2onnx_names(proto)
+        require("onnx", "convert").save(proto, str(out))
     except InputError:
         raise
     except Exception as exc:
@@ -183,8 +195,9 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
 def load(path: Path, workdir: Path):
     from . import Source
 
-    require("ai_edge_litert", "litert", WHY)
-    session = load_session(path, backend="litert")  # a broken file fails here, in one line
+    with _quiet.tensorflow():  # LiteRT announces its XNNPACK delegate once per process
+        require("ai_edge_litert", "litert", WHY)
+        session = load_session(path, backend="litert")  # a broken file fails here, in one line
     model = tflite_fb.read(path.read_bytes())
     if len(model.signatureDefs or []) > 1:
         keys = [s.signatureKey.decode() for s in model.signatureDefs]
@@ -204,4 +217,6 @@ def load(path: Path, workdir: Path):
     def reference(feeds):
         return list(session.run(feeds).values())
 
+    # Without an ONNX the handle holds the working copy: the exporters read `native` for a tflite
+    # source, and the onnx exporter refuses with `onnx_error` (check_onnx) before touching the handle.
     return Source("tflite", path, ModelHandle(onnx or copy, "fp32"), session.inputs, reference, native)
