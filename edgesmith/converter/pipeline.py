@@ -370,15 +370,23 @@ def _param_count(path: Path) -> int:
 def _profile(source, report: dict, recipe: Recipe) -> None:
     from .profile_step import profile
 
-    report["original_latency"] = profile(source.onnx.path, recipe.profile, source.inputs)
+    report["original_latency"] = profile(_original_file(source), recipe.profile, source.inputs)
     for entry in report["artifacts"]:
         entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs)
     if recipe.profile.targets:
         from .profile_step import per_target
 
-        report["original_targets"] = per_target(source.onnx.path, recipe.profile, source.inputs)
+        report["original_targets"] = per_target(_original_file(source), recipe.profile, source.inputs)
         for entry in report["artifacts"]:
             entry["targets"] = per_target(Path(entry["path"]), recipe.profile, source.inputs)
+
+
+def _original_file(source) -> Path:
+    """What the original runs as here: the user's own .tflite under LiteRT (not the ONNX that tf2onnx
+    made of it for the steps), else the fp32 ONNX (the same graph as a .pt2, .keras or .onnx)."""
+    if source.kind == "tflite" and source.native is not None:
+        return source.native.path
+    return source.onnx.path
 
 
 def _html_report(output: OutputDir, recipe: Recipe) -> None:
