@@ -21,7 +21,8 @@ def test_verified_on_calibration_data_without_eval(cli, tmp_path):
     [logits] = result["outputs"]
     assert logits["name"] == "logits"
     # real digits through a real INT8 model: close, but not identical
-    assert 0.99 < logits["cosine_min"] < 1.0 and 0 < logits["max_abs_error"] < 1.0
+    assert 0.99 < logits["cosine"] < 1.0 and 0 < logits["max_abs_error"] < 1.0
+    assert logits["cosine_worst_sample"] <= logits["cosine_mean_sample"] <= 1.0
     assert result["agreement"] >= 95
 
 
@@ -79,8 +80,8 @@ def test_every_output_is_compared(tmp_path):
     for stat, g, w in zip(stats, verify._aligned(got, names, want), want, strict=True):
         stat.add(g, w, 4)
     a, b = (s.to_json() for s in stats)
-    assert a["cosine_min"] == 1.0 and a["max_abs_error"] == 0.0
-    assert b["cosine_min"] == 0.0 and b["max_abs_error"] == 1.0
+    assert a["cosine"] == 1.0 and a["max_abs_error"] == 0.0
+    assert b["cosine"] == 0.0 and b["cosine_worst_sample"] == 0.0 and b["max_abs_error"] == 1.0
     # renamed outputs (TFLite) in another order are matched by their unique shapes
     renamed = {"x": np.zeros((4, 2)), "y": np.zeros((4, 3))}
     assert [v.shape for v in verify._aligned(renamed, names, want)] == [(4, 3), (4, 2)]

@@ -461,8 +461,8 @@ def _check_drop(report: dict, recipe: Recipe) -> None:
         worst = below_min_cosine(result, min_cosine) if min_cosine is not None else None
         if worst is not None:
             raise VerificationFailed(
-                f"{name}: output '{worst['name']}' has cosine {worst['cosine_min']:.4f} to the original's "
-                f"(worst of {result['samples']} samples, {result['data']}), below [verify] min_cosine = "
+                f"{name}: output '{worst['name']}' has cosine {worst['cosine']:.4f} to the original's "
+                f"(on {result['samples']} samples of {result['data']}), below [verify] min_cosine = "
                 f"{min_cosine}; keep sensitive layers in float (quantize.exclude), try another "
                 "calibration.method, or set [verify] min_cosine if this is expected"
             )
