@@ -12,6 +12,7 @@ from ..._quiet import quiet
 from ...errors import InputError, require
 from ...runtime import load as load_session
 from ..handle import ModelHandle
+from .torch_lift import static_batch
 
 WHY = "PyTorch models"
 
@@ -134,11 +135,19 @@ def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: st
     require("onnx", "convert").save(proto, str(out))
     session = load_session(out, backend="ort")
     module = program.module()
+    step = static_batch(program)  # a fixed-batch program runs on slices of its batch, whatever is fed
+
+    def run(inputs) -> list[np.ndarray]:
+        with torch.no_grad():
+            outputs = module(*inputs)
+        return [t.numpy() for t in torch.utils._pytree.tree_leaves(outputs)]
 
     def reference(feeds):
-        with torch.no_grad():
-            outputs = module(*(torch.from_numpy(np.asarray(feeds[s.name])) for s in session.inputs))
-        flat, _ = torch.utils._pytree.tree_flatten(outputs)
-        return [t.numpy() for t in flat]
+        arrays = [torch.from_numpy(np.asarray(feeds[s.name])) for s in session.inputs]
+        count = len(arrays[0]) if arrays and arrays[0].dim() else 0
+        if step is None or count <= step:
+            return run(arrays)
+        parts = [run([a[i : i + step] for a in arrays]) for i in range(0, count, step)]
+        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
     return Source(kind, path, ModelHandle(out, "fp32"), session.inputs, reference, program)
