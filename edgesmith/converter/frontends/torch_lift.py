@@ -95,14 +95,13 @@ def lift(program):
 def static_batch(program) -> int | None:
     """The batch the program was exported at when it is fixed (every user input's first dimension the
     same number), or None when the batch is dynamic (or the inputs have no common first dimension)."""
-    firsts = {
+    firsts = [
         node.meta["val"].shape[0] if node.meta["val"].dim() else None
         for node in _user_inputs(program.graph, program)
-    }
-    if len(firsts) != 1:
-        return None
-    (first,) = firsts
-    return first if isinstance(first, int) else None
+    ]
+    if not firsts or not all(isinstance(f, int) for f in firsts) or len(set(firsts)) != 1:
+        return None  # a SymInt (dynamic), a scalar input, or inputs whose first dimensions differ
+    return firsts[0]
 
 
 def _user_inputs(graph, program=None) -> list:
