@@ -63,9 +63,11 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     from .frontends import torch_frontend
     from .handle import TorchHandle
 
-    if source.module is None and source.kind == "pt2":  # rebuild the layers the steps change
+    batch = None  # a fixed-batch program's results are exported at its batch: same input signature
+    if source.module is None and source.kind in ("pt2", "torch"):  # rebuild the layers the steps change
         from .frontends import torch_lift
 
+        batch = torch_lift.static_batch(source.native)
         source = dataclasses.replace(
             source, module=torch_lift.lift(source.native), example=torch_lift.example_inputs(source.native)
         )
@@ -82,7 +84,7 @@ def _torch_stage(steps: list, source, ctx: StepContext):
         # each step's result is exported, so the report can show what every step bought
         folder = ctx.workdir / f"after-{i + 1}-{config.kind}"
         folder.mkdir()
-        changed = torch_frontend.load_module(handle.module, folder, handle.example)
+        changed = torch_frontend.load_module(handle.module, folder, handle.example, batch=batch)
         reports.append({"kind": config.kind, **result.report, "stage_onnx": str(changed.onnx.path)})
     if _state_hash(source.module) != before:
         raise RuntimeError("internal error: a PyTorch step modified the original module")

@@ -8,7 +8,15 @@ mean for the module itself, and rewrites the graph to call them.
 
 Lifted: conv1d/conv2d, conv_transpose1d/2d, linear, batch_norm, layer_norm. A `view`/`reshape` that flattens everything but
 the batch into a size baked in at export time becomes `flatten(x, 1)`, so a pruned width flows through
-to the next layer. Everything else stays as the exporter wrote it: an op the steps must change but that
+to the next layer.
+
+A program exported the way most people do, `torch.export.export(model, (x,))`, has its batch fixed at
+x's (usually 1): the guards refuse any other, and `view`/`reshape`/`expand` carry the batch as a
+number. Steps train on batches, so `lift` makes the graph batch-free (`_free_batch`): it follows which
+tensors have the batch as their first dimension and rewrites those size arguments to -1 (or to the
+input's batch), then checks the result on a batch of several samples against the program run on each
+sample. The step results are exported back at the program's own batch (`static_batch`), so the
+artifacts keep the source's input signature. Everything else stays as the exporter wrote it: an op the steps must change but that
 is not lifted (say a grouped transposed conv's cousin, or a parameter used by a bare `mul`) is listed
 in `module.meta['edgesmith_unlifted']`, and a step that fails names it.
 """
@@ -33,7 +41,8 @@ def lift(program):
     """A `torch.fx.GraphModule` computing what `program` computes, with real layers. The program is
     not modified; the new module's parameters are copies."""
     torch = require("torch", "convert", "PyTorch models")
-    module = copy.deepcopy(program.module())
+    module = copy.deepcopy(program.module(check_guards=False))
+    module.validate_inputs = False  # its input checks hold the export-time shapes; _free_batch frees them
     graph = module.graph
     lifted = 0
     for node in list(graph.nodes):
@@ -76,7 +85,180 @@ def lift(program):
             "the .pt2 has no conv/linear/batch-norm layers that PyTorch steps could change; "
             "pass the nn.Module to edgesmith.convert() in Python"
         )
+    batch = static_batch(program)
+    if batch is not None:
+        _free_batch(torch, module, batch)
+        _check_any_batch(torch, module, program, batch)
     return module
+
+
+def static_batch(program) -> int | None:
+    """The batch the program was exported at when it is fixed (every user input's first dimension the
+    same number), or None when the batch is dynamic (or the inputs have no common first dimension)."""
+    firsts = [
+        node.meta["val"].shape[0] if node.meta["val"].dim() else None
+        for node in _user_inputs(program.graph, program)
+    ]
+    if not firsts or not all(isinstance(f, int) for f in firsts) or len(set(firsts)) != 1:
+        return None  # a SymInt (dynamic), a scalar input, or inputs whose first dimensions differ
+    return firsts[0]
+
+
+def _user_inputs(graph, program=None) -> list:
+    names = program.graph_signature.user_inputs if program is not None else None
+    return [n for n in graph.nodes if n.op == "placeholder" and (names is None or n.name in names)]
+
+
+def _free_batch(torch, module, batch: int) -> None:
+    """Rewrite the size arguments that hold the export batch so the graph runs at any batch.
+
+    A node "carries" the batch when its first dimension is the batch: the inputs, and what an op makes
+    of a carrying tensor without touching dimension 0 (`_keeps_dim0`). A view/reshape of a carrying
+    tensor to (batch, ...) keeping the per-sample size gets -1 there; an expand of a carrying tensor
+    keeps its batch (-1); an expand of a batch-less tensor (a class token) that is concatenated with
+    carrying ones gets the input's batch (`sym_size`)."""
+    aten = torch.ops.aten
+    graph = module.graph
+    first_input = _user_inputs(graph)[0]
+    carries = set(_user_inputs(graph))
+    for node in list(graph.nodes):
+        if node.op not in ("call_function", "call_module"):
+            continue
+        value = node.meta.get("val")
+        fed = any(a in carries for a in node.all_input_nodes)
+        if node.target in _flatten_like(torch):
+            if _rewrite_reshape(node, carries, batch):
+                carries.add(node)
+            continue
+        if node.target is aten.expand.default:
+            if node.args[0] in carries and _dim0(node.args[0]) == batch and node.args[1][0] in (batch, -1):
+                node.args = (node.args[0], [-1, *node.args[1][1:]])
+                carries.add(node)
+            continue
+        if (
+            node.target is aten.cat.default
+            and _normalized(node.args[1] if len(node.args) > 1 else 0, value) != 0
+        ):
+            _batch_expands(torch, graph, node, carries, batch, first_input)
+        if fed and _dim0(node) == batch and (node.op == "call_module" or _keeps_dim0(torch, node)):
+            carries.add(node)
+    graph.lint()
+    module.recompile()
+
+
+def _dim0(node):
+    """The first dimension of a node's value; for several values (split, max_pool2d_with_indices), the
+    one they share."""
+    value = node.meta.get("val") if hasattr(node, "meta") else None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    firsts = {v.shape[0] if hasattr(v, "shape") and v.dim() else None for v in values}
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+def _normalized(dim, value) -> int | None:
+    rank = value.dim() if hasattr(value, "dim") else None
+    if not isinstance(dim, int) or rank is None:
+        return None
+    return dim % rank if rank else dim
+
+
+def _rewrite_reshape(node, carries: set, batch: int) -> bool:
+    """(batch, a, b, ...) from a carrying (batch, ...) with the same per-sample size -> (-1, a, b, ...)."""
+    source, value = node.args[0], node.meta.get("val")
+    if source not in carries or value is None or _dim0(source) != batch or not value.dim():
+        return False
+    if value.shape[0] != batch or not all(isinstance(d, int) for d in value.shape):
+        return False
+    if math.prod(value.shape[1:]) != math.prod(source.meta["val"].shape[1:]):
+        return False
+    node.args = (source, [-1, *value.shape[1:]])  # the concrete sizes replace any -1 among the rest
+    return True
+
+
+def _batch_expands(torch, graph, cat, carries: set, batch: int, first_input) -> None:
+    """Inputs of a concatenation along a non-batch dimension all need the batch: an expand of a
+    batch-less tensor to the export batch is given the input's batch instead."""
+    tensors = cat.args[0]
+    if not any(t in carries for t in tensors):
+        return
+    for t in tensors:
+        if t in carries or t.target is not torch.ops.aten.expand.default or t.args[1][0] != batch:
+            continue
+        with graph.inserting_before(t):
+            size = graph.call_function(torch.ops.aten.sym_size.int, (first_input, 0))
+        t.args = (t.args[0], [size, *t.args[1][1:]])
+        carries.add(t)
+
+
+def _keeps_dim0(torch, node) -> bool:
+    """Whether an op maps dimension 0 to dimension 0: no `dim`-like argument names 0 (a reduction over
+    everything, a concatenation or an index along the batch, a permute moving it all do)."""
+    aten = torch.ops.aten
+    if node.target is aten.permute.default:
+        return _normalized(node.args[1][0], node.args[0].meta.get("val")) == 0
+    if node.target in (aten.squeeze.default, aten.index.Tensor, aten.index_put.default):
+        return node.target is aten.index.Tensor and node.args[1][0] is None
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return True  # operator.getitem on a carrying op's outputs and the like
+    source = next((a.meta.get("val") for a in node.all_input_nodes if hasattr(a, "meta")), None)
+    for i, arg in enumerate(schema.arguments):
+        if arg.name not in ("dim", "dims", "dim0", "dim1", "start_dim"):
+            continue
+        given = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name, arg.default_value)
+        dims = given if isinstance(given, (list, tuple)) else [given]
+        if given is None or not dims or any(_normalized(d, source) in (0, None) for d in dims):
+            return False
+    return True
+
+
+def _check_any_batch(torch, module, program, batch: int) -> None:
+    """Run the rewritten graph on a few samples at once and the program on each alone: the same
+    numbers, or the batch is held somewhere `_free_batch` does not follow (a one-line error)."""
+    count = 3 * batch if batch == 1 else 2 * batch
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for node in _user_inputs(program.graph, program):
+        value = node.meta["val"]
+        shape = (count, *value.shape[1:])
+        inputs.append(torch.randn(shape, generator=generator).to(value.dtype) if value.dtype.is_floating_point
+                      else torch.zeros(shape, dtype=value.dtype))  # fmt: skip
+    reference = program.module()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            whole = torch.utils._pytree.tree_leaves(module(*inputs))
+            parts = [
+                torch.utils._pytree.tree_leaves(reference(*(x[i : i + batch] for x in inputs)))
+                for i in range(0, count, batch)
+            ]
+        problem = _mismatch(torch, whole, parts, count)
+    except Exception as exc:
+        problem = (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
+        )
+    finally:
+        module.train(was_training)
+    if problem:
+        raise InputError(
+            f"the .pt2 was exported at a fixed batch of {batch} and PyTorch steps train on batches, but its "
+            f"graph does not run at another batch ({problem}); export it with "
+            "dynamic_shapes={'x': {0: torch.export.Dim('batch')}} or pass the nn.Module in Python"
+        )
+
+
+def _mismatch(torch, whole: list, parts: list[list], count: int) -> str:
+    for i, out in enumerate(whole):
+        if out.dim() == 0 or out.shape[0] != count:
+            return f"output {i} has shape {tuple(out.shape)}, not a batch of {count}"
+        expected = torch.cat([p[i] for p in parts])
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        if out.shape != expected.shape or not torch.allclose(
+            out, expected, rtol=1e-3, atol=1e-4 * max(1.0, scale)
+        ):
+            return f"output {i} differs from the samples run one batch at a time"
+    return ""
 
 
 def example_inputs(program) -> tuple[np.ndarray, ...]:
