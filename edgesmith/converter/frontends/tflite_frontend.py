@@ -181,7 +181,7 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
 
 
 def load(path: Path, workdir: Path):
-    from . import Source
+    from .source import Source
 
     require("ai_edge_litert", "litert", WHY)
     session = load_session(path, backend="litert")  # a broken file fails here, in one line

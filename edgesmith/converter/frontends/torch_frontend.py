@@ -88,7 +88,7 @@ def _quiet_exporter():
 
 
 def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: str):
-    from . import Source
+    from .source import Source
 
     torch = require("torch", "convert", WHY)
     require("onnxscript", "convert", "torch's ONNX exporter needs it")
