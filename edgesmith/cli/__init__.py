@@ -5,7 +5,8 @@ Exit codes, the same for every command:
   1  verification failed (an artifact is further from the original than the recipe allows)
   2  bad input: one line saying what is wrong and how to fix it; nothing is written
   3  internal error (a bug in edgesmith or a framework it drives): one line, and the traceback in a log
-Heavy imports happen inside each `main`.
+Heavy imports happen inside each `main`, and `cli/__init__` imports only the module of the command that
+runs: `run`, `profile` and `verify` import no converter module (a contract in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from pathlib import Path
 
 from ..errors import EdgesmithError
 
-COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report", "verify")
+# name -> the line `edgesmith --help` lists (the same as the module's own `help`: tests/test_layering.py).
+# A command's module is imported only when that command runs, so `edgesmith run` on a device never
+# imports the converter.
+COMMANDS = {
+    "convert": "compress, export, verify and profile a model",
+    "run": "run an artifact on inputs from an .npz",
+    "profile": "latency and energy of an artifact: here, on a device, or estimated for a target",
+    "doctor": "show installed extras and backends",
+    "targets": "list the devices edgesmith knows, or explain one",
+    "report": "write an HTML report (Pareto plot, per-layer bars, per-target table) for a convert folder",
+    "verify": "run an artifact on emulated ARM or on TensorFlow Lite Micro and compare the outputs",
+}
 
 EXIT_CODES = """\
 exit codes: 0 done, 1 verification failed, 2 bad input (one line: what is wrong and how to fix it),
@@ -31,7 +43,9 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that the clean-up of staging and work folders runs."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command is listed, but only the one `argv` names is built from its
+    module (all of them when `argv` is None)."""
     parser = argparse.ArgumentParser(
         prog="edgesmith",
         description="Compress trained models, export them for edge runtimes, verify and profile them.",
@@ -41,17 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f".{name}", __name__)
-        command = module.add_parser(sub)
-        command.set_defaults(_main=module.main)
-        command.add_argument(
-            "--verbose", action="store_true", help="show the frameworks' own log lines (hidden by default)"
-        )
-        if EXIT_CODES.split(":")[0] not in (command.epilog or "") + (command.description or ""):
-            command.epilog = ((command.epilog or "") + "\n\n" + EXIT_CODES).strip()
-            command.formatter_class = argparse.RawDescriptionHelpFormatter
+    # the top level takes no option but --help, so the first other word names the command
+    chosen = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
+    for name, summary in COMMANDS.items():
+        if argv is None or name == chosen:
+            _add_command(sub, name)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
+
+
+def _add_command(sub, name: str) -> None:
+    """Build command `name`'s parser from its module, with the options and epilog every command has."""
+    module = importlib.import_module(f".{name}", __name__)
+    command = module.add_parser(sub)
+    command.set_defaults(_main=module.main)
+    command.add_argument(
+        "--verbose", action="store_true", help="show the frameworks' own log lines (hidden by default)"
+    )
+    if EXIT_CODES.split(":")[0] not in (command.epilog or "") + (command.description or ""):
+        command.epilog = ((command.epilog or "") + "\n\n" + EXIT_CODES).strip()
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def log_dir() -> Path:
@@ -98,7 +122,7 @@ def _on_sigterm(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     from .. import _quiet
 
     _quiet.set_verbose(getattr(args, "verbose", False))

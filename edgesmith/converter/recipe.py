@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import tomllib
 
 from ..errors import InputError, closest
+from .data.config import CalibrationConfig, PreprocessConfig  # noqa: F401  (importable from here too)
 from .exporters import FORMATS
 from .steps import STEP_CONFIGS, StepConfig
 from .validate import Checked, build, check_keys, fail, spec
@@ -29,33 +30,6 @@ class ModelConfig(Checked):
     path: str | None = None
     # fixed sizes for the model's dynamic input dimensions, by input name: {"input": [1, 3, 224, 224]}
     input_shapes: dict[str, list[int]] | None = spec(None, ge=1, nonempty=True)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig(Checked):
-    """How to turn image files into model inputs: resize, scale, normalize, lay out."""
-
-    section = "calibration.preprocess"
-
-    size: list[int] | None = spec(None, ge=1, length=2)  # [height, width]; default: the model input's
-    channels: Literal[1, 3] | None = None  # 1 = grayscale, 3 = RGB; default: the model input's
-    scale: float = spec(1 / 255, gt=0)
-    mean: list[float] = spec(default_factory=lambda: [0.0], nonempty=True)
-    std: list[float] = spec(default_factory=lambda: [1.0], nonempty=True, nonzero=True)
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    dtype: Literal["float32", "float16", "float64", "uint8", "int8"] = "float32"
-
-
-@dataclass(frozen=True)
-class CalibrationConfig(Checked):
-    section = "calibration"
-
-    path: str | None = None
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    max_samples: int = spec(256, ge=1)
-    batch_size: int = spec(16, ge=1)
-    percentile: float = spec(99.999, gt=0, le=100)
-    preprocess: PreprocessConfig | None = None
 
 
 # an artifact's file stem: a plain name inside the output folder, never a path out of it
@@ -186,11 +160,6 @@ def _tables(data: dict, key: str) -> list:
     if not isinstance(data[key], list):
         raise fail(key, data[key], f"has the wrong type; expected a list of tables ([[{key}]] sections)")
     return data[key]
-
-
-def _build(config_cls: type, data: Any, path: str) -> Any:
-    """A config from the table of a file of its own (data/images.py: a folder's preprocess.toml)."""
-    return build(config_cls, data, "preprocess", source=path)
 
 
 def _build_step(data: Any, where: str) -> StepConfig:

@@ -9,10 +9,11 @@ kernel, shape-only ops), so one layer here is one kernel launch on the device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .layer import Layer
 
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"}
 FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant", "Identity", "Gather",
@@ -21,27 +22,6 @@ FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant", "Iden
 CONVS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose"}
 GEMMS = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "MatMulNBits"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
-
-
-@dataclass
-class Layer:
-    """One kernel: what it computes and how many bytes it touches."""
-
-    name: str
-    op: str
-    op_class: str  # conv, dwconv, gemm, pool, elementwise, other
-    dtype: str  # fp32 or int8
-    macs: int
-    param_bytes: int
-    in_bytes: int
-    out_bytes: int
-    outputs: list[str] = field(default_factory=list)  # tensor names (for matching profiles)
-    inputs: list[str] = field(default_factory=list)  # activations read, through shape-only ops
-    in_sizes: list[int] = field(default_factory=list)  # bytes of each input
-
-    @property
-    def bytes(self) -> int:
-        return self.param_bytes + self.in_bytes + self.out_bytes
 
 
 def layers(path: str | Path, batch: int = 1, shapes: dict | None = None) -> list[Layer]:

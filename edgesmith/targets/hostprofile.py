@@ -28,7 +28,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
     import numpy as np
 
     from ..errors import require
-    from ..runtime.backends.ort_backend import _DTYPES
+    from ..runtime.backends.ort_backend import DTYPES
 
     ort = require("onnxruntime", "ort")
     with work_folder("prof") as tmp:
@@ -41,7 +41,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
         feeds = {}
         for arg in session.get_inputs():
             shape = input_shape(arg.name, [d if isinstance(d, int) else None for d in arg.shape], 1, shapes)
-            feeds[arg.name] = rng.standard_normal(shape).astype(_DTYPES.get(arg.type, "float32"))
+            feeds[arg.name] = rng.standard_normal(shape).astype(DTYPES.get(arg.type, "float32"))
         for _ in range(warmup):
             session.run(None, feeds)
         options.enable_profiling = True

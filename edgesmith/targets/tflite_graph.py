@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from ..errors import InputError, require
-from .graph import Layer
+from .layer import Layer
 
 FREE = {"RESHAPE", "SQUEEZE", "QUANTIZE", "DEQUANTIZE", "DELEGATE", "EXPAND_DIMS", "SHAPE"}
 POOLS = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN"}

@@ -22,8 +22,8 @@ import numpy as np
 from ..._io import read_arrays
 from ...errors import InputError
 from ...runtime.session import TensorSpec
-from ..recipe import PreprocessConfig
 from . import images
+from .config import PreprocessConfig
 
 LABELS = "labels"
 

@@ -10,7 +10,8 @@ import tomllib
 
 from ...errors import InputError, require
 from ...runtime.session import TensorSpec
-from ..recipe import PreprocessConfig
+from ..validate import build
+from .config import PreprocessConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 SPEC_FILE = "preprocess.toml"
@@ -30,13 +31,11 @@ def resolve_spec(folder: Path, spec: PreprocessConfig | None, model_input: Tenso
     """The recipe's spec, else the folder's preprocess.toml, else the model input's size and channels;
     missing size/channels are filled in from the model input."""
     if spec is None and (folder / SPEC_FILE).is_file():
-        from ..recipe import _build
-
         try:
             data = tomllib.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{folder / SPEC_FILE} is not valid TOML: {exc}") from exc
-        spec = _build(PreprocessConfig, data, str(folder / SPEC_FILE))
+        spec = build(PreprocessConfig, data, "preprocess", source=str(folder / SPEC_FILE))
     spec = spec or PreprocessConfig()
     shape = model_input.shape
     if len(shape) != 4:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ...errors import InputError, require
 from ..steps.binary_layers import PAD_VALUE, binary_values
-from .openvino_export import _stable_names
+from .openvino_names import stable_names
 
 WHY = "the binary OpenVINO export builds OpenVINO graphs"
 
@@ -172,7 +172,7 @@ def convert(src: str | Path, dest: str | Path, batch: int = 1, min_weights: int 
             "packed_bytes": -(-weight.size // 8) + weight.shape[axis] * 4,
         })  # fmt: skip
     model.validate_nodes_and_infer_types()
-    _stable_names(model, Path(src))  # OpenVINO's counter-based names would differ between runs
+    stable_names(model, Path(src))  # OpenVINO's counter-based names would differ between runs
     dest = Path(dest)
     ov.save_model(model, str(dest), compress_to_fp16=False)
     fp32 = sum(row["fp32_bytes"] for row in layers)

@@ -21,7 +21,7 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
     if ctx.source.kind == "tflite":  # tf2onnx's ONNX, made by the frontend, or why there is none
         ctx.source.native.check_onnx()
     if model.precision == "binary":  # a binarized model: its +-alpha weights are stored as bits
-        _no_quantize_after_binarize(quantize)
+        no_quantize_after_binarize(quantize)
         from .binary_onnx import pack
 
         return Exported(path, "binary", "edgesmith bit-pack", pack(model.path, path))
@@ -46,7 +46,7 @@ def _quantize(quantize, model: ModelHandle, ctx):
     return HANDLERS[type(quantize)](quantize, model, ctx.step)
 
 
-def _no_quantize_after_binarize(quantize) -> None:
+def no_quantize_after_binarize(quantize) -> None:
     if quantize is not None:
         raise InputError(
             "a binarized model is exported with 1-bit weights; drop the quantize step after binarize "

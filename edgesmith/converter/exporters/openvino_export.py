@@ -12,19 +12,19 @@ The fp32 ONNX handle goes through `openvino.convert_model`, then by precision:
 
 The same inputs give byte-identical files. Conversion and NNCF compute the same graph every time,
 but OpenVINO names the nodes it creates after a process-wide counter (`Constant_31151`), so the
-second export in one process would differ; `_stable_names` renumbers those names in graph order.
-The IR's `rt_info` records only versions and the work file's name (OpenVINO writes the folder as
+second export in one process would differ; `openvino_names.stable_names` renumbers those names in
+graph order. The IR's `rt_info` records only versions and the work file's name (OpenVINO writes the folder as
 `DIR`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ...errors import InputError, require
 from ..handle import ModelHandle
 from . import Exported
+from .openvino_names import stable_names
 
 FORMAT = "openvino"
 SUFFIX = ".xml"
@@ -51,30 +51,13 @@ def _check(config, quantize) -> None:
         )
 
 
-def _stable_names(ov_model, onnx_path: Path) -> None:
-    """Rename nodes OpenVINO named `<Type>_<counter>` (also when folded into a Const) to
-    `<Type>_<position in graph order>`; names that come from the ONNX (or TFLite) file are kept."""
-    if onnx_path.suffix == ".tflite":
-        from .tflite_fb import read
-
-        kept = {t.name.decode() for g in read(onnx_path.read_bytes()).subgraphs for t in g.tensors}
-    else:
-        onnx = require("onnx", "convert")
-        kept = {node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
-    for position, op in enumerate(ov_model.get_ordered_ops()):
-        name = op.get_friendly_name()
-        match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)_\d+", name)
-        if match and name not in kept:
-            op.set_friendly_name(f"{match.group(1)}_{position}")
-
-
 def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
     xml = dest.with_name(dest.name + SUFFIX)
     if model.precision == "binary":  # BinaryConvolution with u1 weights where it can, u1 weights elsewhere
         from .binary_openvino import convert
-        from .onnx_export import _no_quantize_after_binarize
+        from .onnx_export import no_quantize_after_binarize
 
-        _no_quantize_after_binarize(quantize)
+        no_quantize_after_binarize(quantize)
         report = convert(model.path, xml)
         return Exported(xml, "binary", "edgesmith binary IR", report, (xml.with_suffix(".bin"),), True)
     _check(config, quantize)
@@ -100,6 +83,6 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
 
         ov_model, report = quantize_model(ov_model, quantize, ctx.step)
         precision, engine = "int8", "nncf"
-    _stable_names(ov_model, original)
+    stable_names(ov_model, original)
     ov.save_model(ov_model, str(xml), compress_to_fp16=precision == "fp16")
     return Exported(xml, precision, engine, report, files=(xml.with_suffix(".bin"),), files_are_weights=True)

@@ -46,9 +46,9 @@ def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
     if model.precision == "binary":  # no 1-bit TFLite: +-alpha weights as int8 per channel (exact, 4x)
         from ..steps.quantize import QuantizeConfig
         from .binary_tflite import NOTE
-        from .onnx_export import _no_quantize_after_binarize
+        from .onnx_export import no_quantize_after_binarize
 
-        _no_quantize_after_binarize(quantize)
+        no_quantize_after_binarize(quantize)
         # Full-integer when there is calibration data (TFLite Micro runs only that), else dynamic range.
         mode = "static" if ctx.step.calibration() is not None else "dynamic"
         quantize, binary_note = QuantizeConfig(mode=mode), NOTE

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError, require
+from .bert import bert_encoder, load_pruned
 
 WHY = "Hugging Face models"
 SEQ_LEN = 128
@@ -84,8 +85,6 @@ def load_hf_model(path: Path):
     """The Hugging Face model in `path` (BERT-like, checked), loaded without unpickling anything."""
     torch = require("torch", "convert", WHY)
     transformers = require("transformers", "convert", WHY)
-    from ..steps.prune_transformer import _encoder, load_pruned
-
     config = check_folder(path)
     if "edgesmith_heads" in config:
         return load_pruned(path)
@@ -131,7 +130,7 @@ def load_hf_model(path: Path):
         hf_logging.set_verbosity(verbosity)
         if bar_was_on:
             hf_logging.enable_progress_bar()
-    _encoder(model)  # a non-BERT-like model fails here, with a one-line error
+    bert_encoder(model)  # a non-BERT-like model fails here, with a one-line error
     return model.eval()
 
 
@@ -189,12 +188,10 @@ def is_encoder(module) -> bool:
 def is_bert_like(module) -> bool:
     """A BERT-like Hugging Face encoder (checked by shape, so transformers need not be imported);
     other models given in Python go through the plain PyTorch frontend."""
-    from ..steps.prune_transformer import _encoder
-
     if not hasattr(getattr(module, "config", None), "num_hidden_layers"):
         return False
     try:
-        _encoder(module)
+        bert_encoder(module)
     except InputError:
         return False
     return True
@@ -242,10 +239,8 @@ def load_folder(path: Path, workdir: Path):
 
 def load_module(module, workdir: Path, example_inputs: tuple | None):
     """A Source for a Hugging Face model object (or an `HFEncoder` around one) given in Python."""
-    from ..steps.prune_transformer import _encoder
-
     if not is_encoder(module):
-        _encoder(module)
+        bert_encoder(module)
         seq_len = min(SEQ_LEN, int(getattr(module.config, "max_position_embeddings", SEQ_LEN) or SEQ_LEN))
         module = wrap(module.eval(), seq_len=seq_len)
     return _source(module, workdir, None, example_inputs)

@@ -167,7 +167,7 @@ def _export_onnx(model, out: Path) -> None:
 
 
 def load(path: Path, workdir: Path):
-    from . import Source
+    from .source import Source
 
     model = _load_keras(path)
     if importlib.util.find_spec("tf2onnx") is None:

@@ -26,7 +26,7 @@ MIN_OPSET = 13
 
 
 def load(path: Path, workdir: Path):
-    from . import Source
+    from .source import Source
 
     onnx = require("onnx", "convert", "reading ONNX models")
     model = _read(onnx, path)

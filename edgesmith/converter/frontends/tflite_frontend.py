@@ -193,7 +193,7 @@ def _to_onnx(copy: Path, blocker: str | None) -> tuple[Path | None, str | None]:
 
 
 def load(path: Path, workdir: Path):
-    from . import Source
+    from .source import Source
 
     with _quiet.tensorflow():  # LiteRT announces its XNNPACK delegate once per process
         require("ai_edge_litert", "litert", WHY)

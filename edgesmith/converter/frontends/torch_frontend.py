@@ -111,19 +111,19 @@ def strip_debug_info(proto) -> None:
             item.doc_string = ""
 
 
-def _quiet_exporter():
+def quiet_exporter():
     """Silence the exporter's chatter (missing torchvision ops, deprecation notices)."""
     return quiet("torch.onnx", "onnxscript")  # onnxscript: "Evaluation failed" while folding constants
 
 
 def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: str):
-    from . import Source
+    from .source import Source
 
     torch = require("torch", "convert", WHY)
     require("onnxscript", "convert", "torch's ONNX exporter needs it")
     out = workdir / f"{stem}.onnx"
     try:
-        with _quiet_exporter():
+        with quiet_exporter():
             onnx_program = torch.onnx.export(program, (), dynamo=True, external_data=False, verbose=False)
     except Exception as exc:
         raise InputError(

@@ -15,8 +15,8 @@ from ..validate import Checked
 
 if TYPE_CHECKING:
     from ..data.arrays import ArraySource
+    from ..data.config import CalibrationConfig
     from ..handle import ModelHandle
-    from ..recipe import CalibrationConfig
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
     from neural_compressor.torch.export import export
     from neural_compressor.torch.quantization import StaticQuantConfig, convert, prepare
 
-    from ..frontends.torch_frontend import _quiet_exporter, strip_debug_info
+    from ..frontends.torch_frontend import quiet_exporter, strip_debug_info
     from ..progress import bar
 
     cal = step.calibration()
@@ -65,7 +65,7 @@ def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
                 prepared(*(torch.from_numpy(feeds[n]) for n in names))
                 progress.update(len(feeds[names[0]]))
         quantized = convert(prepared)
-        with _quiet_exporter():
+        with quiet_exporter():
             program = torch.export.export(quantized, args, dynamic_shapes=dynamic)
             onnx_program = torch.onnx.export(program, (), dynamo=True, external_data=False, verbose=False)
     proto = onnx_program.model_proto

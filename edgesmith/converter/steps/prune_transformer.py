@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import InputError, require
+from ..frontends.bert import bert_encoder, keep_heads, load_pruned, slice_linear
 from ..validate import spec
 from .base import StepConfig
 
@@ -39,18 +40,6 @@ class TransformerPruneConfig(StepConfig):
     ffn: float = spec(0.0, ge=0, lt=1)  # fraction of the FFN (intermediate) neurons removed in every layer
     layers: int | None = spec(None, ge=1)  # keep this many layers, evenly spaced (None: all)
     batch_size: int = spec(32, ge=1)
-
-
-def _encoder(model):
-    for path in ("encoder", "bert.encoder", "roberta.encoder", "model.encoder"):
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None and hasattr(obj, "layer"):
-            return obj
-    raise InputError(
-        f"{type(model).__name__} has no BERT-like encoder.layer list; prune_transformer supports BERT-like models"
-    )
 
 
 def encoder_module(model):
@@ -82,31 +71,9 @@ def load_model(model_or_path):
     return require("transformers", "convert", WHY).AutoModel.from_pretrained(str(path))
 
 
-def _slice(torch, linear, index, dim: int):
-    """A new Linear holding only `index` along its output (dim 0) or input (dim 1) features."""
-    weight = linear.weight.index_select(dim, index)
-    bias = linear.bias if dim == 1 or linear.bias is None else linear.bias[index]
-    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    return out
-
-
-def _keep_heads(torch, layer, heads: list[int]) -> None:
-    attn = layer.attention.self
-    d = attn.attention_head_size
-    index = torch.tensor([h * d + i for h in sorted(heads) for i in range(d)])
-    for name in ("query", "key", "value"):
-        setattr(attn, name, _slice(torch, getattr(attn, name), index, 0))
-    layer.attention.output.dense = _slice(torch, layer.attention.output.dense, index, 1)
-    attn.num_attention_heads, attn.all_head_size = len(heads), len(heads) * d
-
-
 def _keep_neurons(torch, layer, index) -> None:
-    layer.intermediate.dense = _slice(torch, layer.intermediate.dense, index, 0)
-    layer.output.dense = _slice(torch, layer.output.dense, index, 1)
+    layer.intermediate.dense = slice_linear(torch, layer.intermediate.dense, index, 0)
+    layer.output.dense = slice_linear(torch, layer.output.dense, index, 1)
 
 
 def _scores(torch, model, layers, data, batch_size: int):
@@ -164,7 +131,7 @@ def prune_transformer(model_or_path, config: TransformerPruneConfig, data=None) 
     """Return (the pruned model, report). The model is pruned in place when given as a module."""
     torch = require("torch", "convert", WHY)
     model = load_model(model_or_path).eval()
-    encoder = _encoder(model)
+    encoder = bert_encoder(model)
     layers = list(encoder.layer)
     params0 = sum(p.numel() for p in model.parameters())
     if config.layers is not None and config.layers > len(layers):
@@ -186,7 +153,7 @@ def prune_transformer(model_or_path, config: TransformerPruneConfig, data=None) 
         keep = max(1, round(n * (1 - config.heads)))
         chosen = sorted(torch.argsort(head_scores[i], descending=True)[:keep].tolist())
         if keep < n:
-            _keep_heads(torch, layer, chosen)
+            keep_heads(torch, layer, chosen)
         kept_heads.append(chosen)
         m = len(ffn_scores[i])
         keep_ffn = max(1, round(m * (1 - config.ffn)))
@@ -216,30 +183,3 @@ def prune_transformer(model_or_path, config: TransformerPruneConfig, data=None) 
         "importance": "data" if data is not None else "weight norms",
     }
     return model, report
-
-
-def load_pruned(path):
-    """Load a folder written by `save_pretrained` after `prune_transformer` (heads rebuilt from config)."""
-    torch = require("torch", "convert", WHY)
-    transformers = require("transformers", "convert", WHY)
-    path = Path(path)
-    config = transformers.AutoConfig.from_pretrained(str(path))
-    heads = getattr(config, "edgesmith_heads", None)
-    model = transformers.AutoModel.from_config(config)
-    if heads:
-        for layer, kept in zip(_encoder(model).layer, heads, strict=True):
-            _keep_heads(torch, layer, kept)
-    from safetensors.torch import load_file
-
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise InputError(f"{path} has no .safetensors weights; save with save_pretrained(path)")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    if getattr(model, "pooler", None) is not None and not any(k.startswith("pooler.") for k in state):
-        model.pooler = None  # saved without a pooler (sentence encoders), so build none
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "position_ids" not in k]:
-        raise InputError(f"{path}: weights do not match the pruned config ({(unexpected or missing)[0]})")
-    return model.eval()

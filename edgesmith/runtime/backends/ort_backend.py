@@ -15,7 +15,7 @@ EXTRA = "ort"
 SUFFIXES = (".onnx",)
 
 # ONNX Runtime's type strings -> numpy dtype names.
-_DTYPES = {
+DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
     "tensor(double)": "float64",
@@ -39,7 +39,7 @@ def version() -> str:
 
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
-    return TensorSpec(arg.name, shape, _DTYPES.get(arg.type, arg.type))
+    return TensorSpec(arg.name, shape, DTYPES.get(arg.type, arg.type))
 
 
 class OrtSession:
