@@ -35,6 +35,9 @@ class QuantizeConfig(StepConfig):
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO
     engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
+    # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
+    # meet it (converter/accuracy.py); off: quantize as configured
+    search: Literal["auto", "off"] = "auto"
 
 
 def _qtype(q, name: str):
