@@ -6,7 +6,9 @@ higher is better, ~6 dB per bit):
 
 - `sqnr_db`, the error this quantizer alone adds: the float model's tensor, quantized and dequantized
   with the INT8 model's scale and zero point, against itself (weights: the INT8 weight, dequantized,
-  against the float one). What ranks the layers.
+  against the float one); `channel_sqnr_db` the same per channel, averaged, which ranks the layers:
+  an outlier channel that sets the scale (a transformer's residual stream) dominates the plain
+  SQNR's signal while the other channels round to zero.
 - `sqnr_cumulative_db` (activations): the INT8 model's dequantized tensor against the float model's,
   i.e. the error of everything up to here.
 
@@ -16,7 +18,7 @@ graph input), a weight the same input slot of the same-named consumer.
 
 A *layer* is a compute node that consumes a quantized tensor; excluding it from quantization
 (quantize.exclude / ONNX Runtime's nodes_to_exclude) is how it is returned to float. Layers are ranked
-by the worst SQNR of their quantized inputs; `metric_changes` then re-quantizes with each of the top
+by the worst channel-averaged SQNR of their quantized inputs; `metric_changes` then re-quantizes with each of the top
 layers alone kept float and measures what that buys.
 """
 
@@ -46,12 +48,14 @@ class QuantizedTensor:
     axis: int = 1
     quantized_weight: np.ndarray | None = None  # weights: the INT8 values
     sqnr_db: float | None = None
+    channel_sqnr_db: float | None = None  # mean over channels: an outlier channel cannot hide the rest
     sqnr_cumulative_db: float | None = None
 
 
 @dataclass
 class Layer:
-    """A node that reads quantized tensors: its worst SQNR, and what keeping it float changes."""
+    """A node that reads quantized tensors: its worst (channel-averaged) SQNR, and what keeping it
+    float changes."""
 
     node: str
     op_type: str
@@ -201,29 +205,66 @@ def tensor_errors(qmodel, fmodel, batches: Iterable[dict[str, np.ndarray]]) -> l
             weight = weight.astype(np.float64)
             zero, scale = _broadcast(t.zero_point, weight, t.axis), _broadcast(t.scale, weight, t.axis)
             dequantized = (t.quantized_weight.astype(np.float64) - zero) * scale
-            t.sqnr_db = _db(float((weight**2).sum()), float(((weight - dequantized) ** 2).sum()))
+            total = _Sums()
+            total.add(weight, dequantized, weight, axis=t.axis if np.size(t.scale) > 1 else -1)
+            t.sqnr_db, t.channel_sqnr_db, _ = total.result()
     activations = [t for t in tensors if t.kind == "activation"]
     fnames = [t.float_name for t in activations]
     qnames = [t.dequantized[0] for t in activations]
     fsession = _session(_with_outputs(fmodel, fnames))
     qsession = _session(_with_outputs(qmodel, qnames))
-    sums = np.zeros((len(activations), 3))  # signal, local noise, cumulative noise
+    sums = [_Sums() for _ in activations]
     for batch in batches:
         fvalues = dict(zip([o.name for o in fsession.get_outputs()], fsession.run(None, batch), strict=True))
         qvalues = dict(zip([o.name for o in qsession.get_outputs()], qsession.run(None, batch), strict=True))
-        for i, t in enumerate(activations):
+        for t, total in zip(activations, sums, strict=True):
             x = np.asarray(fvalues[t.float_name], np.float64)
-            sums[i, 0] += float((x**2).sum())
-            sums[i, 1] += float(((x - _fake_quantize(x, t)) ** 2).sum())
-            got = np.asarray(qvalues[t.dequantized[0]], np.float64)
-            if got.shape == x.shape:
-                sums[i, 2] += float(((x - got) ** 2).sum())
-            else:
-                sums[i, 2] = math.nan
-    for t, (signal, local, cumulative) in zip(activations, sums, strict=True):
-        t.sqnr_db = _db(signal, local)
-        t.sqnr_cumulative_db = None if math.isnan(cumulative) else _db(signal, cumulative)
+            total.add(x, _fake_quantize(x, t), np.asarray(qvalues[t.dequantized[0]], np.float64))
+    for t, total in zip(activations, sums, strict=True):
+        t.sqnr_db, t.channel_sqnr_db, t.sqnr_cumulative_db = total.result()
     return tensors
+
+
+def _channels(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """`x` as (values, channels): channels on `axis`, by default axis 1 of 4-D (NCHW) tensors, else
+    the last axis (a transformer's hidden size)."""
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    if axis is None:
+        axis = 1 if x.ndim == 4 else -1
+    return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+
+
+class _Sums:
+    """Signal and noise power of one tensor over the batches, in total and per channel."""
+
+    def __init__(self):
+        self.signal = self.local = self.cumulative = 0.0
+        self.cumulative_ok = True
+
+    def add(self, x: np.ndarray, fake: np.ndarray, got: np.ndarray, axis: int | None = None) -> None:
+        xc, noise = _channels(x, axis), _channels(x - fake, axis)
+        self.signal = self.signal + (xc**2).sum(0)
+        self.local = self.local + (noise**2).sum(0)
+        if got.shape == x.shape:
+            self.cumulative += float(((x - got) ** 2).sum())
+        else:
+            self.cumulative_ok = False
+
+    def result(self) -> tuple[float, float, float | None]:
+        """(SQNR, SQNR averaged over the channels that carry signal, cumulative SQNR), in dB."""
+        signal, local = float(np.sum(self.signal)), float(np.sum(self.local))
+        live = self.signal > 1e-12 * max(float(np.max(self.signal)), 1e-30)
+        per_channel = [_db(s, n) for s, n in zip(self.signal[live], self.local[live], strict=True)]
+        channel = round(float(np.mean(np.clip(per_channel, -20, 100))), 2) if per_channel else math.inf
+        cumulative = _db(signal, self.cumulative) if self.cumulative_ok else None
+        return _db(signal, local), channel, cumulative
+
+
+def _score(t: QuantizedTensor) -> float | None:
+    """What ranks: the channel-averaged SQNR (one huge channel sets the scale and wipes out the others,
+    yet dominates the plain SQNR's signal power)."""
+    return t.channel_sqnr_db if t.channel_sqnr_db is not None else t.sqnr_db
 
 
 def layers(tensors: list[QuantizedTensor], qmodel) -> list[Layer]:
@@ -235,8 +276,8 @@ def layers(tensors: list[QuantizedTensor], qmodel) -> list[Layer]:
             by_node.setdefault(node, []).append(t)
     ranked = []
     for node, reads in by_node.items():
-        known = [t.sqnr_db for t in reads if t.sqnr_db is not None]
-        summary = [{"tensor": t.float_name, "kind": t.kind, "sqnr_db": t.sqnr_db,
+        known = [_score(t) for t in reads if _score(t) is not None]
+        summary = [{"tensor": t.float_name, "kind": t.kind, "sqnr_db": t.sqnr_db, "channel_sqnr_db": t.channel_sqnr_db,
                     "sqnr_cumulative_db": t.sqnr_cumulative_db} for t in reads]  # fmt: skip
         ranked.append(Layer(node, op_types.get(node, "?"), min(known) if known else None, summary))
     return sorted(
