@@ -102,14 +102,18 @@ def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int,
 
 def table(result: dict, limit: int = 20) -> list[list[str]]:
     change = f"{result['metric']} change if float" if result["metric"] else "metric change"
-    rows = [["rank", "node", "op", "SQNR dB", "cumulative dB", change]]
+    rows = [["rank", "tensor", "kind", "nodes kept float to fix it", "SQNR dB", "per-channel dB", "cumulative dB",
+             change]]  # fmt: skip
     for layer in result["layers"][:limit]:
-        cumulative = [
-            t["sqnr_cumulative_db"] for t in layer["tensors"] if t.get("sqnr_cumulative_db") is not None
-        ]
-        rows.append([str(layer["rank"]), layer["node"], layer["op_type"], _num(layer["sqnr_db"]),
-                     _num(min(cumulative) if cumulative else None), _num(layer.get("metric_change"), "{:+.2f}")])  # fmt: skip
+        nodes = ", ".join(f"{n} ({op})" for n, op in zip(layer["nodes"], layer["op_types"], strict=True))
+        rows.append([str(layer["rank"]), layer["tensor"], layer["kind"], _cut(nodes), _num(layer["sqnr_db"]),
+                     _num(layer.get("channel_sqnr_db")), _num(layer.get("sqnr_cumulative_db")),
+                     _num(layer.get("metric_change"), "{:+.2f}")])  # fmt: skip
     return rows
+
+
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _num(x, fmt="{:.1f}") -> str:

@@ -140,28 +140,33 @@ def _probe(ranked, search: Search, everything: Candidate, attempt) -> None:
     """Metric change of each of the first `probe` layers kept float alone (the report's top 5)."""
     baseline = everything.result.get(search.score_key)
     for layer in ranked[: search.probe]:
-        score = attempt([layer.node]).result.get(search.score_key)
+        score = attempt(layer.nodes).result.get(search.score_key)
         if score is not None and baseline is not None:
             layer.metric_change = round(score - baseline, 4)
 
 
-def _order(ranked) -> list[str]:
-    """Nodes in the order they return to float: the probed layers that helped, most first, then the
-    rest by SQNR (worst first)."""
+def _order(ranked) -> list[list[str]]:
+    """The layers' node groups in the order they return to float: the probed layers that helped,
+    most first, then the rest by SQNR (worst first)."""
     helped = sorted((la for la in ranked if (la.metric_change or 0) > 0), key=lambda la: -la.metric_change)
-    return [la.node for la in helped] + [la.node for la in ranked if la not in helped]
+    return [la.nodes for la in helped] + [la.nodes for la in ranked if la not in helped]
 
 
-def _bisect(order: list[str], attempt) -> Candidate:
-    """The shortest prefix of `order` whose candidate holds (assuming more float never hurts); the
+def _prefix(groups: list[list[str]], count: int) -> list[str]:
+    """The nodes of the first `count` groups, each once, in order."""
+    return list(dict.fromkeys(n for group in groups[:count] for n in group))
+
+
+def _bisect(groups: list[list[str]], attempt) -> Candidate:
+    """The candidate of the fewest first groups that holds (assuming more float never hurts); the
     all-float candidate if none does."""
-    low, high = 0, len(order)
-    best = attempt(order)
+    low, high = 0, len(groups)
+    best = attempt(_prefix(groups, high))
     if not best.holds:
         return best
     while high - low > 1:
         middle = (low + high) // 2
-        candidate = attempt(order[:middle])
+        candidate = attempt(_prefix(groups, middle))
         if candidate.holds:
             high, best = middle, candidate
         else:

@@ -42,6 +42,7 @@ class QuantizedTensor:
     float_name: str  # the tensor in the float model
     kind: str  # "activation" | "weight"
     consumers: list[str]  # names of the compute nodes that read its dequantized value
+    producer: str | None = None  # activations: the node whose output is quantized (None: a graph input)
     dequantized: list[str] = field(default_factory=list)  # DequantizeLinear outputs in the INT8 model
     scale: np.ndarray | None = None
     zero_point: np.ndarray | None = None
@@ -54,14 +55,18 @@ class QuantizedTensor:
 
 @dataclass
 class Layer:
-    """A node that reads quantized tensors: its worst (channel-averaged) SQNR, and what keeping it
-    float changes."""
+    """A quantized tensor and the nodes that quantize it: ONNX Runtime puts a QuantizeLinear on a tensor
+    for its producer (outputs) and for each reader (inputs), so it stays float only when all of them
+    are excluded. Ranked by the tensor's error; `metric_change` is what keeping them float buys."""
 
-    node: str
-    op_type: str
+    tensor: str
+    kind: str  # "activation" | "weight"
+    nodes: list[str]
+    op_types: list[str]
     sqnr_db: float | None
-    tensors: list[dict]
-    metric_change: float | None = None  # metric of "this layer float" minus metric of "all INT8"
+    channel_sqnr_db: float | None
+    sqnr_cumulative_db: float | None = None
+    metric_change: float | None = None  # metric with these nodes float minus metric of "all INT8"
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "sqnr_db"}
@@ -99,6 +104,8 @@ def quantized_tensors(qmodel, fmodel) -> list[QuantizedTensor]:
             continue
         entry = found.setdefault(name, QuantizedTensor(name, kind, []))
         entry.consumers += [n.name for n, _ in readers if n.name not in entry.consumers]
+        if kind == "activation":
+            entry.producer = _producer(producer.get(dq.input[0]), producer)
         entry.dequantized.append(dq.output[0])
         entry.scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
         if len(dq.input) > 2 and dq.input[2] in inits:
@@ -124,6 +131,15 @@ def _named_after(node, fnames: set[str]) -> str | None:
         return None
     match = re.fullmatch(r"(.+)_(?:Quantize|Dequantize)Linear(?:_\d+)?", node.name)
     return match.group(1) if match and match.group(1) in fnames else None
+
+
+def _producer(quantize, producer) -> str | None:
+    node = (
+        producer.get(quantize.input[0])
+        if quantize is not None and quantize.op_type == "QuantizeLinear"
+        else None
+    )
+    return node.name if node is not None and node.op_type not in QDQ_OPS else None
 
 
 def _weight_name(readers, fnodes) -> str | None:
@@ -261,36 +277,29 @@ class _Sums:
         return _db(signal, local), channel, cumulative
 
 
-def _score(t: QuantizedTensor) -> float | None:
-    """What ranks: the channel-averaged SQNR (one huge channel sets the scale and wipes out the others,
-    yet dominates the plain SQNR's signal power)."""
-    return t.channel_sqnr_db if t.channel_sqnr_db is not None else t.sqnr_db
-
-
 def layers(tensors: list[QuantizedTensor], qmodel) -> list[Layer]:
-    """Compute nodes ranked by the worst SQNR of the quantized tensors they read (worst first)."""
+    """The quantized tensors with the nodes that keep each float, worst (channel-averaged) SQNR first."""
     op_types = {n.name: n.op_type for n in qmodel.graph.node}
-    by_node: dict[str, list[QuantizedTensor]] = {}
-    for t in tensors:
-        for node in t.consumers:
-            by_node.setdefault(node, []).append(t)
     ranked = []
-    for node, reads in by_node.items():
-        known = [_score(t) for t in reads if _score(t) is not None]
-        summary = [{"tensor": t.float_name, "kind": t.kind, "sqnr_db": t.sqnr_db, "channel_sqnr_db": t.channel_sqnr_db,
-                    "sqnr_cumulative_db": t.sqnr_cumulative_db} for t in reads]  # fmt: skip
-        ranked.append(Layer(node, op_types.get(node, "?"), min(known) if known else None, summary))
-    return sorted(
-        ranked, key=lambda layer: (math.inf if layer.sqnr_db is None else layer.sqnr_db, layer.node)
-    )
+    for t in tensors:
+        nodes = [n for n in [t.producer, *t.consumers] if n is not None and n in op_types]
+        if nodes:
+            ranked.append(Layer(t.float_name, t.kind, nodes, [op_types[n] for n in nodes], t.sqnr_db,
+                                t.channel_sqnr_db, t.sqnr_cumulative_db))  # fmt: skip
+    return sorted(ranked, key=lambda layer: (_rank_key(layer), layer.tensor))
+
+
+def _rank_key(layer: Layer) -> float:
+    value = layer.channel_sqnr_db if layer.channel_sqnr_db is not None else layer.sqnr_db
+    return math.inf if value is None else value
 
 
 def metric_changes(ranked: list[Layer], top: int, quantize: Callable[[list[str]], Path],
                    score: Callable[[Path], float], baseline: float) -> list[Layer]:  # fmt: skip
-    """For each of the `top` layers: re-quantize with that layer alone kept float and record how much
+    """For each of the `top` layers: re-quantize with its nodes alone kept float and record how much
     the metric moves from `baseline` (the all-INT8 score; positive: keeping it float helps)."""
     for layer in ranked[:top]:
-        layer.metric_change = round(score(quantize([layer.node])) - baseline, 4)
+        layer.metric_change = round(score(quantize(layer.nodes)) - baseline, 4)
     return ranked
 
 
