@@ -51,6 +51,12 @@ class Budget:
             return result["cosine_min"] >= self.min_cosine
         return True
 
+    def binding(self, result: dict) -> str:
+        """What to probe layers by, for a `result` over budget: the metric when it dropped too far,
+        else the cosine."""
+        over = self.max_drop is not None and result.get("drop") is not None and result["drop"] > self.max_drop
+        return "score" if over or self.min_cosine is None else "cosine_min"
+
     def to_json(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
@@ -122,6 +128,9 @@ def run(search: Search) -> dict:
             everything,
         )
     else:
+        search = trials.search = dataclasses.replace(
+            search, score_key=search.budget.binding(everything.result)
+        )
         ranked = ranked_layers(search, trials)
         chosen = _bisect(_order(ranked), trials)
     return {
@@ -131,6 +140,7 @@ def run(search: Search) -> dict:
         "chosen": chosen.to_json(),
         "candidates": [c.to_json() for c in trials.tried.values()],
         "layers_ranked": len(ranked),
+        "metric_change_of": search.score_key,  # what sensitivity's `metric_change` measures
         "wall_s": round(time.perf_counter() - started, 1),
         "sensitivity": sensitivity.to_json(ranked),
     }
