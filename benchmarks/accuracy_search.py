@@ -70,14 +70,16 @@ def minilm(args, tmp: Path) -> dict:
     train_a, train_b, _ = read_sts(STSB / "sts-train.csv")
     calibration = sorted(set(train_a + train_b))[::37][: args.calibration]  # spread over the set
     np.savez(tmp / "calibration.npz", **tokenize(calibration))
-    report = run(Recipe.from_dict({"profile": {"enabled": False}}), str(MODEL), tmp / "fp32", quiet=True)
-    fp32 = Path(report["artifacts"][0]["path"])
+    fp32 = tmp / "fp32" / "model.fp32.onnx"
+    if not fp32.is_file():  # --work keeps it (and the calibration cache) for the next run
+        report = run(Recipe.from_dict({"profile": {"enabled": False}}), str(MODEL), tmp / "fp32", quiet=True)
+        fp32 = Path(report["artifacts"][0]["path"])
     inputs = load(fp32).inputs
     cal = ArraySource(tmp / "calibration.npz", inputs, "calibration", args.calibration, 16, None)
     ctx = StepContext(tmp, lambda: cal, CalibrationConfig(path=str(tmp / "calibration.npz")), quiet=True)
     config = QuantizeConfig()
     dev_score, test_score = sts_scorer(tokenize, dev), sts_scorer(tokenize, test)
-    fp32_dev = dev_score(fp32)
+    fp32_dev = args.fp32_dev or dev_score(fp32)
     log(f"fp32: dev {fp32_dev}")
 
     started = time.perf_counter()
@@ -92,7 +94,7 @@ def minilm(args, tmp: Path) -> dict:
 
     search = accuracy.Search(
         quantize_with, evaluate, accuracy.Budget(max_drop=args.max_drop), float_model,
-        lambda: _first(cal, args.sqnr_samples), latency, log=log,
+        lambda: _first(cal, args.sqnr_samples), latency, probe=args.probe, log=log,
     )  # fmt: skip
     outcome = accuracy.run(search)
     wall = time.perf_counter() - started
@@ -104,7 +106,7 @@ def minilm(args, tmp: Path) -> dict:
     p50 = time_ort(paths, args.runs)
     results = {}
     for name, path in paths.items():
-        results[name] = {"spearman_test": test_score(path), "p50_ms": p50[name],
+        results[name] = {"spearman_test": args.fp32_test if name == "fp32" and args.fp32_test else test_score(path), "p50_ms": p50[name],
                          "speedup": round(p50["fp32"] / p50[name], 2), "size_bytes": path.stat().st_size}  # fmt: skip
         log(f"{name}: {results[name]}")
     results["search"].update(
@@ -160,6 +162,10 @@ def main() -> None:
     ap.add_argument("--sqnr-samples", type=int, default=32)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--search-runs", type=int, default=20)
+    ap.add_argument("--probe", type=int, default=accuracy.PROBE, help="layers probed alone in float")
+    ap.add_argument("--fp32-dev", type=float, help="the fp32 dev score, if known (saves scoring it)")
+    ap.add_argument("--fp32-test", type=float, help="the fp32 test score, if known (82.03, docs/pruning.md)")
+    ap.add_argument("--work", type=Path, help="a work folder to keep (fp32 export, calibration cache)")
     ap.add_argument("--skip", choices=("minilm", "mnist"), default=None)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -171,8 +177,9 @@ def main() -> None:
             results["mnist"] = mnist(tmp / "m")
             log(json.dumps(results["mnist"]["float_nodes"]))
         if args.skip != "minilm":
-            (tmp / "l").mkdir()
-            results["minilm"] = minilm(args, tmp / "l")
+            work = args.work or tmp / "l"
+            work.mkdir(exist_ok=True)
+            results["minilm"] = minilm(args, work)
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:
