@@ -102,11 +102,11 @@ def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int,
 
 def table(result: dict, limit: int = 20) -> list[list[str]]:
     change = f"{result['metric']} change if float" if result["metric"] else "metric change"
-    rows = [["rank", "tensor", "kind", "nodes kept float to fix it", "SQNR dB", "per-channel dB", "cumulative dB",
+    rows = [["rank", "quantized tensor", "kind", "nodes kept float to fix it", "SQNR dB", "per-channel dB", "cumulative dB",
              change]]  # fmt: skip
     for layer in result["layers"][:limit]:
         nodes = ", ".join(f"{n} ({op})" for n, op in zip(layer["nodes"], layer["op_types"], strict=True))
-        rows.append([str(layer["rank"]), layer["tensor"], layer["kind"], _cut(nodes), _num(layer["sqnr_db"]),
+        rows.append([str(layer["rank"]), layer["what"], layer["kind"], _cut(nodes), _num(layer["sqnr_db"]),
                      _num(layer.get("channel_sqnr_db")), _num(layer.get("sqnr_cumulative_db")),
                      _num(layer.get("metric_change"), "{:+.2f}")])  # fmt: skip
     return rows

@@ -107,7 +107,7 @@ def sensitivity_rows(report: dict, top: int = 5) -> list[list[str]]:
     table = [["most sensitive (INT8)", "nodes", "SQNR dB/channel", "metric if float"]]
     for layer in layers:
         nodes = ", ".join(layer["nodes"])
-        table.append([layer["tensor"], nodes if len(nodes) <= 50 else nodes[:47] + "...",
+        table.append([layer["what"], nodes if len(nodes) <= 50 else nodes[:47] + "...",
                       _num(layer.get("channel_sqnr_db"), "{:.1f}"), _num(layer.get("metric_change"), "{:+.2f}")])  # fmt: skip
     return table
 

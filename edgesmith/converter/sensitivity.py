@@ -61,6 +61,7 @@ class Layer:
 
     tensor: str
     kind: str  # "activation" | "weight"
+    what: str  # the tensor for a reader: "<node> output", "<node> weight", "input <name>"
     nodes: list[str]
     op_types: list[str]
     sqnr_db: float | None
@@ -277,14 +278,19 @@ class _Sums:
         return _db(signal, local), channel, cumulative
 
 
-def layers(tensors: list[QuantizedTensor], qmodel) -> list[Layer]:
+def layers(tensors: list[QuantizedTensor], qmodel, fmodel=None) -> list[Layer]:
     """The quantized tensors with the nodes that keep each float, worst (channel-averaged) SQNR first."""
     op_types = {n.name: n.op_type for n in qmodel.graph.node}
+    made_by = {o: n.name for n in (fmodel or qmodel).graph.node for o in n.output}
     ranked = []
     for t in tensors:
         nodes = [n for n in [t.producer, *t.consumers] if n is not None and n in op_types]
+        if t.kind == "weight":
+            what = f"{t.consumers[0] if t.consumers else '?'} weight"
+        else:
+            what = f"{made_by[t.float_name]} output" if t.float_name in made_by else f"input {t.float_name}"
         if nodes:
-            ranked.append(Layer(t.float_name, t.kind, nodes, [op_types[n] for n in nodes], t.sqnr_db,
+            ranked.append(Layer(t.float_name, t.kind, what, nodes, [op_types[n] for n in nodes], t.sqnr_db,
                                 t.channel_sqnr_db, t.sqnr_cumulative_db))  # fmt: skip
     return sorted(ranked, key=lambda layer: (_rank_key(layer), layer.tensor))
 
@@ -308,7 +314,7 @@ def analyse(qpath: Path, fpath: Path, batches: Iterable[dict[str, np.ndarray]]) 
     import onnx
 
     qmodel, fmodel = onnx.load(str(qpath)), onnx.load(str(fpath))
-    return layers(tensor_errors(qmodel, fmodel, batches), qmodel)
+    return layers(tensor_errors(qmodel, fmodel, batches), qmodel, fmodel)
 
 
 def matches(qpath: Path, fpath: Path) -> int:

@@ -262,7 +262,7 @@ def _sensitivity(data: dict, top: int = 15) -> str:
         if value is None or not math.isfinite(value):
             continue
         change = layer.get("metric_change")
-        label = f"{layer['tensor']} ({', '.join(layer['nodes'])})" + (
+        label = f"{layer.get('what', layer['tensor'])} ({', '.join(layer['nodes'])})" + (
             f" {change:+.2f} if float" if change is not None else ""
         )
         rows.append((label, max(value, 0.0)))
