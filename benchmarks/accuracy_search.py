@@ -131,6 +131,7 @@ def mnist(tmp: Path) -> dict:
 path = "{ROOT / 'calibration_data/mnist'}"
 [[steps]]
 kind = "quantize"
+search = "auto"
 [verify]
 eval = "{ROOT / 'calibration_data/mnist/holdout.npz'}"
 max_drop = 0.5

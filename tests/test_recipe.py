@@ -95,7 +95,7 @@ target = "host"
 exclude = []
 preprocess = true
 engine = "auto"
-search = "auto"
+search = "off"
 
 [verify]
 batch_size = 64

@@ -100,6 +100,7 @@ def test_convert_searches_on_real_mnist(tmp_path, cli):
 path = "{ROOT / "calibration_data/mnist"}"
 [[steps]]
 kind = "quantize"
+search = "auto"
 [verify]
 eval = "{ROOT / "calibration_data/mnist/holdout.npz"}"
 max_drop = 0.5

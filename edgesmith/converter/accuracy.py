@@ -203,10 +203,11 @@ def exact(nodes: list[str]) -> list[str]:
 
 def searches(quantize, recipe) -> bool:
     """Whether `convert` searches: static QDQ INT8 by ONNX Runtime, `quantize.search = "auto"`, and a
-    budget in [verify] (max_drop or min_cosine)."""
+    budget in [verify] (max_drop or min_cosine). Off by default: a budget alone only checks (and
+    fails the run), as before."""
     if quantize is None or quantize.mode != "static" or quantize.format != "qdq":
         return False
-    if quantize.engine not in ("auto", "onnxruntime") or getattr(quantize, "search", "auto") == "off":
+    if quantize.engine not in ("auto", "onnxruntime") or quantize.search != "auto":
         return False
     if not any(e.format == "onnx" for e in recipe.exports):
         return False

@@ -36,8 +36,8 @@ class QuantizeConfig(StepConfig):
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO
     engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
-    # meet it (converter/accuracy.py); off: quantize as configured
-    search: Literal["auto", "off"] = "auto"
+    # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
+    search: Literal["auto", "off"] = "off"
 
 
 def _qtype(q, name: str):
