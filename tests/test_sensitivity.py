@@ -134,3 +134,9 @@ def test_inspect_gives_json(tmp_path, cli, outlier):
     result = json.loads(out)
     assert result["layers"][0]["nodes"][1] == "fc2" and result["layers"][0]["metric_change"] > 0
     assert result["metric"] == "agreement"
+
+
+def test_inspect_refuses_a_float_artifact(tmp_path, cli):
+    model = outlier_mlp(tmp_path / "float.onnx")
+    code, _, err = cli("inspect", str(model), "--against", str(model), "--data", str(tmp_path / "none.npz"))
+    assert code == 2 and "has no DequantizeLinear" in err and "Traceback" not in err
