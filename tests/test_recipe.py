@@ -95,9 +95,11 @@ target = "host"
 exclude = []
 preprocess = true
 engine = "auto"
+search = "off"
 
 [verify]
 batch_size = 64
+sensitivity = false
 
 [profile]
 enabled = true

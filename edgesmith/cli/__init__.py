@@ -32,6 +32,7 @@ COMMANDS = {
     "targets": "list the devices edgesmith knows, or explain one",
     "report": "write an HTML report (Pareto plot, per-layer bars, per-target table) for a convert folder",
     "verify": "run an artifact on emulated ARM or on TensorFlow Lite Micro and compare the outputs",
+    "inspect": "rank the layers of a static INT8 ONNX model by the error their quantization adds",
 }
 
 EXIT_CODES = """\

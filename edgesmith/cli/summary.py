@@ -99,6 +99,33 @@ def target_rows(report: dict) -> list[list[str]]:
     return table
 
 
+def sensitivity_rows(report: dict, top: int = 5) -> list[list[str]]:
+    """The `top` quantized tensors whose INT8 rounding costs most (report.json `sensitivity`)."""
+    layers = (report.get("sensitivity") or [])[:top]
+    if not layers:
+        return []
+    table = [["most sensitive (INT8)", "nodes", "SQNR dB/channel", "metric if float"]]
+    for layer in layers:
+        nodes = ", ".join(layer["nodes"])
+        table.append([layer["what"], nodes if len(nodes) <= 50 else nodes[:47] + "...",
+                      _num(layer.get("channel_sqnr_db"), "{:.1f}"), _num(layer.get("metric_change"), "{:+.2f}")])  # fmt: skip
+    return table
+
+
+def print_sensitivity(report: dict) -> None:
+    """The accuracy search's outcome (what stayed float) and the most sensitive layers, if computed."""
+    search = report.get("accuracy_search")
+    if search:
+        kept = search["float_nodes"]
+        verdict = "meets" if search["within_budget"] else "could NOT meet"
+        print(f"\naccuracy search: {verdict} {search['budget']} with {len(kept)} node(s) float"
+              f"{': ' + ', '.join(kept[:8]) + (' ...' if len(kept) > 8 else '') if kept else ''} "
+              f"({len(search['candidates'])} candidates, {search['wall_s']:.0f} s)")  # fmt: skip
+    if sensitivity_rows(report):
+        print()
+        _print_table(sensitivity_rows(report))
+
+
 def _print_table(table: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
@@ -120,6 +147,7 @@ def print_summary(report: dict, out) -> None:
     if target_rows(report):
         print()
         _print_table(target_rows(report))
+    print_sensitivity(report)
     for step in report["steps"]:
         if "types" in step:
             t = step["types"]

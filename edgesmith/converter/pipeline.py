@@ -15,7 +15,7 @@ import numpy as np
 from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
-from . import exporters, input_shapes
+from . import accuracy, exporters, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -173,6 +173,8 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 handle, step_report = _apply(config, handle, ctx)
                 step_reports.append(step_report)
             report = _report(recipe, model_path, source, step_reports)
+            quantize = accuracy.meet_budget(quantize, handle, ctx, recipe, source,
+                                            _verification_data(recipe, source, evaluation), report)  # fmt: skip
             stem = model_path.stem if model_path else source.onnx.path.stem
             if torch_steps:
                 _save_hf_folder(changed.module, output, f"{stem}-hf", model_path, report)

@@ -57,6 +57,9 @@ class VerifyConfig(Checked):
     min_cosine: float | None = spec(
         None, ge=-1, le=1
     )  # every output and sample; default by precision (verify.py)
+    sensitivity: bool = (
+        False  # per-layer sensitivity of static INT8 in report.json (converter/sensitivity.py)
+    )
 
 
 @dataclass(frozen=True)

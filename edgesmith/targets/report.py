@@ -5,6 +5,7 @@ marker area = file size) and per-layer latency bars. One self-contained HTML fil
 from __future__ import annotations
 
 import json
+import math
 import time
 from html import escape
 from pathlib import Path
@@ -113,6 +114,7 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
             "timings_s": {"estimate": round(t1 - t0, 3), "host_layers": round(time.perf_counter() - t1, 3)},
         })  # fmt: skip
     data["stages"] = report.get("stages") or []
+    data["sensitivity"] = report.get("sensitivity") or []
     data["timings_s"] = {"report": round(time.perf_counter() - started, 3)}
     return data
 
@@ -132,6 +134,8 @@ REPORT_SHAPE = {
     "artifacts": [{"path": str, "size_bytes": int, "precision?": str,
                    "verify?": {"artifact?": NUMBER, "agreement?": NUMBER, "cosine?": NUMBER},
                    "latency?": {"p50_ms?": NUMBER}, "targets?": {str: _TARGET}}],
+    "sensitivity?": [{"tensor": str, "nodes": [str], "sqnr_db?": NUMBER, "channel_sqnr_db?": NUMBER,
+                      "metric_change?": NUMBER}],
     "stages?": [{"after": str, "size_bytes": NUMBER, "macs?": NUMBER, "params?": NUMBER, "score?": NUMBER,
                  "p50_ms?": NUMBER}],
 }  # fmt: skip
@@ -223,7 +227,7 @@ def render(data: dict) -> str:
              '<section id="pareto"><h2>Metric vs latency</h2>',
              svg.scatter(series, "p50 latency (ms, log scale)", metric, title=f"{metric} vs latency"),
              "</section>", '<section id="table"><h2>Artifacts x targets</h2>', _table(data), "</section>",
-             _stages(data), '<section id="layers"><h2>Per-layer latency</h2>']  # fmt: skip
+             _stages(data), _sensitivity(data), '<section id="layers"><h2>Per-layer latency</h2>']  # fmt: skip
     for a in data["artifacts"]:
         if a["host_layers"]:
             parts.append(
@@ -257,6 +261,29 @@ def _stages(data: dict) -> str:
             "measured on this machine (the last row is the first artifact).</p><table><tr><th>after step</th>"
             f"<th>MACs</th><th>params</th><th>size</th><th>{metric}</th><th>host p50</th></tr>{rows}</table>"
             "</section>")  # fmt: skip
+
+
+def _sensitivity(data: dict, top: int = 15) -> str:
+    """The quantized tensors whose INT8 rounding costs most (converter/sensitivity.py): shortest bar
+    (lowest SQNR, per channel) first."""
+    rows = []
+    for layer in data.get("sensitivity", [])[:top]:
+        value = layer.get("channel_sqnr_db", layer.get("sqnr_db"))
+        if value is None or not math.isfinite(value):
+            continue
+        change = layer.get("metric_change")
+        label = f"{layer.get('what', layer['tensor'])} ({', '.join(layer['nodes'])})" + (
+            f" {change:+.2f} if float" if change is not None else ""
+        )
+        rows.append((label, max(value, 0.0)))
+    if not rows:
+        return ""
+    chart = svg.bars(rows, unit="dB", title="per-layer sensitivity: SQNR of each quantized tensor, worst first",
+                     longest_first=False)  # fmt: skip
+    return ('<section id="sensitivity"><h2>Per-layer sensitivity</h2><p>Signal over quantization noise of '
+            "each INT8 tensor, averaged over its channels (higher is better, ~6 dB a bit), with the nodes "
+            "that keep it float and, for the first few, the metric change when they do.</p>"
+            f"{chart}</section>")  # fmt: skip
 
 
 def _y(a: dict):

@@ -79,9 +79,10 @@ def scatter(series: dict[str, list[dict]], xlabel: str, ylabel: str, width: int 
     return "".join(out)
 
 
-def bars(rows: list[tuple[str, float]], unit: str = "ms", width: int = 720, title: str = "") -> str:
-    """Horizontal bars, one per (label, value), longest first."""
-    rows = sorted(rows, key=lambda r: -r[1])
+def bars(rows: list[tuple[str, float]], unit: str = "ms", width: int = 720, title: str = "",
+         longest_first: bool = True) -> str:  # fmt: skip
+    """Horizontal bars, one per (label, value), longest first (else in the given order)."""
+    rows = sorted(rows, key=lambda r: -r[1]) if longest_first else list(rows)
     bar_h, left, top = 16, 260, 26
     height = top + bar_h * len(rows) + 24
     vmax = max((v for _, v in rows), default=1) or 1

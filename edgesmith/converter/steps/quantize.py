@@ -35,6 +35,9 @@ class QuantizeConfig(StepConfig):
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO
     engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
+    # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
+    # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
+    search: Literal["auto", "off"] = "off"
 
 
 def _qtype(q, name: str):
@@ -89,18 +92,8 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     if config.mode == "fp16":
         return _fp16(model, ctx)
     q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
-    source_path = model.path
     report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
-    if config.preprocess:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        prepped = ctx.workdir / f"{model.path.stem}.prep.onnx"
-        try:
-            quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX's is enough
-            quant_pre_process(str(model.path), str(prepped), skip_symbolic_shape=True)
-        source_path = prepped
-    source_path = _plain_names(source_path, ctx.workdir / f"{model.path.stem}.named.onnx")
+    source_path = prepared(model.path, ctx.workdir, config.preprocess)
     excluded = _excluded(source_path, config.exclude)
     out = ctx.workdir / f"{model.path.stem}.{config.mode}-int8.onnx"
     if config.mode == "dynamic":
@@ -145,6 +138,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
                 "CalibStridedMinMax": _stride(cal.num_batches()),
                 "CalibPercentile": calib.percentile,
             },
+            calibration_cache_path=_calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal)),
         )
     onnx = require("onnx", "convert")
     model_proto = onnx.load(str(out))
@@ -177,6 +171,32 @@ def _check_loads(path) -> None:
             f"ONNX Runtime's quantizer wrote a model that ONNX Runtime cannot load ({cause}); try "
             "quantize.engine = 'nncf', or keep the node it names in float with quantize.exclude"
         ) from exc
+
+
+def prepared(path, workdir, preprocess: bool = True):
+    """The float model static INT8 quantizes: ONNX Runtime's quant_pre_process (if `preprocess`), then
+    plain tensor names (written to `workdir`). Sensitivity compares the INT8 model with this one."""
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepped = workdir / f"{path.stem}.prep.onnx"
+        try:
+            quant_pre_process(str(path), str(prepped), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX's is enough
+            quant_pre_process(str(path), str(prepped), skip_symbolic_shape=True)
+        path = prepped
+    return _plain_names(path, workdir / f"{path.stem.removesuffix('.prep')}.named.onnx")
+
+
+def _calibration_cache(workdir, model_path, op_types, calib, samples: int):
+    """Where ONNX Runtime keeps the ranges of one calibration (model, ops, method, samples) in this run's
+    work folder: quantizing the same model again with other `exclude`s (the accuracy search) reuses
+    them instead of running the calibration data again."""
+    import hashlib
+
+    key = [hashlib.sha256(model_path.read_bytes()).hexdigest(), sorted(op_types or []), calib.method,
+           calib.percentile, samples]  # fmt: skip
+    return workdir / f"calibration-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.json"
 
 
 def _plain_names(path, out):
