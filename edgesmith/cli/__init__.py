@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import EdgesmithError
 
-COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report", "verify")
+COMMANDS = ("convert", "run", "profile", "doctor", "targets", "report", "verify", "sweep", "tune")
 
 EXIT_CODES = """\
 exit codes: 0 done, 1 verification failed, 2 bad input (one line: what is wrong and how to fix it),

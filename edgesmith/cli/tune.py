@@ -1,0 +1,5 @@
+"""placeholder"""
+def add_parser(sub):
+    return sub.add_parser("tune")
+def main(args):
+    return 0
