@@ -1,0 +1,222 @@
+"""`edgesmith sweep` on a real Ray cluster that the tests start (a head node on 127.0.0.1 plus one
+more worker node) and stop by the processes they started, never by name (`ray stop` would kill
+every Ray on the machine, other users' included)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "mnist_cnn.onnx"
+CALIBRATION = ROOT / "calibration_data" / "mnist"
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _ports_flags() -> list[str]:
+    """Every port a node opens, chosen free, so the cluster never meets another one on this machine."""
+    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port",
+             "dashboard-agent-grpc-port", "dashboard-agent-listen-port")  # fmt: skip
+    ports = _free_ports(len(names) + 1)
+    low = 20000 + (ports[-1] % 200) * 100  # a private range of worker ports
+    return [f"--{n}={p}" for n, p in zip(names, ports, strict=False)] + [
+        f"--min-worker-port={low}", f"--max-worker-port={low + 99}"
+    ]  # fmt: skip
+
+
+class Cluster:
+    """`ray start --block` processes, each in a session of its own, so stopping one stops exactly the
+    processes it started (its raylet, workers, GCS) and nothing else."""
+
+    def __init__(self, temp: Path):
+        self.temp, self.nodes, self.address = temp, [], None
+        token = secrets.token_hex(32)  # Ray's token authentication, as a real cluster would use it
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # fmt: skip
+
+    def start_head(self) -> None:
+        (port,) = _free_ports(1)
+        self.address = f"127.0.0.1:{port}"
+        self._start(["--head", f"--port={port}", "--include-dashboard=false",
+                     f"--ray-client-server-port={_free_ports(1)[0]}", f"--temp-dir={self.temp}"])  # fmt: skip
+
+    def add_worker_node(self) -> None:
+        self._start([f"--address={self.address}"])
+
+    def _start(self, flags: list[str]) -> None:
+        cmd = [
+            str(RAY),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+        ]
+        log = open(self.temp / f"node-{len(self.nodes)}.log", "w")  # noqa: SIM115 (kept for the node's life)
+        self.nodes.append(subprocess.Popen(cmd + flags + _ports_flags(), env=self.env, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+
+    def wait_cpus(self, cpus: int, timeout: float = 90) -> None:
+        """Until the cluster reports `cpus` CPUs (every node joined)."""
+        code = (f"import ray; ray.init(address='{self.address}', log_to_driver=False); "
+                "print(ray.cluster_resources().get('CPU', 0))")  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+            if found.returncode == 0 and float(found.stdout.split()[-1]) >= cpus:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the cluster did not reach {cpus} CPUs: {self.logs()}")
+
+    def session_pids(self) -> set[int]:
+        """Every live process in the sessions of the nodes this test started."""
+        sessions, pids = {p.pid for p in self.nodes}, set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) in sessions:
+                        pids.add(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return pids
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.session_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while self.session_pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        for node in self.nodes:
+            node.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-1500:] for p in sorted(self.temp.glob("node-*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    temp = Path(tempfile.mkdtemp(prefix="es-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
+    c = Cluster(temp)
+    try:
+        c.start_head()
+        c.add_worker_node()
+        c.wait_cpus(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def sweep(args: list[str], cache: Path, cluster: Cluster, **popen) -> subprocess.Popen:
+    env = {**cluster.env, "EDGESMITH_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "edgesmith", "sweep", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+PRESETS = ["--preset", "int8", "--preset", "int8-dynamic", "--preset", "fp16", "--preset", "fp32"]
+
+
+def _artifacts(folder: Path) -> dict[str, bytes]:
+    """The artifacts and their manifests (report.json and report.html hold timings and paths)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.onnx*"))}
+
+
+def _check_complete(out: Path, expected: int) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    records = report["results"]
+    assert [r["status"] for r in records] == ["ok"] * expected, records
+    folders = [r["folder"] for r in records]
+    assert len(set(folders)) == expected  # every task exactly once
+    for record in records:
+        sub = json.loads((Path(record["folder"]) / "report.json").read_text())
+        assert sub["recipe"]["steps"] == [] or sub["recipe"]["steps"][0]["kind"] == "quantize"
+        for row, artifact in zip(record["artifacts"], sub["artifacts"], strict=True):
+            assert row["sha256"] == artifact["sha256"]
+            assert (Path(record["folder"]) / row["file"]).stat().st_size == row["size_bytes"]
+    assert not list(out.glob(".*partial*")), "a staging folder was left behind"
+    return report
+
+
+@pytest.mark.slow
+def test_sweep_on_a_cluster_survives_a_killed_worker_and_resumes_from_the_cache(cluster, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [str(MODEL), *PRESETS, "--calibration", str(CALIBRATION), "--target", "rpi4",
+            "--address", cluster.address, "--out", str(out), "--quiet"]  # fmt: skip
+    run = sweep(args, cache, cluster)
+    killed = _kill_a_converting_worker(out, cluster, run)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr + cluster.logs()
+    report = _check_complete(out, 4)
+    assert report["sweep"]["cluster_cpus"] == 2
+    # the killed task was retried in another worker, and counted once (checked above)
+    assert killed not in {r["pid"] for r in report["results"]}
+    assert {r["how"] for r in report["results"]} == {"converted"}
+    int8 = next(r for r in report["results"] if r["recipe"] == "int8")["artifacts"][0]
+    assert int8["precision"] == "int8" and int8["cosine_min"] > 0.98 and int8["target_p50_ms"] > 0
+
+    # a second sweep into a new folder takes every conversion from the cache, byte for byte
+    again = tmp_path / "again"
+    rerun = sweep([*args[:-3], "--out", str(again), "--quiet"], cache, cluster)
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    second = _check_complete(again, 4)
+    assert {r["how"] for r in second["results"]} == {"cached"}
+    for first, cached in zip(report["results"], second["results"], strict=True):
+        assert _artifacts(Path(first["folder"])) == _artifacts(Path(cached["folder"]))
+
+
+def _kill_a_converting_worker(out: Path, cluster: Cluster, run: subprocess.Popen) -> int | None:
+    """SIGKILL the Ray worker that is converting: the converter's staging folder names its PID. The
+    PID must belong to the cluster this test started."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        for staging in out.glob(".*.partial-*"):
+            pid = int(staging.name.rsplit(".partial-", 1)[1].split("-")[0])
+            if pid in cluster.session_pids():
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.05)
+    pytest.fail("no conversion was seen running on the cluster")
+
+
+@pytest.mark.slow
+def test_a_corrupt_model_is_one_line_in_the_summary_and_the_others_succeed(cluster, tmp_path):
+    corrupt = tmp_path / "broken.onnx"
+    corrupt.write_bytes(MODEL.read_bytes()[:500])
+    out = tmp_path / "out"
+    run = sweep([str(corrupt), str(MODEL), "--preset", "fp16", "--address", cluster.address, "--out", str(out),
+                 "--no-cache"], tmp_path / "cache", cluster)  # fmt: skip
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr
+    records = json.loads((out / "report.json").read_text())["results"]
+    assert [r["status"] for r in records] == ["error", "ok"]
+    assert "broken.onnx" in records[0]["error"] and "\n" not in records[0]["error"]
+    assert "Traceback" not in stdout + stderr
+    error_line = next(line for line in stdout.splitlines() if line.startswith("broken.onnx"))
+    assert records[0]["error"] in error_line
+    assert "mnist_cnn.onnx" in stdout and "fp16" in stdout
+    assert not (tmp_path / "cache").exists()  # --no-cache: nothing read or written
