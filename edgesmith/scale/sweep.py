@@ -141,6 +141,7 @@ def artifact_rows(report: dict, target: str | None) -> list[dict]:
         rows.append({
             "file": Path(a["path"]).name, "format": a["format"], "precision": a["precision"],
             "metric": verify.get("metric"), "score": verify.get("artifact"), "drop": verify.get("drop"),
+            "agreement": verify.get("agreement"),
             "cosine_min": verify.get("cosine_min"), "size_bytes": a["size_bytes"], "sha256": a.get("sha256"),
             "p50_ms": (a.get("latency") or {}).get("p50_ms"),
             "target_p50_ms": (estimate or {}).get("p50_ms"),
