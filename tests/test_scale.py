@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ray = pytest.importorskip("ray")
 
@@ -220,3 +221,119 @@ def test_a_corrupt_model_is_one_line_in_the_summary_and_the_others_succeed(clust
     assert records[0]["error"] in error_line
     assert "mnist_cnn.onnx" in stdout and "fp16" in stdout
     assert not (tmp_path / "cache").exists()  # --no-cache: nothing read or written
+
+    # run again, as after a crash: the finished task is taken as it is, the failed one is retried
+    rerun = sweep([str(corrupt), str(MODEL), "--preset", "fp16", "--address", cluster.address, "--out", str(out),
+                   "--no-cache", "--json"], tmp_path / "cache", cluster)  # fmt: skip
+    stdout, stderr = rerun.communicate(timeout=300)
+    again = json.loads(stdout)["results"]
+    assert [(r["status"], r.get("how")) for r in again] == [("error", None), ("ok", "resumed")]
+    assert again[1]["artifacts"] == records[1]["artifacts"]
+
+
+# -- the cache and the tune search, without a cluster --------------------------------------------
+
+
+def _fake_output(folder: Path, payload: bytes) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.int8.onnx").write_bytes(payload)
+    (folder / "report.json").write_text(json.dumps({"artifacts": [{"path": f"{folder}/model.int8.onnx"}]}))
+    return folder
+
+
+def _store(root: str, key: str, out: str) -> None:
+    from edgesmith.scale.cache import Cache
+
+    Cache(Path(root)).store(key, Path(out))
+
+
+def test_two_processes_filling_one_cache_entry_leave_one_whole_entry(tmp_path):
+    import multiprocessing
+
+    from edgesmith.scale.cache import Cache
+
+    outs = [_fake_output(tmp_path / f"out{i}", b"x" * 4_000_000) for i in range(4)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_store, args=(str(tmp_path / "cache"), "k" * 64, str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = Cache(tmp_path / "cache")
+    entry = cache.lookup("k" * 64)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["k" * 64]  # no temp folder left
+    assert (entry / "model.int8.onnx").read_bytes() == b"x" * 4_000_000
+    report = cache.restore(entry, tmp_path / "restored")
+    assert report["artifacts"][0]["path"] == f"{tmp_path / 'restored'}/model.int8.onnx"
+    assert (tmp_path / "restored" / "model.int8.onnx").read_bytes() == b"x" * 4_000_000
+
+
+def test_cache_key_follows_the_data_bytes_the_recipe_and_the_model(tmp_path):
+    import numpy as np
+
+    from edgesmith.converter import build_recipe
+    from edgesmith.scale.cache import key
+
+    data = tmp_path / "cal.npz"
+    np.savez(data, input=np.zeros((4, 1, 28, 28), np.float32))
+    recipe = build_recipe(None, "int8", str(data), model=str(MODEL))
+    first = key(MODEL, recipe)
+    assert key(MODEL, recipe) == first
+    np.savez(data, input=np.ones((4, 1, 28, 28), np.float32))  # same path, other bytes
+    assert key(MODEL, recipe) != first
+    assert key(MODEL, build_recipe(None, "fp16", str(data), model=str(MODEL))) != key(MODEL, recipe)
+    other = tmp_path / "m.onnx"
+    other.write_bytes(MODEL.read_bytes() + b"\0")
+    assert key(other, recipe) != key(MODEL, recipe)
+
+
+def test_pareto_front_keeps_only_undominated_feasible_points():
+    from edgesmith.scale.tune import dominates, pareto_front
+
+    def t(name, score, latency, size, feasible=True):
+        return {"folder": name, "score": score, "latency_ms": latency, "size_kb": size, "feasible": feasible}
+
+    trials = [t("a", 98.8, 0.20, 34), t("b", 98.7, 0.26, 116), t("c", 98.9, 0.25, 60), t("d", 99.5, 0.1, 10, False),
+              t("e", 98.8, 0.20, 34)]  # fmt: skip
+    assert dominates(trials[0], trials[1]) and not dominates(trials[0], trials[2])
+    assert [p["folder"] for p in pareto_front(trials)] == [
+        "a",
+        "c",
+    ]  # b dominated, d infeasible, e a copy of a
+
+
+def test_a_trials_parameters_make_a_recipe_that_reloads():
+    from edgesmith.converter import build_recipe
+    from edgesmith.converter.recipe import Recipe
+    from edgesmith.scale.tune import recipe_for, space_for
+
+    space = space_for(MODEL, "rpi4", str(CALIBRATION))
+    assert "onnx" in space.formats and ".xml" not in space.formats and space.layers[0] == "node_conv2d"
+    base = build_recipe(None, "fp32", str(CALIBRATION), model=str(MODEL), targets=["rpi4"])
+    params = {"format": "onnx", "mode": "static", "calibration": "percentile", "keep_float": "first+last"}
+    recipe = recipe_for(params, base, space)
+    again = Recipe.from_dict(tomllib.loads(recipe.to_toml()))
+    assert again == recipe
+    (step,) = again.steps
+    assert (step.mode, again.calibration.method, step.exclude) == ("static", "percentile",
+                                                                   ["^node_conv2d$", "^node_linear$"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tune_finds_a_front_whose_recipes_replay_byte_for_byte(cluster, tmp_path):
+    out = tmp_path / "tuned"
+    cmd = [sys.executable, "-m", "edgesmith", "tune", str(MODEL), "--target", "rpi4", "--max-drop", "1.0",
+           "--trials", "3", "--calibration", str(CALIBRATION), "--address", cluster.address, "--out", str(out)]  # fmt: skip
+    env = {**cluster.env, "EDGESMITH_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["trials_run"] == 3 and report["front"]
+    assert "<svg" in (out / "report.html").read_text()
+    best = report["front"][0]
+    replay = tmp_path / "replay"
+    converted = subprocess.run([sys.executable, "-m", "edgesmith", "convert", "--recipe", str(out / best["best"]),
+                                "--out", str(replay), "--quiet"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    assert _artifacts(Path(best["folder"])) == _artifacts(replay)
