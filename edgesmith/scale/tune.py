@@ -62,6 +62,16 @@ class Space:
             if prune:
                 trial.suggest_categorical("distill_steps", [100, 300, 600])
 
+    def presets(self) -> list[dict]:
+        """The presets' parameters (int8, int8-dynamic, fp16), tried first: the search starts from
+        what a user would try by hand, and the front shows whether it found better."""
+        fmt = self.formats[0]
+        keep = {"keep_float": "none"} if self.layers else {}
+        points = [{"format": fmt, "mode": "dynamic", **keep}, {"format": fmt, "mode": "fp16"}]
+        if self.static:
+            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep})
+        return [{**p, "prune": 0.0} if self.torch else p for p in points]
+
 
 def space_for(model: Path, target: str, calibration: str | None) -> Space:
     """The space for `model` on `target`: formats the target runs that an exporter is installed for."""
@@ -198,14 +208,18 @@ def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, o
     # Tune's own console tables and its TensorBoard/CSV loggers: the report is ours
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    from ray.tune.logger import JsonLoggerCallback
+
     search = OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-                          sampler=samplers[sampler]())  # fmt: skip
+                          sampler=samplers[sampler](), points_to_evaluate=space.presets()[:trials])  # fmt: skip
     storage = Path(tempfile.mkdtemp(prefix=".tune-", dir=out))  # Ray Tune's bookkeeping, removed after
     try:
         tuner = ray_tune.Tuner(
             ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job), {"cpu": 1}),
             tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=trials, reuse_actors=True),
-            run_config=ray_tune.RunConfig(storage_path=str(storage), name="tune", verbose=0),
+            run_config=ray_tune.RunConfig(
+                storage_path=str(storage), name="tune", verbose=0, callbacks=[JsonLoggerCallback()]
+            ),  # fmt: skip
         )
         grid = tuner.fit()
         results = [r for r in grid if r.metrics and "record" in r.metrics]
