@@ -83,7 +83,7 @@ def tune_vs_presets(work: Path, trials: int) -> dict:
                       str(CALIBRATION), str(EVAL))  # fmt: skip
     preset_points = {}
     for task in presets:
-        record = sw.run_task(task, use_cache=True)
+        record = sw.run_task(task, os.environ["EDGESMITH_CACHE"])
         preset_points[task.label] = objectives(record, "rpi4", None)
     report = tune(
         str(MODEL), "rpi4", work / "tuned", 1.0, None, trials, str(EVAL), str(CALIBRATION), workers=2

@@ -201,7 +201,7 @@ def _kill_a_converting_worker(out: Path, cluster: Cluster, run: subprocess.Popen
                 os.kill(pid, signal.SIGKILL)
                 return pid
         time.sleep(0.05)
-    pytest.fail("no conversion was seen running on the cluster")
+    pytest.fail(f"no conversion was seen running on the cluster: {run.communicate()[1][-2000:]}")
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from ..converter import build_recipe
 from ..converter.handle import sha256
 from ..converter.recipe import Recipe
 from ..errors import EdgesmithError, InputError
-from .cache import Cache, recipe_hash
+from .cache import Cache, cache_dir, recipe_hash
 
 MAX_RETRIES = 3  # a task whose worker died is run again up to this many times
 
@@ -75,14 +75,15 @@ def _first_dup(names: list[str]) -> str:
     return next(n for n in names if names.count(n) > 1)
 
 
-def run_task(task: Task, use_cache: bool = True) -> dict:
-    """Convert one task (or take it from a finished earlier run, or the cache). Never raises for a
-    problem of this task: the record says what went wrong, in one line."""
+def run_task(task: Task, cache: str | None = None) -> dict:
+    """Convert one task (or take it from a finished earlier run, or the cache folder `cache`, None
+    for no cache). Never raises for a problem of this task: the record says what went wrong, in one
+    line. The caller names the cache: a worker on another node has another home folder."""
     started = time.perf_counter()
     record = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
               "recipe_sha256": task.recipe_sha256, "pid": os.getpid()}  # fmt: skip
     try:
-        report, how = _converted(task, use_cache)
+        report, how = _converted(task, cache)
         record |= {"status": "ok", "how": how, "artifacts": artifact_rows(report, task.target)}
     except EdgesmithError as exc:  # bad input or verification failed: the user's one line
         record |= {"status": "failed" if exc.exit_code == 1 else "error", "error": _one_line(exc)}
@@ -96,7 +97,7 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _converted(task: Task, use_cache: bool) -> tuple[dict, str]:
+def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
     """The task's report and how it was obtained: 'resumed', 'cached' or 'converted'."""
     from .. import convert
     from ..converter.pipeline import _input_paths
@@ -106,7 +107,7 @@ def _converted(task: Task, use_cache: bool) -> tuple[dict, str]:
     if done is not None:
         return done, "resumed"
     recipe = Recipe.from_dict(task.recipe)
-    cache = Cache() if use_cache else None
+    cache = Cache(Path(cache_root)) if cache_root else None
     if cache is not None:
         from .cache import key as cache_key
 
@@ -168,12 +169,12 @@ def start_ray(address: str | None, workers: int | None):
     return ray
 
 
-def run_tasks(tasks: list[Task], use_cache: bool = True, on_result=None) -> list[dict]:
+def run_tasks(tasks: list[Task], cache: str | None = None, on_result=None) -> list[dict]:
     """Run every task as a Ray task (one CPU each); records come back in the tasks' order."""
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(run_task)
-    pending = {remote.remote(task, use_cache): i for i, task in enumerate(tasks)}
+    pending = {remote.remote(task, cache): i for i, task in enumerate(tasks)}
     records: list[dict | None] = [None] * len(tasks)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -202,7 +203,7 @@ def sweep(tasks: list[Task], out: Path, address: str | None = None, workers: int
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     ray = start_ray(address, workers)
-    records = run_tasks(tasks, use_cache, on_result)
+    records = run_tasks(tasks, str(cache_dir()) if use_cache else None, on_result)
     report = {
         "sweep": {
             "tasks": len(tasks),

@@ -31,6 +31,7 @@ from ..converter.steps.distill import DistillConfig
 from ..converter.steps.prune import PruneConfig
 from ..converter.steps.quantize import QuantizeConfig
 from ..errors import InputError, require
+from .cache import cache_dir
 from .sweep import Task, run_task
 
 OBJECTIVES = {"score": "max", "latency_ms": "min", "size_kb": "min"}
@@ -163,7 +164,7 @@ def _trial(config: dict, job: dict) -> None:
     recipe = recipe_for(params, base, space)
     name = f"trial-{tune.get_context().get_trial_id()}"
     task = Task(job["model"], name, recipe.to_dict(), job["target"], str(Path(job["out"]) / "trials" / name))
-    record = run_task(task, job["use_cache"])
+    record = run_task(task, job["cache"])
     scores = objectives(record, job["target"], job["latency_ms"])
     tune.report({**scores, "params": params, "recipe": recipe.to_dict(), "record": record})
 
@@ -182,7 +183,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
-           "use_cache": use_cache, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
+           "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
     started = time.perf_counter()
