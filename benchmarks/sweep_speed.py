@@ -3,7 +3,8 @@
 1. 8 conversions (models/mnist_cnn.onnx x int8, int8-dynamic, fp16, fp32 x rpi4, pixel3a) one after
    another in this process, then as a sweep on a local Ray with 2 workers (goal: <= 0.6x the wall
    time), then the same sweep again into a new folder with the cache warm (goal: >= 10x faster).
-   Ray's start is timed apart: a sweep pays it once, and a cluster pays it never.
+   Ray's start is timed apart: a sweep pays it once, and a cluster pays it never. A third sweep
+   without the cache on the same (now warm) workers shows the cost of further batches.
 2. `tune` on models/mnist_cnn.onnx for rpi4 (~12 trials): the Pareto front against the presets
    int8, fp16 and int8-dynamic converted the same way; does one front point dominate every preset?
 
@@ -59,6 +60,10 @@ def sweeps(work: Path) -> dict:
     cold = sw.sweep(tasks, work / "cold")
     warm_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "warm", str(CALIBRATION), str(EVAL))
     warm = sw.sweep(warm_tasks, work / "warm")
+    # the same 8 conversions again without the cache, on the workers that have imported everything:
+    # what each further batch of a long sweep costs
+    again_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "again", str(CALIBRATION), str(EVAL))
+    again = sw.sweep(again_tasks, work / "again", use_cache=False)
     assert cold["counts"]["ok"] == warm["counts"]["ok"] == len(tasks), (cold["counts"], warm["counts"])
     assert {r["how"] for r in warm["results"]} == {"cached"}
     identical = all(
@@ -70,6 +75,8 @@ def sweeps(work: Path) -> dict:
     return {
         "conversions": len(tasks), "one_after_another_s": round(serial, 1), "ray_start_s": round(ray_start, 1),
         "sweep_2_workers_s": cold["wall_s"], "ratio_sweep_vs_serial": round(cold["wall_s"] / serial, 2),
+        "sweep_2_warm_workers_no_cache_s": again["wall_s"],
+        "ratio_warm_workers_vs_serial": round(again["wall_s"] / serial, 2),
         "warm_cache_s": warm["wall_s"], "speedup_warm_vs_cold": round(cold["wall_s"] / warm["wall_s"], 1),
         "warm_artifacts_identical": identical,
     }  # fmt: skip
