@@ -21,6 +21,7 @@ from ..converter.handle import sha256
 from ..converter.recipe import Recipe
 from ..errors import EdgesmithError, InputError
 from .cache import Cache, cache_dir, recipe_hash
+from .cache import key as cache_key
 
 MAX_RETRIES = 3  # a task whose worker died is run again up to this many times
 
@@ -109,8 +110,6 @@ def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
     recipe = Recipe.from_dict(task.recipe)
     cache = Cache(Path(cache_root)) if cache_root else None
     if cache is not None:
-        from .cache import key as cache_key
-
         model_key = cache_key(model, recipe)
         entry = cache.lookup(model_key)
         if entry is not None:
