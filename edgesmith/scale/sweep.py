@@ -55,6 +55,10 @@ def plan(models: list[str], recipes: list[str], presets: list[str], targets: lis
     stems = [Path(m).stem for m in models]
     if len(set(stems)) != len(stems):
         raise InputError(f"two models share the name '{_first_dup(stems)}'; sub-folders would collide")
+    from ..converter.frontends import kind_of
+
+    for model in models:  # a missing file or unknown format is bad input: fail before Ray starts
+        kind_of(model)
     tasks = []
     for model in models:
         for label, path, preset in choices:
