@@ -316,6 +316,9 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     again = Recipe.from_dict(tomllib.loads(recipe.to_toml()))
     assert again == recipe
     (step,) = again.steps
+    pruned = recipe_for({"format": "onnx", "mode": "fp16", "prune": 0.3, "distill_steps": 300}, base, space)
+    assert [s.kind for s in pruned.steps] == ["prune", "distill", "quantize"]
+    assert (pruned.steps[0].target_macs, pruned.steps[1].min_steps) == (0.7, 300)
     assert (step.mode, again.calibration.method, step.exclude) == ("static", "percentile",
                                                                    ["^node_conv2d$", "^node_linear$"])  # fmt: skip
 
