@@ -82,7 +82,7 @@ def sweeps(work: Path) -> dict:
     }  # fmt: skip
 
 
-def tune_vs_presets(work: Path, trials: int) -> dict:
+def tune_vs_presets(work: Path, trials: int, sampler: str) -> dict:
     from edgesmith.scale import sweep as sw
     from edgesmith.scale.tune import dominates, objectives, tune
 
@@ -93,7 +93,16 @@ def tune_vs_presets(work: Path, trials: int) -> dict:
         record = sw.run_task(task, os.environ["EDGESMITH_CACHE"])
         preset_points[task.label] = objectives(record, "rpi4", None)
     report = tune(
-        str(MODEL), "rpi4", work / "tuned", 1.0, None, trials, str(EVAL), str(CALIBRATION), workers=2
+        str(MODEL),
+        "rpi4",
+        work / "tuned",
+        1.0,
+        None,
+        trials,
+        str(EVAL),
+        str(CALIBRATION),
+        workers=2,
+        sampler=sampler,
     )
     front = report["front"]
     per_preset = {
@@ -103,21 +112,33 @@ def tune_vs_presets(work: Path, trials: int) -> dict:
     return {
         "trials": report["trials_run"], "feasible": report["feasible"], "wall_s": report["wall_s"],
         "front": [{k: p[k] for k in ("best", "score", "latency_ms", "size_kb", "params")} for p in front],
+        "sampler": sampler, "trials_tried": [_trial_row(t) for t in report["trials"]],
         "presets": preset_points, "dominated_by": per_preset, "dominates_every_preset": one_for_all,
     }  # fmt: skip
+
+
+def _trial_row(t: dict) -> str:
+    """One trial in a line: its parameters and objectives (or why it was infeasible)."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(t["params"].items()))
+    if not t["feasible"]:
+        return f"{params}: infeasible ({t['status']}{': ' + t['error'][:80] if t['error'] else ''})"
+    return f"{params}: {t['score']:.2f}, {t['latency_ms']:.4f} ms, {t['size_kb']:.1f} KB"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="nsga2")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sweep-speed-") as tmp:
         work = Path(tmp)
         os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # a cold cache, inherited by the workers
         result = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg()}
-        result["sweep"] = sweeps(work)
-        result["tune"] = tune_vs_presets(work, args.trials)
+        if not args.skip_sweep:
+            result["sweep"] = sweeps(work)
+        result["tune"] = tune_vs_presets(work, args.trials, args.sampler)
         result["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2, default=str)
     print(text)
