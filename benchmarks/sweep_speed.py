@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="nsga2")
+    parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="tpe")
     parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sweep-speed-") as tmp:

@@ -41,7 +41,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
     p.add_argument(
-        "--sampler", choices=("nsga2", "tpe"), default="nsga2", help="Optuna sampler (default: %(default)s)"
+        "--sampler", choices=("nsga2", "tpe"), default="tpe", help="Optuna sampler (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: %(default)s)")
     p.add_argument(

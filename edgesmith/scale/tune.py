@@ -172,7 +172,7 @@ def _trial(config: dict, job: dict) -> None:
 def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float | None = None,
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
-         sampler: str = "nsga2", seed: int = 0) -> dict:  # fmt: skip
+         sampler: str = "tpe", seed: int = 0) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
