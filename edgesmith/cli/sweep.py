@@ -59,6 +59,8 @@ def main(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: give at least 1")
+    if args.workers is not None and args.address:
+        raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
     out = Path(args.out).absolute()
     tasks = plan(args.models, args.recipe, args.preset, args.target, out, args.calibration, args.eval)
 

@@ -67,6 +67,8 @@ def main(args) -> int:
         raise InputError("--trials and --workers take a number of at least 1")
     if args.max_drop < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
         raise InputError("--max-drop must be >= 0 and --latency-ms > 0")
+    if args.workers is not None and args.address:
+        raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
                   args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed)  # fmt: skip
