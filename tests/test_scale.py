@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,6 +131,7 @@ def cluster():
         yield c
     finally:
         c.stop()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def sweep(args: list[str], cache: Path, cluster: Cluster, **popen) -> subprocess.Popen:
