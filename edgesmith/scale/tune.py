@@ -195,7 +195,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
 
 
 def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
-    """Ray Tune with Optuna's sampler; the trials' records in the order they were started."""
+    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
     optuna = require("optuna", "scale", "tune's multi-objective sampler")
     from ray import tune as ray_tune
     from ray.tune.search.optuna import OptunaSearch
