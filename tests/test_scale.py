@@ -318,6 +318,12 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     again = Recipe.from_dict(tomllib.loads(recipe.to_toml()))
     assert again == recipe
     (step,) = again.steps
+    pt2 = space_for(MODEL.with_suffix(".pt2"), "rpi4", str(CALIBRATION))
+    assert pt2.torch and pt2.layers == ()  # no ONNX node names to exclude: quantize without exclusions
+    assert (
+        recipe_for({"format": "onnx", "mode": "static", "keep_float": "none"}, base, pt2).steps[0].exclude
+        == []
+    )
     pruned = recipe_for({"format": "onnx", "mode": "fp16", "prune": 0.3, "distill_steps": 300}, base, space)
     assert [s.kind for s in pruned.steps] == ["prune", "distill", "quantize"]
     assert (pruned.steps[0].target_macs, pruned.steps[1].min_steps) == (0.7, 300)

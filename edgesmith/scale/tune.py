@@ -109,7 +109,9 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
     mode = params["mode"]
     if mode != "none":
         keep = params.get("keep_float", "none")
-        names = [space.layers[0]] * ("first" in keep) + [space.layers[-1]] * ("last" in keep)
+        names = ([space.layers[0]] if "first" in keep else []) + (
+            [space.layers[-1]] if "last" in keep else []
+        )
         steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names]))
     calibration = base.calibration
     if params.get("calibration"):
@@ -161,10 +163,21 @@ def _trial(config: dict, job: dict) -> None:
 
     space, base = Space(**job["space"]), Recipe.from_dict(job["base"])
     params = {k: v for k, v in config.items() if v is not None}
-    recipe = recipe_for(params, base, space)
     name = f"trial-{tune.get_context().get_trial_id()}"
-    task = Task(job["model"], name, recipe.to_dict(), job["target"], str(Path(job["out"]) / "trials" / name))
-    record = run_task(task, job["cache"])
+    folder = str(Path(job["out"]) / "trials" / name)
+    try:
+        recipe = recipe_for(params, base, space)
+    except Exception as exc:  # a bug, but one trial's: the search goes on and the report says it
+        record = {
+            "status": "error",
+            "folder": folder,
+            "error": f"internal error: {type(exc).__name__}: {exc}",
+        }
+        tune.report(
+            {**WORST, "feasible": False, "params": params, "recipe": base.to_dict(), "record": record}
+        )
+        return
+    record = run_task(Task(job["model"], name, recipe.to_dict(), job["target"], folder), job["cache"])
     scores = objectives(record, job["target"], job["latency_ms"])
     tune.report({**scores, "params": params, "recipe": recipe.to_dict(), "record": record})
 
