@@ -111,3 +111,17 @@ def test_device_side_imports_stay_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_convert_run_and_profile_never_import_ray_or_optuna():
+    """The `scale` extra (Ray, Optuna) is for `sweep` and `tune` only: the CLI, the converter's
+    pipeline, steps and exporters, and the device side load without them."""
+    code = (
+        "import sys, edgesmith.cli, edgesmith.converter.pipeline, edgesmith.converter.exporters\n"
+        "import edgesmith.converter.steps.quantize, edgesmith.converter.profile_step, edgesmith.runtime\n"
+        "import edgesmith.targets.latency, edgesmith.targets.costmodel, edgesmith.cli.convert, edgesmith.cli.run\n"
+        "edgesmith.cli.build_parser()  # every command's module, sweep and tune included\n"
+        "print(','.join(m for m in ('ray', 'optuna', 'edgesmith.scale') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

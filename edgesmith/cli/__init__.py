@@ -33,6 +33,8 @@ COMMANDS = {
     "report": "write an HTML report (Pareto plot, per-layer bars, per-target table) for a convert folder",
     "verify": "run an artifact on emulated ARM or on TensorFlow Lite Micro and compare the outputs",
     "inspect": "rank the layers of a static INT8 ONNX model by the error their quantization adds",
+    "sweep": "convert many models x recipes x targets in parallel (Ray)",
+    "tune": "search recipes for a device: Pareto front of metric, latency, size (Optuna on Ray Tune)",
 }
 
 EXIT_CODES = """\

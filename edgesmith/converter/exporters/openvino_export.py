@@ -70,9 +70,7 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
         from ...runtime.backends.openvino_backend import error_line
 
         raise InputError(f"OpenVINO cannot convert the model: {error_line(exc)}") from exc
-    _stable_names(
-        ov_model, original
-    )  # before NNCF, which names its nodes after these (TFLite's are counters)
+    stable_names(ov_model, original)  # before NNCF, which names its nodes after these (TFLite's are counters)
     precision, engine, report = "fp32", None, None
     if quantize is not None and quantize.mode == "fp16":
         precision, engine = "fp16", "openvino"

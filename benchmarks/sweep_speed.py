@@ -1,0 +1,150 @@
+"""`edgesmith sweep` and `edgesmith tune` figures, measured side by side in one run.
+
+1. 8 conversions (models/mnist_cnn.onnx x int8, int8-dynamic, fp16, fp32 x rpi4, pixel3a) one after
+   another in this process, then as a sweep on a local Ray with 2 workers (goal: <= 0.6x the wall
+   time), then the same sweep again into a new folder with the cache warm (goal: >= 10x faster).
+   Ray's start is timed apart: a sweep pays it once, and a cluster pays it never. A third sweep
+   without the cache on the same (now warm) workers shows the cost of further batches.
+2. `tune` on models/mnist_cnn.onnx for rpi4 (~12 trials): the Pareto front against the presets
+   int8, fp16 and int8-dynamic converted the same way; does one front point dominate every preset?
+
+    .venv/bin/python benchmarks/sweep_speed.py [--trials 12] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "mnist_cnn.onnx"
+CALIBRATION = ROOT / "calibration_data" / "mnist"
+EVAL = CALIBRATION / "holdout.npz"
+PRESETS = ["int8", "int8-dynamic", "fp16", "fp32"]
+TARGETS = ["rpi4", "pixel3a"]
+
+
+def cpu() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next(
+        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?"
+    )
+
+
+def one_after_another(tasks, out: Path) -> float:
+    """The baseline: the same conversions with the Python API, in a loop, without Ray or cache."""
+    import edgesmith
+    from edgesmith.converter.recipe import Recipe
+
+    started = time.perf_counter()
+    for task in tasks:
+        edgesmith.convert(
+            task.model, recipe=Recipe.from_dict(task.recipe), out=out / Path(task.out).name, quiet=True
+        )
+    return time.perf_counter() - started
+
+
+def sweeps(work: Path) -> dict:
+    from edgesmith.scale import sweep as sw
+
+    tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "cold", str(CALIBRATION), str(EVAL))
+    serial = one_after_another(tasks, work / "serial")
+    started = time.perf_counter()
+    ray = sw.start_ray(None, 2)
+    ray_start = time.perf_counter() - started
+    cold = sw.sweep(tasks, work / "cold")
+    warm_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "warm", str(CALIBRATION), str(EVAL))
+    warm = sw.sweep(warm_tasks, work / "warm")
+    # the same 8 conversions again without the cache, on the workers that have imported everything:
+    # what each further batch of a long sweep costs
+    again_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "again", str(CALIBRATION), str(EVAL))
+    again = sw.sweep(again_tasks, work / "again", use_cache=False)
+    assert cold["counts"]["ok"] == warm["counts"]["ok"] == len(tasks), (cold["counts"], warm["counts"])
+    assert {r["how"] for r in warm["results"]} == {"cached"}
+    identical = all(
+        a["sha256"] == b["sha256"]
+        for x, y in zip(cold["results"], warm["results"], strict=True)
+        for a, b in zip(x["artifacts"], y["artifacts"], strict=True)
+    )
+    ray.shutdown()
+    return {
+        "conversions": len(tasks), "one_after_another_s": round(serial, 1), "ray_start_s": round(ray_start, 1),
+        "sweep_2_workers_s": cold["wall_s"], "ratio_sweep_vs_serial": round(cold["wall_s"] / serial, 2),
+        "sweep_2_warm_workers_no_cache_s": again["wall_s"],
+        "ratio_warm_workers_vs_serial": round(again["wall_s"] / serial, 2),
+        "warm_cache_s": warm["wall_s"], "speedup_warm_vs_cold": round(cold["wall_s"] / warm["wall_s"], 1),
+        "warm_artifacts_identical": identical,
+    }  # fmt: skip
+
+
+def tune_vs_presets(work: Path, trials: int, sampler: str) -> dict:
+    from edgesmith.scale import sweep as sw
+    from edgesmith.scale.tune import dominates, objectives, tune
+
+    presets = sw.plan([str(MODEL)], [], ["int8", "fp16", "int8-dynamic"], ["rpi4"], work / "presets",
+                      str(CALIBRATION), str(EVAL))  # fmt: skip
+    preset_points = {}
+    for task in presets:
+        record = sw.run_task(task, os.environ["EDGESMITH_CACHE"])
+        preset_points[task.label] = objectives(record, "rpi4", None)
+    report = tune(
+        str(MODEL),
+        "rpi4",
+        work / "tuned",
+        1.0,
+        None,
+        trials,
+        str(EVAL),
+        str(CALIBRATION),
+        workers=2,
+        sampler=sampler,
+    )
+    front = report["front"]
+    per_preset = {
+        name: [p["best"] for p in front if dominates(p, point)] for name, point in preset_points.items()
+    }
+    one_for_all = [p["best"] for p in front if all(dominates(p, point) for point in preset_points.values())]
+    return {
+        "trials": report["trials_run"], "feasible": report["feasible"], "wall_s": report["wall_s"],
+        "front": [{k: p[k] for k in ("best", "score", "latency_ms", "size_kb", "params")} for p in front],
+        "sampler": sampler, "trials_tried": [_trial_row(t) for t in report["trials"]],
+        "presets": preset_points, "dominated_by": per_preset, "dominates_every_preset": one_for_all,
+    }  # fmt: skip
+
+
+def _trial_row(t: dict) -> str:
+    """One trial in a line: its parameters and objectives (or why it was infeasible)."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(t["params"].items()))
+    if not t["feasible"]:
+        return f"{params}: infeasible ({t['status']}{': ' + t['error'][:80] if t['error'] else ''})"
+    return f"{params}: {t['score']:.2f}, {t['latency_ms']:.4f} ms, {t['size_kb']:.1f} KB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="tpe")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sweep-speed-") as tmp:
+        work = Path(tmp)
+        os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # a cold cache, inherited by the workers
+        result = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg()}
+        if not args.skip_sweep:
+            result["sweep"] = sweeps(work)
+        result["tune"] = tune_vs_presets(work, args.trials, args.sampler)
+        result["load_after"] = os.getloadavg()
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

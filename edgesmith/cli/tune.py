@@ -1,0 +1,91 @@
+"""`edgesmith tune`: search recipes for a device; the Pareto front of metric, latency and size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = """\
+Searches what a recipe can vary (quantization mode, calibration method, the first/last layer kept
+in float, the format the target runs, and for PyTorch sources pruning with distillation) for MODEL
+on TARGET. Optuna's multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the
+cluster at --address), each trial a full conversion with verification. Objectives: the metric on
+--eval (else the arg-max agreement with the original), the latency on the target (cost-model
+estimate; measured here for --target host) and the size. Trials over --max-drop or --latency-ms are
+infeasible. Writes DIR/report.json (every trial and the front), DIR/report.html (the front as a
+plot) and DIR/best-N.toml, one recipe per front point: `edgesmith convert --recipe DIR/best-1.toml`.
+
+examples:
+  edgesmith tune models/mnist_cnn.onnx --target rpi4 --max-drop 1.0 --trials 12 \\
+      --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz --out tuned/
+
+exit codes: 0 a front was found; 1 no trial was feasible; 2 bad input; 3 internal error
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "tune",
+        help="search recipes for a device: Pareto front of metric, latency, size (Optuna on Ray Tune)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="an .onnx file or a .pt2 (pruning is searched for .pt2)")
+    p.add_argument("--target", required=True, metavar="NAME", help="the device (`edgesmith targets`)")
+    p.add_argument(
+        "--max-drop", type=float, required=True, metavar="POINTS", help="largest metric drop allowed"
+    )
+    p.add_argument("--latency-ms", type=float, metavar="MS", help="latency budget on the target")
+    p.add_argument("--trials", type=int, default=12, metavar="N", help="trials to run (default: %(default)s)")
+    p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
+    p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
+    p.add_argument(
+        "--sampler", choices=("nsga2", "tpe"), default="tpe", help="Optuna sampler (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: %(default)s)")
+    p.add_argument(
+        "--out", metavar="DIR", default="edgesmith-tune", help="output folder (default: %(default)s)"
+    )
+    p.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR instead of starting one")
+    p.add_argument("--workers", type=int, metavar="N", help="local Ray CPUs (default: all cores)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor fill the conversion cache")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    return p
+
+
+def main(args) -> int:
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..scale.tune import tune
+    from ..targets.spec import get
+    from .summary import _print_table
+
+    get(args.target)  # an unknown name fails now, with a suggestion
+    if args.trials < 1 or (args.workers is not None and args.workers < 1):
+        raise InputError("--trials and --workers take a number of at least 1")
+    if args.max_drop < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
+        raise InputError("--max-drop must be >= 0 and --latency-ms > 0")
+    if args.workers is not None and args.address:
+        raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
+    out = Path(args.out).absolute()
+    report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
+                  args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        table = [["recipe", "metric", f"p50 ms on {args.target}", "size KB", "parameters"]]
+        for p in report["front"]:
+            params = ", ".join(f"{k}={v}" for k, v in sorted(p["params"].items()))
+            table.append(
+                [p["best"], f"{p['score']:.2f}", f"{p['latency_ms']:.4f}", f"{p['size_kb']:.1f}", params]
+            )
+        if len(table) > 1:
+            _print_table(table)
+        for t in report["trials"]:
+            if t["status"] != "ok":
+                print(f"{Path(t['folder']).name}: {t['status']}: {t['error']}", file=sys.stderr)
+        print(f"\n{report['trials_run']} trials, {report['feasible']} feasible, {len(report['front'])} on the front, "
+              f"in {report['wall_s']:.0f} s; report: {out}/report.html")  # fmt: skip
+    return 0 if report["front"] else 1

@@ -1,0 +1,329 @@
+"""Search recipes for a device: Optuna proposes, Ray Tune runs the trials, each trial a conversion.
+
+A trial is a recipe built from the sampled parameters, converted like any sweep task (so it shares
+the conversion cache and the one-line errors), and scored on three objectives: the metric on the
+eval data (higher is better), the latency on the target (the cost model's estimate from the recipe's
+`[profile] targets`, or measured on this machine for the target `host`) and the artifact's size. A
+trial is feasible when it passed verification with `[verify] max_drop` (the recipe carries it, so
+a run over budget fails like `convert` would) and is under `--latency-ms`. The Pareto front of the
+feasible trials is the result, each point written as a `best-N.toml` that replays with
+`edgesmith convert --recipe`.
+
+The space is what a recipe can vary: the quantization mode (static/dynamic/fp16/none), the
+calibration method, keeping the first and/or last layer in float, the format the target runs and,
+for PyTorch sources, a pruning ratio with distillation steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..converter import build_recipe
+from ..converter.recipe import ExportConfig, Recipe
+from ..converter.steps.distill import DistillConfig
+from ..converter.steps.prune import PruneConfig
+from ..converter.steps.quantize import QuantizeConfig
+from ..errors import InputError, require
+from .cache import cache_dir
+from .sweep import Task, run_task
+
+OBJECTIVES = {"score": "max", "latency_ms": "min", "size_kb": "min"}
+WORST = {"score": -1.0, "latency_ms": 1e9, "size_kb": 1e9}  # what an infeasible trial reports to the sampler
+SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "nncf"}  # what each needs
+
+
+@dataclass(frozen=True)
+class Space:
+    """What the search may vary for this model and target."""
+
+    formats: tuple[str, ...]
+    layers: tuple[str, ...]  # compute nodes of an ONNX source, first to last (for `exclude`)
+    torch: bool  # a PyTorch source: pruning and distillation are open
+    static: bool  # calibration data given: static INT8 is open
+
+    def sample(self, trial) -> None:
+        """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
+        trial.suggest_categorical("format", list(self.formats))
+        modes = ["static", "dynamic", "fp16", "none"] if self.static else ["dynamic", "fp16", "none"]
+        mode = trial.suggest_categorical("mode", modes)
+        if mode == "static":
+            trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
+        if mode in ("static", "dynamic") and self.layers:
+            trial.suggest_categorical("keep_float", ["none", "first", "last", "first+last"])
+        if self.torch:
+            prune = trial.suggest_categorical("prune", [0.0, 0.3, 0.5, 0.7])  # fraction of MACs removed
+            if prune:
+                trial.suggest_categorical("distill_steps", [100, 300, 600])
+
+    def presets(self) -> list[dict]:
+        """The presets' parameters (int8, int8-dynamic, fp16), tried first: the search starts from
+        what a user would try by hand, and the front shows whether it found better."""
+        fmt = self.formats[0]
+        keep = {"keep_float": "none"} if self.layers else {}
+        points = [{"format": fmt, "mode": "dynamic", **keep}, {"format": fmt, "mode": "fp16"}]
+        if self.static:
+            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep})
+        return [{**p, "prune": 0.0} if self.torch else p for p in points]
+
+
+def space_for(model: Path, target: str, calibration: str | None) -> Space:
+    """The space for `model` on `target`: formats the target runs that an exporter is installed for."""
+    import importlib.util
+
+    from ..converter.frontends import kind_of
+    from ..targets.spec import get
+
+    runs = get(target).formats
+    formats = tuple(
+        f for suffix, f in SUFFIX_FORMATS.items()
+        if suffix in runs and importlib.util.find_spec(FORMAT_MODULES[f]) is not None
+    )  # fmt: skip
+    if not formats:
+        raise InputError(f"no exporter for a format {target} runs ({', '.join(runs)}) is installed; "
+                         "run `pip install 'edgesmith[all]'`")  # fmt: skip
+    kind = kind_of(model)
+    return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
+                 calibration is not None)  # fmt: skip
+
+
+def _compute_layers(model: Path) -> tuple[str, ...]:
+    onnx = require("onnx", "convert")
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return tuple(n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"))
+
+
+def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
+    """The recipe a trial's parameters stand for (what best-N.toml will hold)."""
+    steps = []
+    if params.get("prune"):
+        steps += [PruneConfig(target_macs=round(1 - params["prune"], 3)),
+                  DistillConfig(epochs=1, min_steps=params["distill_steps"], lr=2e-3)]  # fmt: skip
+    mode = params["mode"]
+    if mode != "none":
+        keep = params.get("keep_float", "none")
+        names = ([space.layers[0]] if "first" in keep else []) + (
+            [space.layers[-1]] if "last" in keep else []
+        )
+        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names]))
+    calibration = base.calibration
+    if params.get("calibration"):
+        calibration = replace(calibration, method=params["calibration"])
+    return replace(
+        base, steps=steps, calibration=calibration, exports=[ExportConfig(format=params["format"])]
+    )
+
+
+def objectives(record: dict, target: str, latency_budget: float | None) -> dict:
+    """The trial's objectives and whether it is feasible (verified within max_drop, in budget)."""
+    if record["status"] != "ok":
+        return {**WORST, "feasible": False}
+    artifact = record["artifacts"][0]
+    latency = artifact["p50_ms"] if target == "host" else artifact["target_p50_ms"]
+    score = next(
+        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
+    )
+    values = {"score": score, "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
+    feasible = None not in values.values() and (latency_budget is None or latency <= latency_budget)
+    return {**values, "feasible": feasible} if feasible else {**WORST, "feasible": False}
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """a is at least as good as b in every objective and better in one."""
+    better = [(a[k] >= b[k]) if mode == "max" else (a[k] <= b[k]) for k, mode in OBJECTIVES.items()]
+    strictly = [(a[k] > b[k]) if mode == "max" else (a[k] < b[k]) for k, mode in OBJECTIVES.items()]
+    return all(better) and any(strictly)
+
+
+def pareto_front(trials: list[dict]) -> list[dict]:
+    """The feasible trials no other feasible trial dominates; one per distinct point, first found."""
+    feasible = [t for t in trials if t["feasible"]]
+    front, seen = [], set()
+    for t in feasible:
+        point = tuple(round(t[k], 6) for k in OBJECTIVES)
+        if point not in seen and not any(dominates(o, t) for o in feasible):
+            seen.add(point)
+            front.append(t)
+    return sorted(front, key=lambda t: t["latency_ms"])
+
+
+# -- the trial, as Ray Tune runs it ----------------------------------------------------------------
+
+
+def _trial(config: dict, job: dict) -> None:
+    """One Ray Tune trial: convert the sampled recipe and report its objectives."""
+    from ray import tune
+
+    space, base = Space(**job["space"]), Recipe.from_dict(job["base"])
+    params = {k: v for k, v in config.items() if v is not None}
+    name = f"trial-{tune.get_context().get_trial_id()}"
+    folder = str(Path(job["out"]) / "trials" / name)
+    try:
+        recipe = recipe_for(params, base, space)
+    except Exception as exc:  # a bug, but one trial's: the search goes on and the report says it
+        record = {
+            "status": "error",
+            "folder": folder,
+            "error": f"internal error: {type(exc).__name__}: {exc}",
+        }
+        tune.report(
+            {**WORST, "feasible": False, "params": params, "recipe": base.to_dict(), "record": record}
+        )
+        return
+    record = run_task(Task(job["model"], name, recipe.to_dict(), job["target"], folder), job["cache"])
+    scores = objectives(record, job["target"], job["latency_ms"])
+    tune.report({**scores, "params": params, "recipe": recipe.to_dict(), "record": record})
+
+
+def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float | None = None,
+         trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
+         address: str | None = None, workers: int | None = None, use_cache: bool = True,
+         sampler: str = "tpe", seed: int = 0) -> dict:  # fmt: skip
+    """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
+    model_path = Path(model).absolute()
+    space = space_for(model_path, target, calibration)
+    base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
+                        evaluation and os.path.abspath(evaluation), model=str(model_path), targets=[target])  # fmt: skip
+    base = replace(base, verify=replace(base.verify, max_drop=max_drop))
+    if space.torch and not calibration:
+        raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
+           "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
+    from .sweep import start_ray
+
+    started = time.perf_counter()
+    start_ray(address, workers)
+    results = _run_search(job, space, trials, sampler, seed, out)
+    report = _report(job, results, space, sampler, trials, time.perf_counter() - started)
+    _write_outputs(out, report)
+    return report
+
+
+def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
+    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
+    optuna = require("optuna", "scale", "tune's multi-objective sampler")
+    from ray import tune as ray_tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    population = max(4, min(8, trials // 2))
+    samplers = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(population_size=population, seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(n_startup_trials=population, seed=seed),
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Tune's own console tables and its TensorBoard/CSV loggers: the report is ours
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    from ray.tune.logger import JsonLoggerCallback
+
+    search = OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+                          sampler=samplers[sampler](), points_to_evaluate=space.presets()[:trials])  # fmt: skip
+    storage = Path(tempfile.mkdtemp(prefix=".tune-", dir=out))  # Ray Tune's bookkeeping, removed after
+    try:
+        tuner = ray_tune.Tuner(
+            ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job), {"cpu": 1}),
+            tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=trials, reuse_actors=True),
+            run_config=ray_tune.RunConfig(
+                storage_path=str(storage), name="tune", verbose=0, callbacks=[JsonLoggerCallback()]
+            ),  # fmt: skip
+        )
+        grid = tuner.fit()
+        results = [r for r in grid if r.metrics and "record" in r.metrics]
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    return [_trial_entry(r.metrics) for r in sorted(results, key=lambda r: r.metrics.get("timestamp", 0))]
+
+
+def _trial_entry(metrics: dict) -> dict:
+    record = metrics["record"]
+    entry = {k: metrics[k] for k in (*OBJECTIVES, "feasible", "params", "recipe")}
+    entry |= {"status": record["status"], "error": record.get("error"), "folder": record["folder"],
+              "how": record.get("how"), "seconds": record.get("seconds")}  # fmt: skip
+    if not entry["feasible"]:
+        entry |= {k: None for k in OBJECTIVES}
+    if record["status"] == "ok":
+        artifact = record["artifacts"][0]
+        entry["measured"] = {"score": _score(artifact), "p50_ms": artifact["p50_ms"],
+                             "target_p50_ms": artifact["target_p50_ms"], "size_bytes": artifact["size_bytes"],
+                             "precision": artifact["precision"], "format": artifact["format"]}  # fmt: skip
+    return entry
+
+
+def _score(artifact: dict):
+    return next(
+        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
+    )
+
+
+def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: int, wall: float) -> dict:
+    front = pareto_front(trials)
+    for i, point in enumerate(front, 1):
+        point["best"] = f"best-{i}.toml"
+    return {
+        "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
+        "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
+        "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch},
+        "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
+        "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
+        "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],
+        "trials": trials,
+    }  # fmt: skip
+
+
+def _write_outputs(out: Path, report: dict) -> None:
+    """report.json, report.html and one best-N.toml per front point, each written whole."""
+    from .._io import atomic_path
+
+    for stale in out.glob("best-*.toml"):
+        stale.unlink()
+    by_folder = {t["folder"]: t for t in report["trials"]}
+    for point in report["front"]:
+        with atomic_path(out / point["best"]) as tmp:
+            tmp.write_text(Recipe.from_dict(by_folder[point["folder"]]["recipe"]).to_toml())
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(render_html(report))
+
+
+def render_html(report: dict) -> str:
+    """The Pareto front over all trials: latency (x, log) against the metric, marker area ~ size."""
+    from html import escape
+
+    from ..targets.svg import scatter
+
+    front = {p["folder"] for p in report["front"]}
+
+    def point(t: dict) -> dict:
+        return {"x": t["latency_ms"], "y": t["score"], "size": t["size_kb"], "label": t.get("best", "")}
+
+    series = {
+        "Pareto front": [point(t) for t in report["trials"] if t["folder"] in front],
+        "other feasible trials": [
+            point(t) for t in report["trials"] if t["feasible"] and t["folder"] not in front
+        ],
+    }
+    where = "measured on this machine" if report["target"] == "host" else "cost-model estimate"
+    plot = scatter(series, f"p50 latency on {report['target']}, ms ({where})", "metric",
+                   title=f"{Path(report['model']).name}: {report['trials_run']} trials")  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{escape(p['best'])}</td><td>{p['score']:.2f}</td><td>{p['latency_ms']:.4f}</td>"
+        f"<td>{p['size_kb']:.1f}</td><td><code>{escape(json.dumps(p['params'], sort_keys=True))}</code></td></tr>"
+        for p in report["front"]
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>edgesmith tune</title></head><body>"
+        f"<h1>edgesmith tune: {escape(Path(report['model']).name)} for {escape(report['target'])}</h1>"
+        f"<p>{report['trials_run']} trials ({report['feasible']} feasible) in {report['wall_s']} s; "
+        f"max drop {report['constraints']['max_drop']}, latency budget {report['constraints']['latency_ms']}</p>"
+        f"{plot}<table border='1' cellpadding='4'><tr><th>recipe</th><th>metric</th><th>latency ms</th>"
+        f"<th>size KB</th><th>parameters</th></tr>{rows}</table></body></html>\n"
+    )
