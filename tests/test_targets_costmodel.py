@@ -202,3 +202,33 @@ def test_tflite_graph_and_mcu_profile(tmp_path, cli):
     assert code == 0, err
     data = json.loads(out.strip().splitlines()[-1])  # the TF converter printed above it
     assert data["source"] == "estimated" and data["mcu_fit"]["fits"] and "note" in data["mcu_fit"]
+
+
+# a small network unlike the calibration one (other sizes, no residual add): held out of the fit
+HELD_OUT_NET = [("conv3", 16, 32, 1), ("conv1", 32, 96, 1), ("dw", 96, 96, 2), ("conv1", 96, 48, 1),
+                ("conv3", 48, 64, 1), ("gap",), ("gemm", 64, 10)]  # fmt: skip
+
+
+@pytest.mark.slow  # ~12 s of calibration (35 s on a loaded 2-core machine)
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_host_calibration_is_cached_and_estimates_a_held_out_net(tmp_path, monkeypatch):
+    from edgesmith.targets import hostcal
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    host = spec.get("host")
+    calibrated = hostcal.calibrated(host)
+    cached = hostcal.cache_path()
+    assert cached.parent == tmp_path / "cache" / "edgesmith" and cached.is_file()
+    assert calibrated.fitted.startswith("calibrated on this CPU") and calibrated.efficiency != host.efficiency
+
+    def fails(_target):
+        raise AssertionError("calibrated twice: the cache was not used")
+
+    monkeypatch.setattr(hostcal, "calibrate", fails)
+    assert hostcal.calibrated(host) == calibrated  # read back from the cache, not benchmarked again
+
+    net = hostcal.build_net(tmp_path / "held_out.onnx", HELD_OUT_NET, (1, 16, 64, 64))
+    measured = hostcal.cpu_ms(net, runs=30)  # right after the calibration, under the same load
+    estimated = costmodel.estimate(net, calibrated, 1).p50_ms
+    # benchmarks/costmodel_validation.py measures the accuracy (MobileNetV2, ResNet-18: within 15%)
+    assert 0.6 < estimated / measured < 1.6, (estimated, measured)

@@ -180,8 +180,9 @@ def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
     return min(times) * 1e3
 
 
-def build_net(path: Path) -> Path:
-    """The fp32 calibration network (`LAYERS`), random weights, seeded: the same file every time."""
+def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> Path:
+    """The fp32 calibration network (`LAYERS` on a `INPUT`-shaped input; others for tests), random
+    weights, seeded: the same file every time."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -197,7 +198,7 @@ def build_net(path: Path) -> Path:
         )
         return name
 
-    for i, (kind, *args) in enumerate(LAYERS):
+    for i, (kind, *args) in enumerate(spec):
         out = f"t{i}"
         if kind in ("conv3", "conv1", "dw"):
             cin, cout, stride = args
@@ -222,8 +223,8 @@ def build_net(path: Path) -> Path:
         x = out
     graph = helper.make_graph(
         nodes, "edgesmith_host_calibration",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(INPUT))],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, LAYERS[-1][2]])], inits,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, spec[-1][2]])], inits,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
