@@ -231,7 +231,7 @@ def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> P
     return path
 
 
-def quantize_net(src: Path, dest: Path) -> Path:
+def quantize_net(src: Path, dest: Path, shape: tuple = INPUT) -> Path:
     """The INT8 twin: ONNX Runtime's static QDQ quantizer, per-channel s8 weights, u8 activations
     (what `convert --preset int8` writes)."""
     import numpy as np
@@ -240,7 +240,7 @@ def quantize_net(src: Path, dest: Path) -> Path:
     class Reader(CalibrationDataReader):
         def __init__(self):
             rng = np.random.default_rng(0)
-            self.items = iter([{"input": rng.standard_normal(INPUT).astype(np.float32)} for _ in range(2)])
+            self.items = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)])
 
         def get_next(self):
             return next(self.items, None)
