@@ -80,6 +80,7 @@ def compare(name: str, models: dict[str, Path], folder: Path, threads: int | Non
     for row in rows:
         row["speedup_vs_default"] = round(default["ms"] / row["ms"], 2)
     source = "measured" if target.kind == "host" else f"estimated ({target.stack})"
+    threads = threads if target.kind == "host" else target.cores  # devices: all cores, as per_target
     return {"source": source, "threads": threads, "candidates": rows, "fastest": rows[0], "default": default}
 
 
