@@ -51,9 +51,10 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
     if not auto:
         return recipe
     best = fastest_at(report["fastest"][names[0]], _precision(quantize) if quantize else "fp32")
-    exports = [
-        dataclasses.replace(e, format=best["format"]) if e.format == FORMAT else e for e in recipe.exports
-    ]
+    exports = []
+    for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
+        config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config
+        exports += [] if config in exports else [config]
     report["fastest"][names[0]]["exported"] = best
     return dataclasses.replace(recipe, exports=exports)
 
@@ -74,27 +75,44 @@ def compare(name: str, models: dict[str, Path], folder: Path, threads: int | Non
     from ..targets import spec
 
     target = spec.get(name)
-    rows = _measured(models, folder, threads) if target.kind == "host" else _estimated(models, target)
+    skipped: list[str] = []
+    rows = (
+        _measured(models, folder, threads, skipped) if target.kind == "host" else _estimated(models, target)
+    )
     rows.sort(key=lambda r: r["ms"])
     default = min((r for r in rows if r["default"]), key=lambda r: r["ms"])
     for row in rows:
         row["speedup_vs_default"] = round(default["ms"] / row["ms"], 2)
     source = "measured" if target.kind == "host" else f"estimated ({target.stack})"
     threads = threads if target.kind == "host" else target.cores  # devices: all cores, as per_target
-    return {"source": source, "threads": threads, "candidates": rows, "fastest": rows[0], "default": default}
+    result = {
+        "source": source,
+        "threads": threads,
+        "candidates": rows,
+        "fastest": rows[0],
+        "default": default,
+    }
+    return result | ({"skipped": skipped} if skipped else {})
 
 
-def _measured(models: dict[str, Path], folder: Path, threads: int | None) -> list[dict]:
-    """Every runtime x precision on this machine, timed in interleaved rounds."""
+def _measured(models: dict[str, Path], folder: Path, threads: int | None, skipped: list[str]) -> list[dict]:
+    """Every runtime x precision on this machine, timed in interleaved rounds; what could not run is
+    appended to `skipped`."""
     from ..runtime import backends, load
 
     sessions = []
     for precision, path in models.items():
         sessions.append(({"runtime": "onnxruntime", "precision": precision, "default": precision == "fp32"},
                          load(path, backend="ort", threads=threads)))  # fmt: skip
-        if not backends.get("openvino").available():
+        if not backends.get("openvino").available() or precision not in ("fp32", "int8"):
             continue
-        xml = _openvino_ir(path, folder / f"{precision}.xml")
+        try:
+            xml = _openvino_ir(path, folder / f"{precision}.xml")
+        except Exception as exc:  # a model OpenVINO cannot read: compare the others
+            from ..runtime.backends.openvino_backend import error_line
+
+            skipped.append(f"openvino {precision}: {error_line(exc)}")
+            continue
         if precision == "fp32":
             auto = load(xml, backend="openvino", threads=threads)
             label = f"{auto.precision} (default)" if auto.precision != "f32" else "f32"
@@ -102,7 +120,7 @@ def _measured(models: dict[str, Path], folder: Path, threads: int | None) -> lis
             if auto.precision != "f32":
                 pinned = load(xml, backend="openvino", threads=threads, precision="f32")
                 sessions.append(({"runtime": "openvino", "precision": "f32", "default": False}, pinned))
-        elif precision == "int8":  # OpenVINO runs the QDQ graph on its INT8 kernels
+        else:  # int8: OpenVINO runs the QDQ graph on its INT8 kernels
             sessions.append(({"runtime": "openvino", "precision": precision, "default": False},
                              load(xml, backend="openvino", threads=threads)))  # fmt: skip
     times = _interleaved([s for _, s in sessions])
