@@ -27,7 +27,7 @@ from pathlib import Path
 from .cpu import cpu_flags
 from .spec import Target
 
-VERSION = 1  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 2  # bump when the benchmark or the fit changes: old cache files are then ignored
 
 # (kind, input channels, output channels, stride) at the spatial size reached so far: a MobileNetV2 /
 # ResNet mix from 56x56 down to 7x7, so both large and small kernels enter the fit.
@@ -188,7 +188,8 @@ def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> P
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    nodes, inits = [], []
+    nodes = []
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("six", 6.0))]
     x = "input"
 
     def weight(name, shape):
@@ -207,7 +208,10 @@ def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> P
             b = weight(f"b{i}", (cout,))
             nodes.append(helper.make_node("Conv", [x, w, b], [f"c{i}"], f"conv{i}", kernel_shape=[k, k],
                                           pads=[k // 2] * 4, strides=[stride] * 2, group=group))  # fmt: skip
-            nodes.append(helper.make_node("Relu", [f"c{i}"], [out], f"relu{i}"))
+            if kind == "conv3":  # ResNet-style ReLU; MobileNet-style ReLU6 (Clip) on the others
+                nodes.append(helper.make_node("Relu", [f"c{i}"], [out], f"relu{i}"))
+            else:
+                nodes.append(helper.make_node("Clip", [f"c{i}", "zero", "six"], [out], f"relu6_{i}"))
         elif kind == "add":  # closes an expand -> depthwise -> project block: adds the block's input
             nodes.append(helper.make_node("Add", [x, f"t{i - 4}"], [out], f"add{i}"))
         elif kind == "pool":
