@@ -42,15 +42,17 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
         return recipe
     folder = ctx.step.workdir / "fastest"
     folder.mkdir(exist_ok=True)
+    from .pipeline import quantize_precision
+
     models = {"fp32": Path(handle.path)}
     if quantize is not None:
-        models[_precision(quantize)] = _quantized_onnx(handle, quantize, folder, ctx)
+        models[quantize_precision(quantize)] = _quantized_onnx(handle, quantize, folder, ctx)
     names = list(recipe.profile.targets) or ["host"]
     threads = recipe.profile.threads or None
     report["fastest"] = {name: compare(name, models, folder, threads) for name in names}
     if not auto:
         return recipe
-    best = fastest_at(report["fastest"][names[0]], _precision(quantize) if quantize else "fp32")
+    best = fastest_at(report["fastest"][names[0]], quantize_precision(quantize))
     exports = []
     for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
         config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config
@@ -182,10 +184,6 @@ def _openvino_ir(onnx_path: Path, xml: Path) -> Path:
 
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     return xml
-
-
-def _precision(quantize) -> str:
-    return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
 
 
 def describe(fastest: dict) -> list[str]:
