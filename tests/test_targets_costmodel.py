@@ -202,3 +202,93 @@ def test_tflite_graph_and_mcu_profile(tmp_path, cli):
     assert code == 0, err
     data = json.loads(out.strip().splitlines()[-1])  # the TF converter printed above it
     assert data["source"] == "estimated" and data["mcu_fit"]["fits"] and "note" in data["mcu_fit"]
+
+
+# a small network unlike the calibration one (other sizes, no residual add): held out of the fit
+HELD_OUT_NET = [("conv3", 16, 32, 1), ("conv1", 32, 96, 1), ("dw", 96, 96, 2), ("conv1", 96, 48, 1),
+                ("conv3", 48, 64, 1), ("gap",), ("gemm", 64, 10)]  # fmt: skip
+
+
+@pytest.mark.slow  # ~12 s of calibration (35 s on a loaded 2-core machine)
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_host_calibration_is_cached_and_estimates_a_held_out_net(tmp_path, monkeypatch):
+    from edgesmith.targets import hostcal
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    host = spec.get("host")
+    calibrated = hostcal.calibrated(host)
+    cached = hostcal.cache_path()
+    assert cached.parent == tmp_path / "cache" / "edgesmith" and cached.is_file()
+    assert calibrated.fitted.startswith("calibrated on this CPU") and calibrated.efficiency != host.efficiency
+
+    def fails(_target):
+        raise AssertionError("calibrated twice: the cache was not used")
+
+    monkeypatch.setattr(hostcal, "calibrate", fails)
+    assert hostcal.calibrated(host) == calibrated  # read back from the cache, not benchmarked again
+
+    net = hostcal.build_net(tmp_path / "held_out.onnx", HELD_OUT_NET, (1, 16, 64, 64))
+    measured = hostcal.cpu_ms(net, runs=30)  # right after the calibration, under the same load
+    estimated = costmodel.estimate(net, calibrated, 1).p50_ms
+    # benchmarks/costmodel_validation.py measures the accuracy (MobileNetV2, ResNet-18: within 15%)
+    assert 0.6 < estimated / measured < 1.6, (estimated, measured)
+
+
+@pytest.fixture(scope="module")
+def net_pair(tmp_path_factory):
+    """The held-out net at fp32 and as ORT's QDQ INT8 (what `--preset int8` writes)."""
+    from edgesmith.targets import hostcal
+
+    folder = tmp_path_factory.mktemp("fastest")
+    fp32 = hostcal.build_net(folder / "net.onnx", HELD_OUT_NET, (1, 16, 64, 64))
+    return {"fp32": fp32, "int8": hostcal.quantize_net(fp32, folder / "net_int8.onnx", (1, 16, 64, 64))}
+
+
+@pytest.mark.slow  # builds, quantizes and times 5 sessions: ~30 s on a loaded 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_fastest_measures_every_runtime_and_precision_here(net_pair, tmp_path):
+    from edgesmith.converter import fastest
+    from edgesmith.runtime import backends
+
+    result = fastest.compare("host", net_pair, tmp_path, 1)
+    rows = result["candidates"]
+    seen = {(r["runtime"], r["precision"].split(" ")[0]) for r in rows}
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= seen
+    if backends.get("openvino").available():
+        assert {("openvino", "f32"), ("openvino", "int8")} <= seen
+    assert [r["ms"] for r in rows] == sorted(r["ms"] for r in rows) and result["fastest"] == rows[0]
+    default = result["default"]
+    assert default["default"] and default["precision"].split(" ")[0] in ("fp32", "f32", "bf16")
+    for row in rows:  # speed-ups are against the default, not against ONNX Runtime fp32
+        assert row["speedup_vs_default"] == pytest.approx(default["ms"] / row["ms"], abs=0.01)
+    assert fastest.fastest_at(result, "int8")["precision"] == "int8"
+
+
+def test_fastest_on_a_device_is_the_cost_model_per_precision(net_pair, tmp_path):
+    from edgesmith.converter import fastest
+
+    result = fastest.compare("rpi5", net_pair, tmp_path, None)
+    by_precision = {r["precision"]: r for r in result["candidates"]}
+    rpi5 = spec.get("rpi5")
+    for precision, path in net_pair.items():
+        assert by_precision[precision]["ms"] == pytest.approx(costmodel.estimate(path, rpi5).p50_ms, abs=1e-3)
+        assert (
+            by_precision[precision]["runtime"] == "litert" and by_precision[precision]["format"] == "tflite"
+        )
+    assert result["default"]["precision"] == "fp32" and result["source"].startswith("estimated")
+
+
+def test_format_auto_exports_the_fastest_format(cli, tmp_path):
+    import json
+
+    from edgesmith.runtime import load
+
+    code, out, _ = cli("convert", SHIPPED_MODEL, "--format", "auto", "--out", tmp_path / "out", "--quiet")
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    chosen = report["fastest"]["host"]["exported"]
+    (artifact,) = report["artifacts"]
+    assert artifact["format"] == chosen["format"] != "auto"
+    assert chosen["ms"] == min(r["ms"] for r in report["fastest"]["host"]["candidates"]
+                               if r["precision"] == "fp32" or r["default"])  # fmt: skip
+    load(artifact["path"]).run({"input": __import__("numpy").zeros((1, 1, 28, 28), "float32")})

@@ -63,7 +63,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--format",
         action="append",
         metavar="FMT",
-        help="artifact format, repeatable: onnx (default) and the formats of installed exporters",
+        help="artifact format, repeatable: onnx (default), the formats of installed exporters, or auto (the "
+        "fastest on the first --target, else on this machine, among every runtime x precision: see report.json "
+        "`fastest`)",
     )
     p.add_argument(
         "--target",

@@ -198,6 +198,10 @@ def _remote(args, artifact: Path, target) -> dict:
 def _estimated(args, artifact: Path, target) -> dict:
     from ..targets import costmodel, graph, mcu, power
 
+    if target.kind == "host":  # this CPU's own figures, benchmarked once and cached
+        from ..targets import hostcal
+
+        target = hostcal.calibrated(target)
     layers = graph.layers(artifact, args.batch, args.shapes)
     est = costmodel.estimate(layers, target, args.threads)
     result = est.to_json(per_layer=False) | {"device": target.name}

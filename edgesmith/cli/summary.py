@@ -170,4 +170,8 @@ def print_summary(report: dict, out) -> None:
             f"latency: {lat['runs']} runs after {lat['warmup']} warm-up, batch {lat['batch']}, "
             f"{lat['threads'] or 'all'} thread(s), {lat['backend']} on this machine"
         )
+    if report.get("fastest"):
+        from ..converter.fastest import describe
+
+        print("\n".join(describe(report["fastest"])))
     print(f"report: {out}/report.json")

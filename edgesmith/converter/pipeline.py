@@ -15,7 +15,7 @@ import numpy as np
 from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
-from . import accuracy, exporters, input_shapes
+from . import accuracy, exporters, fastest, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -179,6 +179,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             if torch_steps:
                 _save_hf_folder(changed.module, output, f"{stem}-hf", model_path, report)
             export_ctx = exporters.ExportContext(changed, ctx)
+            recipe = fastest.resolve(recipe, handle, quantize, export_ctx, report)  # targets, format auto
             for config in recipe.exports:
                 _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
             if quantize is not None:  # one entry for the step; each artifact says how it was applied

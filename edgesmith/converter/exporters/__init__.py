@@ -26,6 +26,7 @@ FORMATS = {
     "tflite": "edgesmith.converter.exporters.tflite_export",
     "c-array": "edgesmith.converter.exporters.c_array",
     "openvino": "edgesmith.converter.exporters.openvino_export",
+    "auto": "edgesmith.converter.fastest",  # the fastest format on the first target (fastest.resolve)
 }
 
 

@@ -1,0 +1,204 @@
+"""The fastest artifact per target: every backend x precision the target runs, timed or estimated.
+
+`resolve` runs once in `pipeline.run`, before the exports, when the recipe names targets or asks for
+`format = "auto"`. The candidates are the model at fp32 and at the recipe's precision (the ONNX
+exporter's quantized file, written to the work folder):
+
+- `host` (this machine): measured. ONNX Runtime on each ONNX file; OpenVINO on the same graphs
+  (`openvino.convert_model`, so an INT8 QDQ file runs on OpenVINO's INT8 kernels) at f32 and at the
+  CPU plugin's default precision (bf16 on CPUs with AMX/AVX-512 BF16). Candidates are timed in
+  interleaved rounds, so a burst of load on a shared machine hits all of them alike.
+- a device: estimated by the cost model on its default stack (e.g. LiteRT + XNNPACK on a Pi), for
+  each precision its cores have MACs for.
+
+The speed-up of each candidate is against what a user gets by default on that CPU: the fp32 model in
+the fastest runtime at its default settings (here OpenVINO's bf16), not against fp32 ONNX Runtime.
+`format = "auto"` exports the first target's fastest (the host's when the recipe has no target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+FORMAT = "auto"  # `exports.format = "auto"` passes the recipe's format check; resolve() replaces it
+SUFFIX = ""
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+def export(config, model, quantize, dest, ctx):
+    raise RuntimeError(
+        "internal error: format 'auto' must be resolved (converter/fastest.resolve) before export"
+    )
+
+
+def resolve(recipe, handle, quantize, ctx, report: dict):
+    """The recipe with `auto` exports replaced by each's fastest format; `report["fastest"]` gets the
+    comparison per target. Does nothing (and costs nothing) for a recipe without targets or auto."""
+    auto = any(e.format == FORMAT for e in recipe.exports)
+    if not auto and not (recipe.profile.enabled and recipe.profile.targets):
+        return recipe
+    folder = ctx.step.workdir / "fastest"
+    folder.mkdir(exist_ok=True)
+    from .pipeline import quantize_precision
+
+    models = {"fp32": Path(handle.path)}
+    if quantize is not None:
+        models[quantize_precision(quantize)] = _quantized_onnx(handle, quantize, folder, ctx)
+    names = list(recipe.profile.targets) or ["host"]
+    threads = recipe.profile.threads or None
+    report["fastest"] = {name: compare(name, models, folder, threads) for name in names}
+    if not auto:
+        return recipe
+    best = fastest_at(report["fastest"][names[0]], quantize_precision(quantize))
+    exports = []
+    for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
+        config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config
+        exports += [] if config in exports else [config]
+    report["fastest"][names[0]]["exported"] = best
+    return dataclasses.replace(recipe, exports=exports)
+
+
+def fastest_at(result: dict, precision: str) -> dict:
+    """The fastest candidate that runs the recipe's precision: `auto` picks a format, the recipe's
+    steps keep deciding the precision (an fp32 recipe may run in the runtime's default bf16)."""
+    fits = [
+        r
+        for r in result["candidates"]
+        if r["precision"] == precision or (precision == "fp32" and r["default"])
+    ]
+    return min(fits or result["candidates"], key=lambda r: r["ms"])
+
+
+def compare(name: str, models: dict[str, Path], folder: Path, threads: int | None) -> dict:
+    """{"source", "candidates" (fastest first), "fastest", "default"} for target `name`."""
+    from ..targets import spec
+
+    target = spec.get(name)
+    skipped: list[str] = []
+    rows = (
+        _measured(models, folder, threads, skipped) if target.kind == "host" else _estimated(models, target)
+    )
+    rows.sort(key=lambda r: r["ms"])
+    default = min((r for r in rows if r["default"]), key=lambda r: r["ms"])
+    for row in rows:
+        row["speedup_vs_default"] = round(default["ms"] / row["ms"], 2)
+    source = "measured" if target.kind == "host" else f"estimated ({target.stack})"
+    threads = threads if target.kind == "host" else target.cores  # devices: all cores, as per_target
+    result = {
+        "source": source,
+        "threads": threads,
+        "candidates": rows,
+        "fastest": rows[0],
+        "default": default,
+    }
+    return result | ({"skipped": skipped} if skipped else {})
+
+
+def _measured(models: dict[str, Path], folder: Path, threads: int | None, skipped: list[str]) -> list[dict]:
+    """Every runtime x precision on this machine, timed in interleaved rounds; what could not run is
+    appended to `skipped`."""
+    from ..runtime import backends, load
+
+    sessions = []
+    for precision, path in models.items():
+        sessions.append(({"runtime": "onnxruntime", "precision": precision, "default": precision == "fp32"},
+                         load(path, backend="ort", threads=threads)))  # fmt: skip
+        if not backends.get("openvino").available() or precision not in ("fp32", "int8"):
+            continue
+        try:
+            xml = _openvino_ir(path, folder / f"{precision}.xml")
+        except Exception as exc:  # a model OpenVINO cannot read: compare the others
+            from ..runtime.backends.openvino_backend import error_line
+
+            skipped.append(f"openvino {precision}: {error_line(exc)}")
+            continue
+        if precision == "fp32":
+            auto = load(xml, backend="openvino", threads=threads)
+            label = f"{auto.precision} (default)" if auto.precision != "f32" else "f32"
+            sessions.append(({"runtime": "openvino", "precision": label, "default": True}, auto))
+            if auto.precision != "f32":
+                pinned = load(xml, backend="openvino", threads=threads, precision="f32")
+                sessions.append(({"runtime": "openvino", "precision": "f32", "default": False}, pinned))
+        else:  # int8: OpenVINO runs the QDQ graph on its INT8 kernels
+            sessions.append(({"runtime": "openvino", "precision": precision, "default": False},
+                             load(xml, backend="openvino", threads=threads)))  # fmt: skip
+    times = _interleaved([s for _, s in sessions])
+    return [row | {"format": RUNTIME_FORMAT[row["runtime"]], "ms": round(ms, 3)}
+            for (row, _), ms in zip(sessions, times, strict=True)]  # fmt: skip
+
+
+def _interleaved(sessions, rounds: int = 5, runs: int = 10) -> list[float]:
+    """Each session's best round median (ms): rounds alternate between sessions, and contention on a
+    shared machine only adds time."""
+    from ..targets.latency import random_feeds
+
+    feeds = [random_feeds(s) for s in sessions]
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(3):
+            session.run(feed)
+    best = [float("inf")] * len(sessions)
+    for _ in range(rounds):
+        for i, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(feed)
+                times.append(time.perf_counter() - start)
+            best[i] = min(best[i], statistics.median(times) * 1e3)
+    return best
+
+
+def _estimated(models: dict[str, Path], target) -> list[dict]:
+    """The cost model's figure for each precision on the target's default stack and runtime."""
+    from ..targets import costmodel, graph
+
+    runtime = "litert" if ".tflite" in target.formats and "litert" in target.runtimes else target.runtimes[0]
+    rows = []
+    for precision, path in models.items():
+        layers = graph.layers(path)
+        rows.append(_row(runtime, precision, costmodel.estimate(layers, target).p50_ms, precision == "fp32"))
+        if precision == "fp32" and "fp16" in target.macs_per_cycle:  # LiteRT's fp16 path on ARMv8.2 cores
+            half = [dataclasses.replace(lay, dtype="fp16") for lay in layers]
+            rows.append(_row(runtime, "fp16", costmodel.estimate(half, target).p50_ms, False))
+    return rows
+
+
+def _row(runtime: str, precision: str, ms: float, default: bool) -> dict:
+    fmt = {"litert": "tflite", "tflm": "tflite", "openvino": "openvino"}.get(runtime, "onnx")
+    return {"runtime": runtime, "precision": precision, "default": default, "format": fmt, "ms": round(ms, 3)}
+
+
+def _quantized_onnx(handle, quantize, folder: Path, ctx) -> Path:
+    """The recipe's quantized model as the ONNX exporter writes it (calibrated on the recipe's data)."""
+    from . import exporters
+    from .recipe import ExportConfig
+
+    return exporters.export(ExportConfig(format="onnx"), handle, quantize, folder / "candidate", ctx).path
+
+
+def _openvino_ir(onnx_path: Path, xml: Path) -> Path:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def describe(fastest: dict) -> list[str]:
+    """Summary lines: per target, the fastest candidate and its speed-up over the default."""
+    lines = []
+    for name, result in fastest.items():
+        best, default = result["fastest"], result["default"]
+        lines.append(
+            f"fastest on {name} ({result['source']}): {best['runtime']} {best['precision']} "
+            f"({best['format']}) {best['ms']:.2f} ms, {best['speedup_vs_default']:.2f}x the default "
+            f"({default['runtime']} {default['precision']} {default['ms']:.2f} ms)"
+        )
+        if "exported" in result:
+            chosen = result["exported"]
+            lines.append(
+                f"  --format auto exported {chosen['format']} ({chosen['runtime']} {chosen['precision']})"
+            )
+    return lines

@@ -1,0 +1,299 @@
+"""The host spec calibrated on this CPU: a few seconds of ONNX Runtime micro-benchmarks, cached.
+
+`host.toml`'s efficiencies were fitted on one machine; on another CPU (an AMX Xeon instead of a
+Zen 4 EPYC) the same table was +58..+101% off. So at first use `calibrated(target)` builds two
+small networks that hold the kernels real models are made of (3x3 and 1x1 convolutions at 56x56 ..
+7x7, depthwise convolutions, a residual add, pooling, a fully-connected layer), one fp32 and one
+INT8 (QDQ, as `convert --preset int8` writes it), profiles them per layer with ONNX Runtime at one
+thread, and fits the efficiencies and the per-op overhead with `costmodel.fit`. The parallel fraction
+comes from timing the fp32 network at one thread and at all cores. Peaks are read from the CPU flags
+(AVX-512: 32 fp32 MACs/cycle, VNNI: 4x that for INT8), so the efficiencies stay near 1.
+
+The result is cached per CPU in `~/.cache/edgesmith/host-<hash>.json` (the hash covers the CPU
+model name, its flags, the core count, the ONNX Runtime version and `VERSION`), written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .cpu import cpu_flags
+from .spec import Target
+
+VERSION = 3  # bump when the benchmark or the fit changes: old cache files are then ignored
+
+# (kind, input channels, output channels, stride) at the spatial size reached so far: a MobileNetV2 /
+# ResNet mix from 56x56 down to 7x7, so both large and small kernels enter the fit.
+LAYERS = [
+    ("conv3", 32, 64, 1), ("conv1", 64, 192, 1), ("dw", 192, 192, 1), ("conv1", 192, 64, 1), ("add",),
+    ("dw", 64, 64, 2), ("conv3", 64, 128, 1), ("conv1", 128, 384, 1), ("dw", 384, 384, 1),
+    ("conv1", 384, 128, 1), ("add",), ("pool",), ("conv3", 128, 256, 1), ("conv1", 256, 768, 1),
+    ("dw", 768, 768, 2), ("conv1", 768, 160, 1), ("conv1", 160, 960, 1), ("dw", 960, 960, 1),
+    ("conv3", 960, 256, 1), ("gap",), ("gemm", 256, 1000),
+]  # fmt: skip
+INPUT = (1, 32, 56, 56)
+TINY = [("conv1", 8, 8, 1)] * 40  # 40 kernels of 64 MACs per pixel on 4x4: per-op dispatch cost
+
+
+def cache_path() -> Path:
+    """`~/.cache/edgesmith/host-<hash>.json` (or under $XDG_CACHE_HOME) for this CPU and runtime."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "edgesmith" / f"host-{cpu_key()}.json"
+
+
+def cpu_key() -> str:
+    """What makes a calibration valid: CPU model, flags, cores, ONNX Runtime version, VERSION."""
+    import onnxruntime
+
+    facts = {"model": _cpu_model(), "flags": sorted(cpu_flags()), "cores": _cores(),
+             "onnxruntime": onnxruntime.__version__, "version": VERSION}  # fmt: skip
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def calibrated(target: Target, refresh: bool = False) -> Target:
+    """`target` (the host spec, cores and clock already read) with this CPU's fitted figures."""
+    path = cache_path()
+    data = None if refresh else _read(path)
+    if data is None:
+        data = calibrate(target)
+        _write_atomic(path, data)
+    return apply(target, data)
+
+
+def apply(target: Target, data: dict) -> Target:
+    """The host spec with a calibration's peaks, efficiencies, overhead and parallel fraction."""
+    return replace(
+        target,
+        macs_per_cycle=dict(data["macs_per_cycle"]),
+        efficiency={d: dict(t) for d, t in data["efficiency"].items()},
+        op_overhead_us=float(data["op_overhead_us"]),
+        parallel_fraction=float(data["parallel_fraction"]),
+        fitted=f"calibrated on this CPU ({data['cpu']}, {data['date']}; {cache_path().name})",
+    )
+
+
+def calibrate(target: Target) -> dict:
+    """Benchmark this CPU (a few seconds) and fit the host spec's numbers to it."""
+    from .._io import work_folder
+    from . import costmodel, graph, hostprofile
+
+    started = time.perf_counter()
+    target = replace(target, macs_per_cycle=peak_macs_per_cycle(cpu_flags()))
+    with work_folder("hostcal") as tmp:
+        fp32 = build_net(Path(tmp) / "cal_fp32.onnx")
+        int8 = quantize_net(fp32, Path(tmp) / "cal_int8.onnx")
+        samples = []
+        for path in (fp32, int8):
+            layers = graph.layers(path)
+            times = hostprofile.ort_node_times(path, threads=1, runs=15, warmup=3, quantile=0.2)
+            samples.append((layers, hostprofile.match(layers, times)))
+        efficiency, _ = costmodel.fit(samples, target, threads=1)
+        # the fit's intercept soaks up whatever small kernels cost beyond their MACs; a chain of tiny
+        # convolutions measures the dispatch cost itself, which is what small models pay per layer
+        overhead = round(cpu_ms(build_net(Path(tmp) / "tiny.onnx", TINY, (1, 8, 4, 4))) * 1e3 / len(TINY), 2)
+        target = replace(target, efficiency=efficiency, op_overhead_us=overhead)
+        for path, (layers, _) in zip((fp32, int8), samples, strict=True):
+            efficiency = anchor(efficiency, layers, cpu_ms(path), target)
+            target = replace(target, efficiency=efficiency)
+        parallel = parallel_fraction(fp32, target.cores, target.parallel_fraction)
+    return {
+        "cpu": _cpu_model(),
+        "cores": target.cores,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "macs_per_cycle": target.macs_per_cycle,
+        "efficiency": efficiency,
+        "op_overhead_us": overhead,
+        "parallel_fraction": parallel,
+        "seconds": round(time.perf_counter() - started, 2),
+        "version": VERSION,
+    }
+
+
+def anchor(efficiency: dict, layers: list, measured_ms: float, target: Target) -> dict:
+    """Scale the efficiencies of the network's dtype so its whole-network estimate is `measured_ms`:
+    the per-layer profile misses what runs between kernels (ORT's executor, memory planning)."""
+    from . import costmodel
+
+    dtype = max((lay.dtype for lay in layers if lay.macs), key=lambda d: d == "int8")
+    ratio = costmodel.estimate(layers, replace(target, efficiency=efficiency), 1).p50_ms / measured_ms
+    table = {d: dict(t) for d, t in efficiency.items()}
+    table[dtype] = {c: round(float(v) * ratio, 4) for c, v in table[dtype].items()}
+    return table
+
+
+def cpu_ms(path: Path, runs: int = 15) -> float:
+    """Median CPU milliseconds of one single-thread run: on a machine shared with other jobs, CPU time
+    leaves out the time the process waited for a core, which wall time does not."""
+    import statistics
+
+    from ..runtime import load
+    from .latency import random_feeds
+
+    session = load(path, backend="ort", threads=1)
+    feeds = random_feeds(session)
+    for _ in range(3):
+        session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.process_time()
+        session.run(feeds)
+        times.append(time.process_time() - start)
+    return statistics.median(times) * 1e3
+
+
+def peak_macs_per_cycle(flags: frozenset[str]) -> dict[str, float]:
+    """Nominal per-core MACs/cycle from the vector ISA: two FMA pipes of the widest vectors; VNNI
+    (or AMX, which implies it) does 4 u8 x s8 MACs per 32-bit lane."""
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fp32 = 2 * lanes if "fma" in flags or "avx512f" in flags or "asimd" in flags else lanes
+    vnni = flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}
+    return {"fp32": float(fp32), "int8": float(fp32 * (4 if vnni else 2))}
+
+
+def parallel_fraction(path: Path, cores: int, default: float) -> float:
+    """Amdahl's p from the fp32 network's best time at 1 thread and at `cores` threads."""
+    if cores < 2:
+        return default
+    best = {n: _best_ms(path, n) for n in (1, cores)}
+    speedup = best[1] / best[cores]
+    p = (1 - 1 / speedup) / (1 - 1 / cores)
+    return round(min(max(p, 0.0), 0.99), 3)
+
+
+def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
+    """The fastest of `runs` (a shared machine only adds time), after warm-up."""
+    from ..runtime import load
+    from .latency import random_feeds
+
+    session = load(path, backend="ort", threads=threads)
+    feeds = random_feeds(session)
+    for _ in range(3):
+        session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> Path:
+    """The fp32 calibration network (`LAYERS` on a `INPUT`-shaped input; others for tests), random
+    weights, seeded: the same file every time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = []
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("six", 6.0))]
+    x = "input"
+
+    def weight(name, shape):
+        fan_in = int(np.prod(shape[1:]))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+        )
+        return name
+
+    for i, (kind, *args) in enumerate(spec):
+        out = f"t{i}"
+        if kind in ("conv3", "conv1", "dw"):
+            cin, cout, stride = args
+            k, group = (3, cin) if kind == "dw" else ((3, 1) if kind == "conv3" else (1, 1))
+            w = weight(f"w{i}", (cout, cin // group, k, k))
+            b = weight(f"b{i}", (cout,))
+            nodes.append(helper.make_node("Conv", [x, w, b], [f"c{i}"], f"conv{i}", kernel_shape=[k, k],
+                                          pads=[k // 2] * 4, strides=[stride] * 2, group=group))  # fmt: skip
+            if kind == "conv3":  # ResNet-style ReLU; MobileNet-style ReLU6 (Clip) on the others
+                nodes.append(helper.make_node("Relu", [f"c{i}"], [out], f"relu{i}"))
+            else:
+                nodes.append(helper.make_node("Clip", [f"c{i}", "zero", "six"], [out], f"relu6_{i}"))
+        elif kind == "add":  # closes an expand -> depthwise -> project block: adds the block's input
+            nodes.append(helper.make_node("Add", [x, f"t{i - 4}"], [out], f"add{i}"))
+        elif kind == "pool":
+            nodes.append(
+                helper.make_node("MaxPool", [x], [out], f"pool{i}", kernel_shape=[2, 2], strides=[2, 2])
+            )
+        elif kind == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [f"g{i}"], f"gap{i}"))
+            nodes.append(helper.make_node("Flatten", [f"g{i}"], [out], f"flat{i}"))
+        else:  # gemm
+            w, b = weight(f"w{i}", (args[1], args[0])), weight(f"b{i}", (args[1],))
+            nodes.append(helper.make_node("Gemm", [x, w, b], [out], f"gemm{i}", transB=1))
+        x = out
+    graph = helper.make_graph(
+        nodes, "edgesmith_host_calibration",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def quantize_net(src: Path, dest: Path, shape: tuple = INPUT) -> Path:
+    """The INT8 twin: ONNX Runtime's static QDQ quantizer, per-channel s8 weights, u8 activations
+    (what `convert --preset int8` writes)."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.items = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    logging.disable(logging.WARNING)  # its advice to pre-process a model it quantizes fine
+    try:
+        quantize_static(str(src), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    finally:
+        logging.disable(logging.NOTSET)
+    return dest
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == VERSION else None
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader sees the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
