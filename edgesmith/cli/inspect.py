@@ -121,8 +121,8 @@ def _num(x, fmt="{:.1f}") -> str:
 
 
 def main(args) -> int:
-    from ..converter.outdir import work_folder
-    from .summary import _print_table
+    from .._io import work_folder
+    from .summary import print_table
 
     artifact, original = _check(args)
     with work_folder() as tmp:
@@ -130,7 +130,7 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        _print_table(table(result))
+        print_table(table(result))
         print(f"\n{len(result['layers'])} layers, {result['samples']} samples of {args.data}; SQNR: "
               "signal over quantization noise (higher is better, ~6 dB a bit)")  # fmt: skip
     return 0

@@ -123,10 +123,10 @@ def print_sensitivity(report: dict) -> None:
               f"({len(search['candidates'])} candidates, {search['wall_s']:.0f} s)")  # fmt: skip
     if sensitivity_rows(report):
         print()
-        _print_table(sensitivity_rows(report))
+        print_table(sensitivity_rows(report))
 
 
-def _print_table(table: list[list[str]]) -> None:
+def print_table(table: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         print(
@@ -140,13 +140,13 @@ def _print_table(table: list[list[str]]) -> None:
 
 
 def print_summary(report: dict, out) -> None:
-    _print_table(rows(report))
+    print_table(rows(report))
     if report.get("stages"):
         print()
-        _print_table(stage_rows(report))
+        print_table(stage_rows(report))
     if target_rows(report):
         print()
-        _print_table(target_rows(report))
+        print_table(target_rows(report))
     print_sensitivity(report)
     for step in report["steps"]:
         if "types" in step:

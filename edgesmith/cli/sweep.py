@@ -55,7 +55,7 @@ def main(args) -> int:
 
     from ..errors import InputError
     from ..scale.sweep import error_lines, plan, summary_rows, sweep
-    from .summary import _print_table
+    from .summary import print_table
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: give at least 1")
@@ -79,7 +79,7 @@ def main(args) -> int:
     elif not args.quiet:
         table = summary_rows(records)
         if len(table) > 1:
-            _print_table(table)
+            print_table(table)
         for line in error_lines(records):
             print(line)
         counts = report["counts"]

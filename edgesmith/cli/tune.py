@@ -60,7 +60,7 @@ def main(args) -> int:
     from ..errors import InputError
     from ..scale.tune import tune
     from ..targets.spec import get
-    from .summary import _print_table
+    from .summary import print_table
 
     get(args.target)  # an unknown name fails now, with a suggestion
     if args.trials < 1 or (args.workers is not None and args.workers < 1):
@@ -82,7 +82,7 @@ def main(args) -> int:
                 [p["best"], f"{p['score']:.2f}", f"{p['latency_ms']:.4f}", f"{p['size_kb']:.1f}", params]
             )
         if len(table) > 1:
-            _print_table(table)
+            print_table(table)
         for t in report["trials"]:
             if t["status"] != "ok":
                 print(f"{Path(t['folder']).name}: {t['status']}: {t['error']}", file=sys.stderr)

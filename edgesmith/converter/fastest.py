@@ -42,7 +42,7 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
         return recipe
     folder = ctx.step.workdir / "fastest"
     folder.mkdir(exist_ok=True)
-    from .pipeline import quantize_precision
+    from .steps.quantize import quantize_precision
 
     models = {"fp32": Path(handle.path)}
     if quantize is not None:

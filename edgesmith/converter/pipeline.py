@@ -21,7 +21,7 @@ from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
 from .recipe import Recipe
 from .steps import HANDLERS, StepContext
-from .steps.quantize import QuantizeConfig
+from .steps.quantize import QuantizeConfig, quantize_precision
 
 
 def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
@@ -153,7 +153,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
                          "folder) or use --preset int8-dynamic")  # fmt: skip
     input_hash = sha256(model_path) if model_path else None
-    output = OutputDir(out, force, inputs=_input_paths(recipe, model_path))
+    output = OutputDir(out, force, inputs=input_paths(recipe, model_path))
     try:
         with work_folder() as tmp:
             source = frontends.load(model, Path(tmp), example_inputs)
@@ -212,7 +212,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     return report
 
 
-def _input_paths(recipe: Recipe, model_path: Path | None) -> tuple[Path, ...]:
+def input_paths(recipe: Recipe, model_path: Path | None) -> tuple[Path, ...]:
     """Every file or folder the run reads: the output may neither replace nor go inside one."""
     paths = [model_path, recipe.calibration.path, recipe.verify.eval, getattr(recipe, "source_file", None)]
     paths += [getattr(step, "data", None) for step in recipe.steps]  # distill/binarize training data
@@ -261,12 +261,6 @@ def _export(config, handle, quantize, stem, output, ctx, report, recipe, input_h
     if exported.quantization:
         entry["quantization"] = exported.quantization
     report["artifacts"].append(entry)
-
-
-def quantize_precision(quantize: QuantizeConfig | None) -> str:
-    if quantize is None:
-        return "fp32"
-    return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
 
 
 def _verify(source, data, report: dict, quiet: bool):

@@ -105,7 +105,7 @@ def _one_line(exc: BaseException) -> str:
 def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
     """The task's report and how it was obtained: 'resumed', 'cached' or 'converted'."""
     from .. import convert
-    from ..converter.pipeline import _input_paths
+    from ..converter.pipeline import input_paths
 
     out, model = Path(task.out), Path(task.model)
     done = finished_report(out, task.recipe_sha256, model)
@@ -117,7 +117,7 @@ def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
         model_key = cache_key(model, recipe)
         entry = cache.lookup(model_key)
         if entry is not None:
-            return cache.restore(entry, out, _input_paths(recipe, model)), "cached"
+            return cache.restore(entry, out, input_paths(recipe, model)), "cached"
     report = convert(task.model, recipe=recipe, out=out, force=True, quiet=True)
     if cache is not None:
         cache.store(model_key, out)

@@ -288,3 +288,10 @@ def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
         ModelHandle(out, "fp16"),
         {"mode": "fp16", "engine": "onnxruntime.transformers", "io_types": "float32 (kept)"},
     )
+
+
+def quantize_precision(quantize: QuantizeConfig | None) -> str:
+    """The precision name an artifact quantized by `quantize` carries (fp32 without a quantize step)."""
+    if quantize is None:
+        return "fp32"
+    return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
