@@ -216,8 +216,8 @@ def _tiny(folder: Path, kind: str = "bert") -> Path:
 @pytest.mark.parametrize(
     "steps, match",
     [
-        ('[[steps]]\nkind = "prune_transformer"\nheads = 1.0', r"heads = 1.0 must be in \[0, 1\)"),
-        ('[[steps]]\nkind = "prune_transformer"\nffn = -0.5', r"ffn = -0.5 must be in \[0, 1\)"),
+        ('[[steps]]\nkind = "prune_transformer"\nheads = 1.0', r"heads = 1.0 must be a number in \[0, 1\)"),
+        ('[[steps]]\nkind = "prune_transformer"\nffn = -0.5', r"ffn = -0.5 must be a number in \[0, 1\)"),
         ('[[steps]]\nkind = "distill"\nlosses = ["embedding"]', "distill needs data"),
     ],
 )

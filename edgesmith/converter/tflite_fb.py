@@ -9,8 +9,8 @@ deterministically (same object, same bytes).
 
 from __future__ import annotations
 
-from ...errors import require
-from ...targets.arena import read, schema  # one reader of the TFLite schema, device side
+from ..errors import require
+from ..targets.arena import read, schema  # one reader of the TFLite schema, device side
 
 __all__ = ["read", "schema"]
 
