@@ -5,12 +5,15 @@ litert-torch, `input_1`/`output_0` for TensorFlow). The runtime names tensors af
 keys, and verification feeds arrays named after the source model's inputs, so every `.tflite` leaves
 the exporter with the source's names. Edits go through the schema's object API, which serializes
 deterministically (same object, same bytes).
+
+The TFLite frontend (reading a source) and the exporters (writing artifacts) both use it, so it sits
+beside them in `converter/`, below both.
 """
 
 from __future__ import annotations
 
-from ...errors import require
-from ...targets.arena import read, schema  # one reader of the TFLite schema, device side
+from ..errors import require
+from ..targets.arena import read, schema  # one reader of the TFLite schema, device side
 
 __all__ = ["read", "schema"]
 

@@ -17,7 +17,7 @@ def stable_names(ov_model, onnx_path: Path) -> None:
     """Rename nodes OpenVINO named `<Type>_<counter>` (also when folded into a Const) to
     `<Type>_<position in graph order>`; names that come from the ONNX (or TFLite) file are kept."""
     if onnx_path.suffix == ".tflite":
-        from .tflite_fb import read
+        from ..tflite_fb import read
 
         kept = {t.name.decode() for g in read(onnx_path.read_bytes()).subgraphs for t in g.tensors}
     else:

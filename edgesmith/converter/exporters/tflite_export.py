@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError, require
+from .. import tflite_fb
 from ..handle import ModelHandle
-from . import Exported, tflite_fb
+from . import Exported
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"

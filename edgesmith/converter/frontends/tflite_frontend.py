@@ -29,7 +29,7 @@ import numpy as np
 from ... import _quiet
 from ...errors import InputError, require
 from ...runtime import load as load_session
-from ..exporters import tflite_fb
+from .. import tflite_fb
 from ..handle import ModelHandle
 
 WHY = "TFLite models"
