@@ -34,12 +34,28 @@ def modules(root: Path = ROOT, package: str = "edgesmith") -> dict[str, Path]:
     return found
 
 
-def _base(name: str, is_package: bool, level: int, module: str | None) -> str:
-    """The absolute module a relative `from` refers to."""
+def _base(name: str, is_package: bool, level: int, module: str | None) -> str | None:
+    """The absolute module a relative `from` refers to; None when it climbs above the top package."""
     parts = name.split(".") if is_package else name.split(".")[:-1]
-    if level > 1:
-        parts = parts[: len(parts) - (level - 1)]
+    if level - 1 >= len(parts):
+        return None
+    parts = parts[: len(parts) - (level - 1)]
     return ".".join(parts + ([module] if module else []))
+
+
+def unresolved(root: Path = ROOT) -> list[str]:
+    """`module:line` of each relative import that climbs above the package (a moved file that kept its
+    old `from ...x`): Python fails on it with "attempted relative import beyond top-level package"."""
+    found = []
+    for name, path in modules(root).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level
+                and _base(name, path.name == "__init__.py", node.level, node.module) is None
+            ):
+                found.append(f"{name}:{node.lineno} from {'.' * node.level}{node.module or ''}")
+    return found
 
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
@@ -51,6 +67,8 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str
             targets = [(alias.name, "") for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = _base(name, is_package, node.level, node.module) if node.level else node.module or ""
+            if base is None:  # beyond the top package: reported by unresolved()
+                continue
             targets = [
                 (f"{base}.{alias.name}", "") if f"{base}.{alias.name}" in known else (base, alias.name)
                 for alias in node.names
@@ -146,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cycle: " + ", ".join(component))
     if not found:
         print("no import cycles in " + " and ".join(CHECKED))
-    return 1 if found else 0
+    broken = unresolved()
+    for line in broken:
+        print(f"relative import beyond the package: {line}")
+    return 1 if found or broken else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ litert-torch, `input_1`/`output_0` for TensorFlow). The runtime names tensors af
 keys, and verification feeds arrays named after the source model's inputs, so every `.tflite` leaves
 the exporter with the source's names. Edits go through the schema's object API, which serializes
 deterministically (same object, same bytes).
+
+The TFLite frontend (reading a source) and the exporters (writing artifacts) both use it, so it sits
+beside them in `converter/`, below both.
 """
 
 from __future__ import annotations
