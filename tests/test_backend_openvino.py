@@ -43,6 +43,19 @@ def test_exact_matches_reference_and_threads_are_set(xml):
     np.testing.assert_allclose(session.run(feeds)["logits"], want, rtol=1e-5, atol=1e-6)
 
 
+def test_read_only_memory_mapped_inputs_run(xml, tmp_path):
+    """Calibration .npy files are memory-mapped read-only; OpenVINO wraps inputs without a copy and
+    refused those slices ("array is not writeable", PP-OCR's detector in the conformance run)."""
+    data = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")[:2]
+    assert not mapped.flags.writeable
+    session = runtime.load(xml, exact=True)
+    np.testing.assert_array_equal(
+        session.run({"input": mapped})["logits"], session.run({"input": data[:2]})["logits"]
+    )
+
+
 def _copy(xml: Path, folder: Path, name: str, xml_bytes=None, bin_bytes=None) -> Path:
     target = folder / f"{name}.xml"
     target.write_bytes(xml.read_bytes() if xml_bytes is None else xml_bytes)

@@ -101,6 +101,13 @@ class OpenVINOSession:
             self.outputs = tuple(dataclasses.replace(s, shape=(None, *s.shape[1:])) for s in self.outputs)
 
 
+def _shareable(array) -> np.ndarray:
+    """An array OpenVINO can wrap without a copy: C-contiguous and writeable (a read-only memory-mapped
+    .npy slice is copied: `Tensor(shared_memory=True)` refuses it)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 def _runner(tensor, request, inputs, outputs):
     """`run` as a closure over the request's methods. Inputs are wrapped without a copy
     (`shared_memory=True`; any batch size, the request reads them during the call); outputs are
@@ -113,7 +120,7 @@ def _runner(tensor, request, inputs, outputs):
         ((_, name),), ((_, out_name),) = in_names, out_names
 
         def run_one(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            set_input(tensor(np.ascontiguousarray(feeds[name]), shared_memory=True))
+            set_input(tensor(_shareable(feeds[name]), shared_memory=True))
             infer()
             return {out_name: get_output().data.copy()}
 
@@ -121,7 +128,7 @@ def _runner(tensor, request, inputs, outputs):
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for index, name in in_names:
-            set_input(index, tensor(np.ascontiguousarray(feeds[name]), shared_memory=True))
+            set_input(index, tensor(_shareable(feeds[name]), shared_memory=True))
         infer()
         return {name: get_output(index).data.copy() for index, name in out_names}
 
