@@ -120,15 +120,17 @@ def _runner(tensor, request, inputs, outputs):
         ((_, name),), ((_, out_name),) = in_names, out_names
 
         def run_one(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            set_input(tensor(_shareable(feeds[name]), shared_memory=True))
+            array = _shareable(feeds[name])  # held until infer() returns: the tensor only borrows it
+            set_input(tensor(array, shared_memory=True))
             infer()
             return {out_name: get_output().data.copy()}
 
         return run_one
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for index, name in in_names:
-            set_input(index, tensor(_shareable(feeds[name]), shared_memory=True))
+        arrays = [_shareable(feeds[name]) for _, name in in_names]  # held until infer() returns
+        for (index, _), array in zip(in_names, arrays, strict=True):
+            set_input(index, tensor(array, shared_memory=True))
         infer()
         return {name: get_output(index).data.copy() for index, name in out_names}
 
