@@ -77,7 +77,7 @@ def _score(metric: str | None, labels: np.ndarray, outputs: np.ndarray) -> float
 
 
 def _output_names(source: Source) -> list[str]:
-    return [s.name for s in load_session(source.onnx.path, backend="ort").outputs]
+    return [s.name for s in load_session(source.onnx.path).outputs]  # a .tflite when tf2onnx could not
 
 
 def reference(source: Source, data, quiet: bool = False) -> Reference:
