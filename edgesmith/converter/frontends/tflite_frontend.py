@@ -219,4 +219,16 @@ def load(path: Path, workdir: Path):
 
     # Without an ONNX the handle holds the working copy: the exporters read `native` for a tflite
     # source, and the onnx exporter refuses with `onnx_error` (check_onnx) before touching the handle.
-    return Source("tflite", path, ModelHandle(onnx or copy, "fp32"), session.inputs, reference, native)
+    return Source(
+        "tflite", path, ModelHandle(onnx or copy, "fp32"), _inputs(session, onnx), reference, native
+    )
+
+
+def _inputs(session, onnx: Path | None):
+    """The inputs as the steps see them. LiteRT reports a fixed batch as free (it runs any batch in
+    chunks of the file's), but the ONNX tf2onnx writes keeps the file's batch (often 1, baked into its
+    reshapes): with an ONNX, its specs, so that data is fed at that batch everywhere."""
+    if onnx is None:
+        return session.inputs
+    specs = load_session(onnx, backend="ort").inputs
+    return specs if [s.name for s in specs] == [s.name for s in session.inputs] else session.inputs
