@@ -120,3 +120,19 @@ def mnist_int8_artifacts(tmp_path_factory) -> dict[str, Path]:
     recipe.write_text(exports + "[profile]\nenabled = false\n")
     report = convert(SHIPPED_MODEL, recipe=recipe, preset="int8", calibration=SHIPPED_CALIBRATION, out=out)
     return {a["format"]: Path(a["path"]) for a in report["artifacts"]}
+
+
+@pytest.fixture
+def cnn(tmp_path):
+    """A small CNN (ONNX, dynamic batch) in the test's own folder."""
+    from models import small_cnn
+
+    return small_cnn(tmp_path / "cnn.onnx")
+
+
+@pytest.fixture
+def cal(tmp_path):
+    """8 random calibration samples for `cnn`, as an .npy."""
+    path = tmp_path / "cal.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32))
+    return path

@@ -24,18 +24,6 @@ def assert_refused(result, *phrases, out: Path | None = None):
         assert not list(out.parent.glob(f".{out.name}.*")), "no partial folder may be left behind"
 
 
-@pytest.fixture
-def cnn(tmp_path):
-    return small_cnn(tmp_path / "cnn.onnx")
-
-
-@pytest.fixture
-def cal(tmp_path):
-    path = tmp_path / "cal.npy"
-    np.save(path, np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32))
-    return path
-
-
 def test_missing_model_file(cli, tmp_path):
     out = tmp_path / "out"
     assert_refused(cli("convert", tmp_path / "nope.onnx", "--out", out), "no such file", out=out)

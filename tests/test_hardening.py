@@ -51,18 +51,6 @@ def beside(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*"))
 
 
-@pytest.fixture
-def cnn(tmp_path):
-    return small_cnn(tmp_path / "cnn.onnx")
-
-
-@pytest.fixture
-def cal(tmp_path):
-    path = tmp_path / "cal.npy"
-    np.save(path, np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32))
-    return path
-
-
 # -- 1. data loss: --out and the inputs -----------------------------------------------------------
 
 
