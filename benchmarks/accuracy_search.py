@@ -98,6 +98,9 @@ def minilm(args, tmp: Path) -> dict:
     )  # fmt: skip
     outcome = accuracy.run(search)
     wall = time.perf_counter() - started
+    log(
+        json.dumps({**outcome, "sensitivity": outcome["sensitivity"][:15], "wall_s": round(wall, 1)})
+    )  # before scoring
     everything = next(c for c in outcome["candidates"] if not c["float_nodes"])
     paths = {"fp32": fp32, "all ops": quantize_with([])}
     _, rule_quantize = accuracy.step_quantizer(config, fp32, ctx, everything=False)
