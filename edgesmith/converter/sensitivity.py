@@ -50,7 +50,7 @@ class QuantizedTensor:
     quantized_weight: np.ndarray | None = None  # weights: the INT8 values
     sqnr_db: float | None = None
     channel_sqnr_db: float | None = None  # mean over channels: an outlier channel cannot hide the rest
-    worst_channel_sqnr_db: float | None = None  # what ranks: nor can a majority of easy channels
+    worst_channel_sqnr_db: float | None = None  # reported: the channel that fares worst
     sqnr_cumulative_db: float | None = None
 
 
@@ -301,10 +301,10 @@ def layers(tensors: list[QuantizedTensor], qmodel, fmodel=None) -> list[Layer]:
 
 
 def _rank_key(layer: Layer) -> float:
-    """The worst channel's SQNR. The mean over channels missed all-MiniLM-L6-v2's masked attention
-    scores (`scores + mask`): the padded keys' -10000 round exactly and outnumber the real tokens,
-    whose scores all round to 0 (docs/accuracy.md)."""
-    value = layer.worst_channel_sqnr_db if layer.worst_channel_sqnr_db is not None else layer.sqnr_db
+    """The mean over channels of the per-channel SQNR. (The worst channel alone was tried on
+    all-MiniLM-L6-v2 and ties at 0 dB for most tensors, every bias with a channel that rounds to 0:
+    docs/accuracy.md.)"""
+    value = layer.channel_sqnr_db if layer.channel_sqnr_db is not None else layer.sqnr_db
     return math.inf if value is None else value
 
 
