@@ -104,10 +104,10 @@ search = "auto"
 [verify]
 eval = "{ROOT / "calibration_data/mnist/holdout.npz"}"
 max_drop = 0.5
-min_cosine = 0.9997
+min_cosine = 0.99995
 [profile]
 runs = 5
-""")  # the all-INT8 CNN has a min cosine of ~0.9995 to fp32 on holdout.npz: the budget needs a search
+""")  # the all-INT8 CNN's logits have a cosine of ~0.9999 to fp32 on holdout.npz: the budget needs a search
     code, _, err = cli(
         "convert", str(ROOT / "models/mnist_cnn.onnx"), "--recipe", str(recipe), "--out", str(tmp_path / "o")
     )
@@ -117,7 +117,7 @@ runs = 5
     assert search["within_budget"] and search["float_nodes"]
     assert not search["candidates"][0]["within_budget"]  # all INT8 missed it
     artifact = report["artifacts"][0]
-    assert artifact["verify"]["cosine_min"] >= 0.9997 and artifact["verify"]["drop"] <= 0.5
+    assert artifact["verify"]["cosine_min"] >= 0.99995 and artifact["verify"]["drop"] <= 0.5
     assert set(artifact["quantization"]["excluded_nodes"]) == set(search["float_nodes"])
     assert artifact["size_bytes"] < 0.8 * report["original"]["size_bytes"]  # not simply all float
     assert report["sensitivity"][0]["rank"] == 1
