@@ -160,6 +160,8 @@ def print_summary(report: dict, out) -> None:
                   f"{emulated['device']['backend']}): {verdict} (min cosine {worst:.6f})", end="")  # fmt: skip
     if (report.get("emulation") or {}).get("skipped"):
         print(f"\nnot run on emulated ARM: {report['emulation']['skipped']}", end="")
+    if any(a.get("emulated") for a in report["artifacts"]) or (report.get("emulation") or {}).get("skipped"):
+        print()
     checked = (report.get("verify") or {}).get("data")
     if checked and checked != "eval":
         print(f"\nverified on {report['verify']['samples']} samples of {checked} (no labels: pass --eval "
