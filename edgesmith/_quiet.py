@@ -37,14 +37,24 @@ def quiet(*loggers: str, python_warnings: bool = True, output: bool = False):
     if VERBOSE:
         yield
         return
-    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    with (
+        _errors_only(loggers),
+        warnings.catch_warnings(),
+        _captured_output() if output else contextlib.nullcontext(),
+    ):
+        if python_warnings:
+            warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _errors_only(names):
+    """These loggers keep only errors until the block ends; their levels are restored after."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
     for logger, _ in saved:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), _captured_output() if output else contextlib.nullcontext():
-            if python_warnings:
-                warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
         for logger, level in saved:
             logger.setLevel(level)
@@ -118,9 +128,13 @@ def hushed_process():
     if VERBOSE:
         yield
         return
-    saved_levels = [(logging.getLogger(n), logging.getLogger(n).level) for n in FRAMEWORK_LOGGERS]
-    for logger, _ in saved_levels:
-        logger.setLevel(logging.ERROR)
+    with _errors_only(FRAMEWORK_LOGGERS), _descriptors_captured():
+        yield
+
+
+@contextlib.contextmanager
+def _descriptors_captured():
+    """hushed_process's capture of descriptors 1 and 2 (see there)."""
     last_resort = logging.lastResort
     if last_resort is not None:
         logging.lastResort = logging.StreamHandler()
@@ -153,8 +167,6 @@ def hushed_process():
             for name, stream in replaced.items():
                 getattr(sys, name).close()
                 setattr(sys, name, stream)
-            for logger, level in saved_levels:
-                logger.setLevel(level)
             logging.lastResort = last_resort
             sink.seek(0)
             text = sink.read().decode(errors="replace")
