@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import faulthandler
 import io
 import logging
 import os
@@ -154,12 +155,21 @@ def _descriptors_captured():
             setattr(sys, name, io.TextIOWrapper(os.fdopen(os.dup(copies[fd]), "wb", buffering=0),
                                                 encoding=stream.encoding, errors=stream.errors,
                                                 line_buffering=True, write_through=True))  # fmt: skip
+    # a crash in C code (SIGSEGV, abort) shows Python's stack on the terminal, not in the hidden sink
+    crash_report = replaced.get("stderr") and sys.stderr
+    was_enabled = faulthandler.is_enabled()
     with tempfile.TemporaryFile(mode="w+b") as sink:
         for fd in streams:
             os.dup2(sink.fileno(), fd)
+        if crash_report:
+            faulthandler.enable(crash_report)
         try:
             yield
         finally:
+            if crash_report:
+                faulthandler.disable()
+                if was_enabled:
+                    faulthandler.enable()
             _flush()
             for fd, copy in copies.items():
                 os.dup2(copy, fd)

@@ -245,8 +245,9 @@ def test_sigterm_and_sigkill_leave_nothing(cli, tmp_path, mnist_eval_npz, cnn, c
     out = tmp_path / "out"
     proc = _convert_in_background(tmp_path, mnist_eval_npz, out)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 143  # 128 + SIGTERM, after the clean-up
+    code = proc.wait(60)
     stderr = proc.stderr.read()
+    assert code == 143, stderr  # 128 + SIGTERM, after the clean-up
     assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr, stderr
     assert beside(out) == [] and not out.exists()
     assert not list(Path(outdir.tempfile.gettempdir()).glob(f"edgesmith-{proc.pid}-*"))
@@ -257,6 +258,26 @@ def test_sigterm_and_sigkill_leave_nothing(cli, tmp_path, mnist_eval_npz, cnn, c
     assert list(tmp_path.glob(".out.partial-*"))
     assert cli("convert", cnn, "--calibration", cal, "--out", out, "-q")[0] == 0
     assert beside(out) == [] and not list(Path(outdir.tempfile.gettempdir()).glob(f"edgesmith-{proc.pid}-*"))
+
+
+def test_a_sigterm_during_an_import_waits_for_the_import_to_finish(tmp_path):
+    """An exception raised inside `import torch` aborts the process at exit (SIGABRT, seen in CI):
+    a SIGTERM that lands in an import is raised just after it, with the module whole."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.2)\nWHOLE = True\n"
+    )
+    script = (
+        "import signal, sys\n"
+        "from edgesmith._signals import Terminated, raise_terminated\n"
+        "signal.signal(signal.SIGTERM, raise_terminated)\n"
+        "try:\n"
+        "    import slow_module\n"
+        "    while True: pass\n"
+        "except Terminated:\n"
+        "    sys.exit(143 if sys.modules['slow_module'].WHOLE else 1)\n"
+    )
+    env = {**PYTHON_ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    assert subprocess.run([sys.executable, "-c", script], env=env, timeout=60).returncode == 143
 
 
 # -- 2. injection: ssh and adb --------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .._signals import Terminated, raise_terminated
 from ..errors import EdgesmithError
 
 # name -> the line `edgesmith --help` lists (the same as the module's own `help`: tests/test_layering.py).
@@ -40,10 +41,6 @@ COMMANDS = {
 EXIT_CODES = """\
 exit codes: 0 done, 1 verification failed, 2 bad input (one line: what is wrong and how to fix it),
 3 internal error (one line and the path of a log with the traceback)"""
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the clean-up of staging and work folders runs."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -119,10 +116,6 @@ def _internal_error(exc: BaseException, argv: list[str]) -> int:
     return 3
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:
-            signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGTERM, raise_terminated)
         except ValueError:  # not the main thread: leave signals alone
             previous = None
     try:
@@ -141,16 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     except EdgesmithError as exc:
         print(f"edgesmith: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgesmith: interrupted; nothing was written", file=sys.stderr)
-        return 130
     except Terminated:
         print("edgesmith: terminated; nothing was written", file=sys.stderr)
         return 143
+    except KeyboardInterrupt:
+        print("edgesmith: interrupted; nothing was written", file=sys.stderr)
+        return 130
     except Exception as exc:
         return _internal_error(exc, argv)
     finally:
-        if previous is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        if previous is not None and signal.getsignal(signal.SIGTERM) is raise_terminated:
             signal.signal(signal.SIGTERM, previous)
 
 

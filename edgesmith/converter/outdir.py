@@ -23,13 +23,10 @@ import threading
 from pathlib import Path
 
 from .._io import check_utf8_path
+from .._signals import raise_terminated
 from ..errors import InputError
 
 STAGING_ROOM = 40  # bytes a staging name adds to DIR's: ".", ".partial-", a PID, 8 random hex digits
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during a run: raised like Ctrl-C so every `finally` and cleanup runs."""
 
 
 class OutputDir:
@@ -365,7 +362,7 @@ def _raise_on_sigterm():
 
         def handler(signum, frame):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
-            raise Terminated()
+            raise_terminated(signum, frame)
 
         signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):
