@@ -29,6 +29,27 @@ def test_layers_and_macs(cnn):
     assert fc.macs == 10 * 8 and fc.param_bytes == (10 * 8 + 10) * 4 and fc.inputs == ["p"]
 
 
+def test_layers_after_a_computed_slice_keep_their_shapes(tmp_path):
+    """A TorchScript export of `x.chunk(2, 1)` (YOLO's C2f/C3k2 blocks) slices at positions computed
+    from Shape: ONNX's shape inference leaves every later tensor unsized; the fallback sizes them."""
+    torch = pytest.importorskip("torch")
+
+    class Split(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            left, right = self.a(x).chunk(2, 1)
+            return torch.cat([left, self.b(right)], 1)
+
+    path = tmp_path / "split.onnx"
+    torch.onnx.export(Split().eval(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, opset_version=17)
+    convs = [lay for lay in graph.layers(path) if lay.op_class == "conv"]
+    assert [c.macs for c in convs] == [32 * 32 * 16 * 27, 32 * 32 * 8 * 72]
+    assert convs[1].in_bytes == 32 * 32 * 8 * 4
+
+
 def test_roofline_threads_and_overhead(cnn):
     rpi4 = spec.get("rpi4")
     one, four = costmodel.estimate(cnn, rpi4, 1), costmodel.estimate(cnn, rpi4, 4)
