@@ -148,6 +148,7 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
         out_elems = _elems(shapes.get(node.output[0]))
         macs, op_class = _macs(node, shapes, inits, producer, out_elems)
         layer = Layer(
+            depth=macs // out_elems if op_class in ("conv", "dwconv", "gemm") and out_elems else 0,
             name=node.name or node.output[0],
             op=op,
             op_class=op_class,
