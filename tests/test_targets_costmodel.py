@@ -50,6 +50,32 @@ def test_layers_after_a_computed_slice_keep_their_shapes(tmp_path):
     assert convs[1].in_bytes == 32 * 32 * 8 * 4
 
 
+def test_fit_depth_recovers_the_depth_constant_and_a_slow_stem():
+    """Per-layer times made with K0 = 32 for INT8 and a stem 10x slower per MAC than other convs:
+    `fit_depth` finds both (issue 15: ORT's x86 INT8 stem and shallow convolutions)."""
+    host = dataclasses.replace(spec.get("host"), macs_per_cycle={"fp32": 32, "int8": 128}, clock_ghz=2.0)
+    truth = dataclasses.replace(host, depth_half={"int8": 32.0}, op_overhead_us=5.0,
+                                efficiency={"int8": {"conv": 0.6, "stem": 0.06}, "fp32": host.efficiency["fp32"]})  # fmt: skip
+    # (depth, input channels, outputs): the depth cost is paid per output, so outputs must vary
+    shapes = [(27, 3, 112), (16, 16, 56), (32, 32, 56), (64, 64, 28), (288, 32, 56), (576, 64, 28),
+              (1152, 128, 14), (48, 48, 28), (96, 96, 14)]  # fmt: skip
+    layers = [Layer(f"c{i}", "Conv", "conv", "int8", h * h * 64 * k, 0, 0, 0, depth=k, in_channels=c)
+              for i, (k, c, h) in enumerate(shapes)]  # fmt: skip
+    measured = {lay.name: costmodel.layer_ms(lay, truth) for lay in layers}
+    table, overhead, depth_half = costmodel.fit_depth([(layers, measured)], host)
+    assert depth_half == {"int8": 32.0} and overhead == pytest.approx(5.0, rel=0.01)
+    assert table["int8"]["conv"] == pytest.approx(0.6, rel=0.01) and table["int8"]["stem"] == pytest.approx(
+        0.06, rel=0.01
+    )
+    fitted = dataclasses.replace(host, efficiency=table, depth_half=depth_half, op_overhead_us=overhead)
+    shallow, deep = layers[1], layers[6]
+    assert (
+        costmodel.layer_ms(shallow, fitted) / shallow.macs > 2 * costmodel.layer_ms(deep, fitted) / deep.macs
+    )
+    plain = dataclasses.replace(fitted, efficiency={"int8": {"conv": 0.6}, "fp32": host.efficiency["fp32"]})
+    assert costmodel.kernel_class(layers[0], plain.efficiency["int8"]) == "conv", "no stem entry: a conv"
+
+
 def test_roofline_threads_and_overhead(cnn):
     rpi4 = spec.get("rpi4")
     one, four = costmodel.estimate(cnn, rpi4, 1), costmodel.estimate(cnn, rpi4, 4)

@@ -26,7 +26,17 @@ from . import costmodel, spec
 from .layer import Layer
 
 GOAL = 0.15  # median |error| on the held-out figures
-LAYER_FIELDS = ("op", "op_class", "dtype", "macs", "param_bytes", "in_bytes", "out_bytes", "depth")
+LAYER_FIELDS = (
+    "op",
+    "op_class",
+    "dtype",
+    "macs",
+    "param_bytes",
+    "in_bytes",
+    "out_bytes",
+    "depth",
+    "in_channels",
+)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
         macs, op_class = _macs(node, shapes, inits, producer, out_elems)
         layer = Layer(
             depth=macs // out_elems if op_class in ("conv", "dwconv", "gemm") and out_elems else 0,
+            in_channels=_in_channels(node, shapes, inits, producer) if op_class == "conv" else 0,
             name=node.name or node.output[0],
             op=op,
             op_class=op_class,
@@ -184,6 +185,12 @@ def _weight_shape(name, shapes, inits, producer):
     if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits:
         return list(inits[p.input[0]].shape)
     return shapes.get(name)
+
+
+def _in_channels(node, shapes, inits, producer) -> int:
+    """Input channels per group of a convolution (its weight's second axis)."""
+    w = _weight_shape(node.input[3 if node.op_type == "QLinearConv" else 1], shapes, inits, producer)
+    return int(w[1]) if w and len(w) > 1 else 0
 
 
 def _macs(node, shapes, inits, producer, out_elems: int) -> tuple[int, str]:
