@@ -187,6 +187,7 @@ def fit_figures(figures: list[tuple[list[Layer], float, Target, int]], classes=(
             for layer in graph:
                 key = (layer.dtype, layer.op_class)
                 peak = target.peak_macs_per_s(layer.dtype, threads, layer.op_class)
+                peak *= target.depth_factor(layer.dtype, layer.op_class, layer.depth)
                 memory = layer.bytes / (target.bandwidth_gbs * 1e9)
                 if key in keys and layer.macs / (peak * current.eff(*key)) >= memory:
                     row[keys.index(key)] += layer.macs / peak
