@@ -29,6 +29,18 @@ def test_layers_and_macs(cnn):
     assert fc.macs == 10 * 8 and fc.param_bytes == (10 * 8 + 10) * 4 and fc.inputs == ["p"]
 
 
+def test_a_qdq_model_reads_as_the_kernels_runtimes_run(cnn, tmp_path):
+    """QDQ ONNX as `convert --preset int8` writes it: the ReLU behind Q/DQ joins its conv and the pool
+    between DQ and Q is an int8 kernel (1 byte per element), as in the .tflite of the same model."""
+    from edgesmith.targets import hostcal
+
+    qdq = hostcal.quantize_net(cnn, tmp_path / "cnn_int8.onnx", shape=(1, 1, 28, 28))
+    fp32, int8 = graph.layers(cnn), graph.layers(qdq)
+    assert [lay.op_class for lay in int8] == [lay.op_class for lay in fp32] == ["conv", "pool", "gemm"]
+    assert [lay.dtype for lay in int8] == ["int8", "int8", "int8"]
+    assert int8[1].in_bytes * 4 == fp32[1].in_bytes
+
+
 def test_layers_after_a_computed_slice_keep_their_shapes(tmp_path):
     """A TorchScript export of `x.chunk(2, 1)` (YOLO's C2f/C3k2 blocks) slices at positions computed
     from Shape: ONNX's shape inference leaves every later tensor unsized; the fallback sizes them."""

@@ -124,10 +124,11 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
         op = node.op_type
         if op in FREE and node.input and node.output:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])
-        src = producer.get(node.input[0]) if node.input else None
-        if op in ACTIVATIONS and src is not None and src.output[0] in fused_into and \
-                len(consumers.get(node.input[0], [])) == 1:  # fmt: skip
-            layer = fused_into[src.output[0]]  # conv + activation run as one kernel
+        # the tensor the activation reads, through Q/DQ and shape-only ops (a QDQ Conv -> Q -> DQ -> Relu)
+        origin = alias.get(node.input[0], node.input[0]) if node.input else None
+        if op in ACTIVATIONS and origin in fused_into and len(consumers.get(node.input[0], [])) == 1 and \
+                len(consumers.get(origin, [])) == 1:  # fmt: skip
+            layer = fused_into[origin]  # conv + activation run as one kernel
             layer.outputs.append(node.output[0])
             alias[node.input[0]] = node.output[0]
             fused_into[node.output[0]] = layer
@@ -138,6 +139,7 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
             op.startswith("QLinear")
             or op.endswith("Integer")
             or (op in CONVS | GEMMS and node.input[0] in quantized_inputs)
+            or _between_qdq(node, inits, quantized_inputs, consumers)
         )
         dtype = "int8" if int8 else "fp32"
         size = 1 if int8 else 4
@@ -166,6 +168,19 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
         if op in CONVS | GEMMS:
             fused_into[node.output[0]] = layer
     return out
+
+
+def _between_qdq(node, inits, quantized_inputs, consumers) -> bool:
+    """An op fed only by DequantizeLinear and read only by QuantizeLinear (a QDQ pool, add, concat):
+    runtimes run it on the int8 tensors (ORT's QDQ transformer, LiteRT's int8 kernels), 1 byte per
+    element, as the .tflite of the same model does."""
+    acts = [i for i in node.input if i and i not in inits]
+    readers = [r for o in node.output for r in consumers.get(o, [])]
+    return (
+        bool(acts and readers)
+        and all(i in quantized_inputs for i in acts)
+        and all(r.op_type == "QuantizeLinear" for r in readers)
+    )
 
 
 def _elems(shape) -> int:

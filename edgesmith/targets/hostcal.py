@@ -27,7 +27,7 @@ from pathlib import Path
 from .cpu import cpu_flags
 from .spec import Target
 
-VERSION = 4  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 5  # bump when the benchmark or the fit changes: old cache files are then ignored
 
 # (kind, input channels, output channels, stride) at the spatial size reached so far: an RGB stem,
 # two shallow 1x1 convolutions (16 and 32 deep), then a MobileNetV2 / ResNet mix from 56x56 down to
