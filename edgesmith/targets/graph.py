@@ -64,11 +64,11 @@ def _infer_shapes(model):
     known = {v.name for v in inferred.graph.value_info if _static(v)}
     if all(o in known for n in inferred.graph.node for o in n.output if o and n.op_type != "Constant"):
         return inferred
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    try:  # onnxruntime and sympy (torch brings it) may be missing where only the cost model runs
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    try:
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # its sympy rules do not cover every op: keep what ONNX's pass found
+    except Exception:  # or its sympy rules miss an op: keep what ONNX's pass found
         return inferred
 
 
