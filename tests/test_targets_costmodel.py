@@ -279,6 +279,9 @@ def test_host_calibration_is_cached_and_estimates_a_held_out_net(tmp_path, monke
     cached = hostcal.cache_path()
     assert cached.parent == tmp_path / "cache" / "edgesmith" and cached.is_file()
     assert calibrated.fitted.startswith("calibrated on this CPU") and calibrated.efficiency != host.efficiency
+    # the calibration network's RGB stem is fitted as its own class, in both dtypes
+    assert "stem" in calibrated.efficiency["int8"] and "stem" in calibrated.efficiency["fp32"]
+    assert set(calibrated.depth_half) <= {"fp32", "int8"}
 
     def fails(_target):
         raise AssertionError("calibrated twice: the cache was not used")
