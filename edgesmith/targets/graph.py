@@ -61,7 +61,8 @@ def _infer_shapes(model):
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    known = {v.name for v in inferred.graph.value_info if _static(v)}
+    g = inferred.graph
+    known = {v.name for v in [*g.value_info, *g.output, *g.input] if _static(v)}
     if all(o in known for n in inferred.graph.node for o in n.output if o and n.op_type != "Constant"):
         return inferred
     try:  # onnxruntime and sympy (torch brings it) may be missing where only the cost model runs
