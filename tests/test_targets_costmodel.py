@@ -168,7 +168,7 @@ def on_board(name: str, stack: str, clock_ghz: float) -> spec.Target:
         ("pixel3a", dict(), 1, 88, 0.05),  # held out (other core): Pixel 3a, 1 thread
         ("pixel3a", dict(), 2, 46, 0.06),  # held out: Pixel 3a, 2 threads
         (("nrf52840", "x-cube-ai", 0.12), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 221.14, 0.06),
-        (("stm32f746", "x-cube-ai", 0.28), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 50.34, 0.12),
+        (("stm32h7a3", "x-cube-ai", 0.28), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 50.34, 0.12),
     ],
     ids=[
         "pixel2-v1-fit",
