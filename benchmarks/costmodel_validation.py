@@ -271,7 +271,7 @@ def main() -> None:
         if args.rebuild:  # the graphs themselves (TensorFlow, Ultralytics), then their layers
             import device_graphs
 
-            device_graphs.figures.save_layers(
+            figures.save_layers(
                 {n: graph.layers(p) for n, p in device_graphs.all_graphs().items()}, device_graphs.LAYERS
             )
         layers = figures.load_layers(ROOT / "benchmarks" / "data" / "device_layers.json")
