@@ -5,8 +5,9 @@ Host: per-layer ONNX Runtime profiles of the FIT models give the host efficienci
 (1 thread, the machine's noise is what it is: it is shared). Errors are reported separately for the
 fit set and the held-out set.
 
-Devices: published figures (FIGURES below; sources in docs/device_figures.md), on graphs rebuilt by
-benchmarks/device_graphs.py. Each kernel stack's efficiencies are fitted on the figures marked
+Devices: published figures (benchmarks/data/device_figures.toml: model, device, runtime, threads,
+ms, source, role), on graphs rebuilt by benchmarks/device_graphs.py and kept as cost-model layers in
+benchmarks/data/device_layers.json (`--rebuild` makes them again). Each kernel stack's efficiencies are fitted on the figures marked
 "fit" (costmodel.fit_figures; the parallel fraction on "fit-threads", costmodel.fit_parallel) and
 checked on the "held-out" ones, which are other devices (Pixel 3a for a Pixel 2 fit; Cortex-M7 and
 -M33 boards for Cortex-M4 fits) or, for the one-board Raspbian XNNPACK stack, other models.
@@ -26,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,67 +37,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 CACHE = Path(os.environ.get("EDGESMITH_BENCH_CACHE", "/tmp/edgesmith-costmodel"))
 
 from edgesmith.runtime import load  # noqa: E402
-from edgesmith.targets import costmodel, graph, hostprofile, spec  # noqa: E402
+from edgesmith.targets import costmodel, figures, graph, hostprofile, spec  # noqa: E402
 from edgesmith.targets.latency import random_feeds  # noqa: E402
 
-
-# Published figures (ms); sources and roles in docs/device_figures.md. The split was decided before
-# fitting: stacks are fitted on one device and checked on others (Pixel 2 -> Pixel 3a; Cortex-M4 ->
-# Cortex-M7 and -M33). Only the Raspbian (armv7) XNNPACK stack has a single device: it is fitted on
-# MobileNet v1 + v2 and checked on the v3 models of the same board (held-out models, not device).
-@dataclass(frozen=True)
-class Figure:
-    target: str  # the edgesmith spec whose core describes the device
-    model: str  # a graph from benchmarks/device_graphs.py
-    threads: int
-    ms: float
-    role: str  # fit, fit-threads (parallel fraction), held-out, prior (not fitted)
-    stack: str  # the kernel stack the figure was measured with
-    board: str = ""  # when the board is not the target itself: its name ...
-    clock_ghz: float | None = None  # ... and clock (same core family as `target`)
-    source: str = ""
-
-
-def _per_s(rate: float) -> float:
-    return round(1e3 / rate, 3)  # MLPerf Tiny reports inferences per second
-
-
-XN, XN7 = "xnnpack-arm64", "xnnpack-armv7"
-XNNPACK_README = "github.com/google/XNNPACK README (2020)"
-FIGURES = [
-    *[Figure("pixel2", m, 1, ms, "fit", XN, source=XNNPACK_README) for m, ms in
-      (("mobilenet_v1", 86), ("mobilenet_v2", 53), ("mobilenet_v3_large", 42), ("mobilenet_v3_small", 14))],
-    *[Figure("pixel2", m, 4, ms, "fit-threads", XN, source=XNNPACK_README) for m, ms in
-      (("mobilenet_v1", 27), ("mobilenet_v2", 18))],
-    *[Figure("pixel2", m, 4, ms, "held-out", XN, source=XNNPACK_README) for m, ms in
-      (("mobilenet_v3_large", 16), ("mobilenet_v3_small", 6))],
-    *[Figure("pixel3a", m, th, ms, "held-out", XN, source=XNNPACK_README) for m, th, ms in
-      (("mobilenet_v1", 1, 88), ("mobilenet_v2", 1, 55), ("mobilenet_v3_large", 1, 44),
-       ("mobilenet_v3_small", 1, 14), ("mobilenet_v1", 2, 46), ("mobilenet_v2", 2, 28),
-       ("mobilenet_v3_large", 2, 24), ("mobilenet_v3_small", 2, 8))],
-    *[Figure("rpi4", m, 4, ms, "fit", XN7, source=XNNPACK_README + ", Raspbian Buster build") for m, ms in
-      (("mobilenet_v1", 75), ("mobilenet_v2", 44))],
-    *[Figure("rpi4", m, 4, ms, "held-out", XN7, source=XNNPACK_README + ", Raspbian Buster build") for m, ms in
-      (("mobilenet_v3_large", 41), ("mobilenet_v3_small", 14))],
-    # MLPerf Tiny v1.1, Krai (github.com/mlcommons/tiny_results_v1.1 closed/Krai/results/README.md)
-    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "x-cube-ai", "NUCLEO-L4R5ZI", 0.12, "MLPerf Tiny v1.1 Krai")
-      for m, r in (("vww", 4.522), ("ic_resnet8", 4.505), ("kws_dscnn", 13.759), ("ad_fc_ae", 131.950))],
-    *[Figure("stm32f746", m, 1, _per_s(r), "held-out", "x-cube-ai", "NUCLEO-H7A3ZI", 0.28,
-             "MLPerf Tiny v1.1 Krai")
-      for m, r in (("vww", 19.867), ("ic_resnet8", 18.215), ("kws_dscnn", 60.988), ("ad_fc_ae", 547.234))],
-    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "tflm-cmsis-nn", "NUCLEO-L4R5ZI", 0.12, "MLPerf Tiny v1.1 Krai")
-      for m, r in (("vww", 3.324), ("ic_resnet8", 2.567), ("kws_dscnn", 10.019), ("ad_fc_ae", 116.212))],
-    *[Figure("nrf52840", m, 1, _per_s(r), "held-out", "tflm-cmsis-nn", "nRF5340-DK (Cortex-M33)", 0.128,
-             "MLPerf Tiny v1.1 Krai")
-      for m, r in (("vww", 4.286), ("ic_resnet8", 3.146), ("kws_dscnn", 13.074), ("ad_fc_ae", 159.020))],
-    # MLPerf Tiny v0.5 reference (tiny_results_v0.5 closed/reference): TFLM 2.3.1, one board only
-    *[Figure("nrf52840", m, 1, _per_s(r), "fit", "tflm-reference", "NUCLEO-L4R5ZI", 0.12,
-             "MLPerf Tiny v0.5 reference")
-      for m, r in (("vww", 1.665), ("ic_resnet8", 1.420), ("kws_dscnn", 5.497))],
-    Figure("esp32-s3", "mobilenet_v2_int8", 1, 423.3, "prior", "esp-dl", source="esp-dl imagenet_cls 0.4.1"),
-    Figure("esp32-s3", "person_detect", 1, 54.0, "prior", "esp-dl", source="esp-tflite-micro README (ESP-NN)"),
-]  # fmt: skip
-ARM_STACKS = (XN, XN7)
+FIGURES = ROOT / "benchmarks" / "data" / "device_figures.toml"
 
 
 def mobilenet_v1(path: Path) -> Path:
@@ -266,47 +209,16 @@ def _times(session, runs: int) -> np.ndarray:
     return out
 
 
-def figure_target(fig: Figure, table: dict | None = None, parallel: float | None = None):
-    """The spec describing the figure's device and stack (+ a fitted table to try)."""
-    target = spec.get(fig.target)
-    target = target.with_stack(fig.stack) if fig.stack in target.stacks else target
-    if fig.clock_ghz:  # same core on another board: MCU buses run at the core clock
-        scale = fig.clock_ghz / target.clock_ghz
-        target = dataclasses.replace(
-            target,
-            clock_ghz=fig.clock_ghz,
-            bandwidth_gbs=target.bandwidth_gbs * scale,
-            op_overhead_us=target.op_overhead_us / scale,
-        )  # dispatch costs cycles
-    if table is not None:
-        target = dataclasses.replace(target, efficiency=table)
-    if parallel is not None:
-        target = dataclasses.replace(target, parallel_fraction=parallel)
-    return target
-
-
-def devices(graphs: dict[str, Path]) -> dict:
-    """Fit each stack on its fit figures, then print fit and held-out errors. Returns the tables."""
-    layers = {name: graph.layers(p) for name, p in graphs.items()}
-    fitted: dict[str, tuple[dict, float | None]] = {}
-    for stack in dict.fromkeys(f.stack for f in FIGURES):
-        figs = [f for f in FIGURES if f.stack == stack]
-        fit = [f for f in figs if f.role == "fit"]
-        if not fit:
-            fitted[stack] = (None, None)
+def devices(layers: dict) -> dict:
+    """Fit each stack on its fit figures, then print every figure's error (targets/figures.py)."""
+    published = figures.load(FIGURES)
+    fitted, rows = figures.check(published, layers)
+    for stack, (table, parallel) in fitted.items():
+        if table is None:
             continue
-        classes = ("conv", "dwconv") if stack in ARM_STACKS else ("conv", "dwconv", "gemm")
-        table = costmodel.fit_figures([(layers[f.model], f.ms, figure_target(f), f.threads) for f in fit],
-                                      classes=classes)  # fmt: skip
-        threads_figs = [f for f in figs if f.role == "fit-threads"]
-        parallel = None
-        if threads_figs:
-            parallel = costmodel.fit_parallel(
-                [(layers[f.model], f.ms, figure_target(f, table), f.threads) for f in threads_figs]
-            )
-        fitted[stack] = (table, parallel)
-        print(f"\n# stack {stack}: fitted on {len(fit)} figures ({', '.join(sorted({f.board or f.target for f in fit}))})"
-              + (f"; parallel_fraction = {parallel} from {len(threads_figs)} multi-thread figures" if parallel else ""))  # fmt: skip
+        fit = sorted({f.board or f.target for f in published if f.stack == stack and f.role == "fit"})
+        print(f"\n# stack {stack}: fitted on {', '.join(fit)}"
+              + (f"; parallel_fraction = {parallel}" if parallel else ""))  # fmt: skip
         _toml(table)
         for name, shipped in spec.registry().items():  # every spec that carries this stack
             if stack != shipped.stack and stack not in shipped.stacks:
@@ -322,21 +234,17 @@ def devices(graphs: dict[str, Path]) -> dict:
             print(
                 f"# {name}.toml {'matches this fit' if same else 'DIFFERS from this fit: paste the values'}"
             )
-    print("\nfigure (stack, device, model, threads)                    published  estimated   error")
-    errors: dict[str, list[float]] = {}
+    print("\nrole        stack          device          model              thr  published  estimated   error")
     for role in ("fit", "fit-threads", "held-out", "prior"):
-        for f in (f for f in FIGURES if f.role == role):
-            table, parallel = fitted[f.stack]
-            est = costmodel.estimate(layers[f.model], figure_target(f, table, parallel), f.threads).p50_ms
-            err = (est - f.ms) / f.ms
-            group = "fit" if role.startswith("fit") else role
-            errors.setdefault(group, []).append(abs(err))
+        for row in (r for r in rows if r["figure"].role == role):
+            f = row["figure"]
             print(f"  {role:11} {f.stack:14} {(f.board or f.target)[:14]:14} {f.model:18} {f.threads}t"
-                  f" {f.ms:9.2f} {est:10.2f} {err:+7.1%}")  # fmt: skip
-    for group, errs in errors.items():
+                  f" {f.ms:9.2f} {row['estimated_ms']:10.2f} {row['error']:+7.1%}")  # fmt: skip
+    for role in ("fit", "held-out", "prior"):
+        errs = [abs(r["error"]) for r in rows if r["figure"].role.startswith(role)]
         print(
-            f"  device {group}: median |error| {statistics.median(errs):.1%}, max {max(errs):.1%}, "
-            f"{sum(e <= 0.15 for e in errs)} of {len(errs)} figures within 15%"
+            f"  device {role}: median |error| {figures.median_error(rows, role):.1%}, max {max(errs):.1%}, "
+            f"{sum(e <= figures.GOAL for e in errs)} of {len(errs)} figures within {figures.GOAL:.0%}"
         )
     return fitted
 
@@ -352,18 +260,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-host", action="store_true", help="only the published-figure comparison")
     parser.add_argument("--skip-devices", action="store_true", help="only the host comparison")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the device graphs (TensorFlow, ultralytics) instead of reading their layers")  # fmt: skip
     parser.add_argument(
         "--fixed-host", action="store_true", help="also refit host.toml's table (costmodel.fit)"
     )
     args = parser.parse_args()
     start = time.perf_counter()
     if not args.skip_devices:
-        import device_graphs
+        if args.rebuild:  # the graphs themselves (TensorFlow, Ultralytics), then their layers
+            import device_graphs
 
-        graphs = device_graphs.all_graphs()
+            figures.save_layers(
+                {n: graph.layers(p) for n, p in device_graphs.all_graphs().items()}, device_graphs.LAYERS
+            )
+        layers = figures.load_layers(ROOT / "benchmarks" / "data" / "device_layers.json")
         print(f"device graphs ready in {time.perf_counter() - start:.1f} s")
         start = time.perf_counter()
-        devices(graphs)
+        devices(layers)
         print(f"device fits and estimates took {time.perf_counter() - start:.2f} s")
     start = time.perf_counter()
     paths = models()

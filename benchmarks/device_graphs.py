@@ -8,8 +8,12 @@ their own trained weights of the same topology).
   32x32x3 CIFAR-10), keyword spotting (DS-CNN small, 49x10x1 MFCC, 12 classes), anomaly detection
   (FC autoencoder, 640 inputs).
 - TFLite Micro's person_detection example (MobileNetV1 0.25, 96x96x1 grayscale, 2 classes), INT8.
+- Ultralytics YOLO11n / YOLO11s detectors at 640x640, fp32, built from the package's model YAML
+  (random weights) and exported to ONNX with torch's TorchScript exporter (Ultralytics' own ONNX
+  export path); needs `pip install ultralytics` (it brings opencv and torchvision).
 
-    .venv/bin/python benchmarks/device_graphs.py      # builds what is missing in the cache
+    .venv/bin/python benchmarks/device_graphs.py      # builds what is missing in the cache and
+                                                      # rewrites benchmarks/data/device_layers.json
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import os
 from pathlib import Path
 
 CACHE = Path(os.environ.get("EDGESMITH_BENCH_CACHE", "/tmp/edgesmith-costmodel")) / "device"
+LAYERS = Path(__file__).with_name("data") / "device_layers.json"
 FP32 = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+YOLO = ("yolo11n", "yolo11s")
 INT8 = ("vww", "person_detect", "ic_resnet8", "kws_dscnn", "ad_fc_ae", "mobilenet_v2_int8")
 
 
@@ -72,7 +78,28 @@ def _keras(name: str):
     raise KeyError(name)
 
 
+def yolo(name: str) -> Path:
+    """An Ultralytics detector with random weights (the YAML, not a download), as ONNX."""
+    path = CACHE / f"{name}.onnx"
+    if path.exists():
+        return path
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"{name}.yaml", verbose=False).eval().fuse(verbose=False)
+    for module in model.modules():  # what Ultralytics' exporter sets before tracing
+        if hasattr(module, "export"):
+            module.export, module.format = True, "onnx"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, torch.zeros(1, 3, 640, 640), str(path), opset_version=17, dynamo=False,
+                      input_names=["images"], output_names=["output0"])  # fmt: skip
+    return path
+
+
 def build(name: str) -> Path:
+    if name in YOLO:
+        return yolo(name)
     path = CACHE / f"{name}.tflite"
     if path.exists():
         return path
@@ -99,12 +126,14 @@ def build(name: str) -> Path:
 
 
 def all_graphs() -> dict[str, Path]:
-    return {name: build(name) for name in FP32 + INT8}
+    return {name: build(name) for name in FP32 + INT8 + YOLO}
 
 
 if __name__ == "__main__":
-    from edgesmith.targets import graph
+    from edgesmith.targets import figures, graph
 
-    for name, p in all_graphs().items():
-        layers = graph.layers(p)
-        print(f"{name:20} {sum(lay.macs for lay in layers) / 1e6:8.2f} M MACs  {len(layers):3d} kernels  {p}")
+    layers = {name: graph.layers(p) for name, p in all_graphs().items()}
+    for name, lays in layers.items():
+        print(f"{name:20} {sum(lay.macs for lay in lays) / 1e6:9.2f} M MACs  {len(lays):3d} kernels")
+    figures.save_layers(layers, LAYERS)
+    print(f"wrote {LAYERS}")

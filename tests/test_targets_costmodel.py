@@ -29,6 +29,74 @@ def test_layers_and_macs(cnn):
     assert fc.macs == 10 * 8 and fc.param_bytes == (10 * 8 + 10) * 4 and fc.inputs == ["p"]
 
 
+def test_a_qdq_model_reads_as_the_kernels_runtimes_run(cnn, tmp_path):
+    """QDQ ONNX as `convert --preset int8` writes it: the ReLU behind Q/DQ joins its conv and the pool
+    between DQ and Q is an int8 kernel (1 byte per element), as in the .tflite of the same model."""
+    from edgesmith.targets import hostcal
+
+    qdq = hostcal.quantize_net(cnn, tmp_path / "cnn_int8.onnx", shape=(1, 1, 28, 28))
+    fp32, int8 = graph.layers(cnn), graph.layers(qdq)
+    assert [lay.op_class for lay in int8] == [lay.op_class for lay in fp32] == ["conv", "pool", "gemm"]
+    assert [lay.dtype for lay in int8] == ["int8", "int8", "int8"]
+    assert int8[1].in_bytes * 4 == fp32[1].in_bytes
+
+
+def test_layers_after_a_computed_slice_keep_their_shapes(tmp_path, monkeypatch):
+    """A TorchScript export of `x.chunk(2, 1)` (YOLO's C2f/C3k2 blocks) slices at positions computed
+    from Shape: ONNX's shape inference leaves every later tensor unsized; the fallback sizes them."""
+    torch = pytest.importorskip("torch")
+
+    class Split(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            left, right = self.a(x).chunk(2, 1)
+            return torch.cat([left, self.b(right)], 1)
+
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    calls = []
+    real = SymbolicShapeInference.infer_shapes
+    monkeypatch.setattr(
+        SymbolicShapeInference, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    path = tmp_path / "split.onnx"
+    torch.onnx.export(Split().eval(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, opset_version=17)
+    convs = [lay for lay in graph.layers(path) if lay.op_class == "conv"]
+    assert [c.macs for c in convs] == [32 * 32 * 16 * 27, 32 * 32 * 8 * 72]
+    assert convs[1].in_bytes == 32 * 32 * 8 * 4 and calls == [1]
+    graph.layers(SHIPPED_MODEL)  # ONNX's pass sizes everything: no fallback (it costs seconds)
+    assert calls == [1]
+
+
+def test_fit_depth_recovers_the_depth_constant_and_a_slow_stem():
+    """Per-layer times made with K0 = 32 for INT8 and a stem 10x slower per MAC than other convs:
+    `fit_depth` finds both (issue 15: ORT's x86 INT8 stem and shallow convolutions)."""
+    host = dataclasses.replace(spec.get("host"), macs_per_cycle={"fp32": 32, "int8": 128}, clock_ghz=2.0)
+    truth = dataclasses.replace(host, depth_half={"int8": 32.0}, op_overhead_us=5.0,
+                                efficiency={"int8": {"conv": 0.6, "stem": 0.06}, "fp32": host.efficiency["fp32"]})  # fmt: skip
+    # (depth, input channels, outputs): the depth cost is paid per output, so outputs must vary
+    shapes = [(27, 3, 112), (16, 16, 56), (32, 32, 56), (64, 64, 28), (288, 32, 56), (576, 64, 28),
+              (1152, 128, 14), (48, 48, 28), (96, 96, 14)]  # fmt: skip
+    layers = [Layer(f"c{i}", "Conv", "conv", "int8", h * h * 64 * k, 0, 0, 0, depth=k, in_channels=c)
+              for i, (k, c, h) in enumerate(shapes)]  # fmt: skip
+    measured = {lay.name: costmodel.layer_ms(lay, truth) for lay in layers}
+    table, overhead, depth_half = costmodel.fit_depth([(layers, measured)], host)
+    assert depth_half == {"int8": 32.0} and overhead == pytest.approx(5.0, rel=0.01)
+    assert table["int8"]["conv"] == pytest.approx(0.6, rel=0.01) and table["int8"]["stem"] == pytest.approx(
+        0.06, rel=0.01
+    )
+    fitted = dataclasses.replace(host, efficiency=table, depth_half=depth_half, op_overhead_us=overhead)
+    shallow, deep = layers[1], layers[6]
+    assert (
+        costmodel.layer_ms(shallow, fitted) / shallow.macs > 2 * costmodel.layer_ms(deep, fitted) / deep.macs
+    )
+    plain = dataclasses.replace(fitted, efficiency={"int8": {"conv": 0.6}, "fp32": host.efficiency["fp32"]})
+    assert costmodel.kernel_class(layers[0], plain.efficiency["int8"]) == "conv", "no stem entry: a conv"
+
+
 def test_roofline_threads_and_overhead(cnn):
     rpi4 = spec.get("rpi4")
     one, four = costmodel.estimate(cnn, rpi4, 1), costmodel.estimate(cnn, rpi4, 4)
@@ -100,7 +168,7 @@ def on_board(name: str, stack: str, clock_ghz: float) -> spec.Target:
         ("pixel3a", dict(), 1, 88, 0.05),  # held out (other core): Pixel 3a, 1 thread
         ("pixel3a", dict(), 2, 46, 0.06),  # held out: Pixel 3a, 2 threads
         (("nrf52840", "x-cube-ai", 0.12), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 221.14, 0.06),
-        (("stm32f746", "x-cube-ai", 0.28), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 50.34, 0.12),
+        (("stm32h7a3", "x-cube-ai", 0.28), dict(alpha=0.25, res=96, classes=2, dtype="int8"), 1, 50.34, 0.12),
     ],
     ids=[
         "pixel2-v1-fit",
@@ -220,6 +288,9 @@ def test_host_calibration_is_cached_and_estimates_a_held_out_net(tmp_path, monke
     cached = hostcal.cache_path()
     assert cached.parent == tmp_path / "cache" / "edgesmith" and cached.is_file()
     assert calibrated.fitted.startswith("calibrated on this CPU") and calibrated.efficiency != host.efficiency
+    # the calibration network's RGB stem is fitted as its own class, in both dtypes
+    assert "stem" in calibrated.efficiency["int8"] and "stem" in calibrated.efficiency["fp32"]
+    assert set(calibrated.depth_half) <= {"fp32", "int8"}
 
     def fails(_target):
         raise AssertionError("calibrated twice: the cache was not used")

@@ -46,10 +46,23 @@ class Estimate:
         return out
 
 
+def kernel_class(layer: Layer, table: dict | None = None) -> str:
+    """The layer's op class, or "stem" for a convolution over fewer than 4 input channels (an RGB
+    or grayscale image) when `table` (the dtype's efficiencies; None: always) has a stem entry.
+    ONNX Runtime's x86 INT8 convolution runs such a layer ~20x slower per MAC than its others (the
+    u8 dot-product instructions take 4 channels at a time); tables without the entry treat it as conv.
+    """
+    narrow = layer.op_class == "conv" and 0 < layer.in_channels < 4
+    return "stem" if narrow and (table is None or "stem" in table) else layer.op_class
+
+
 def layer_ms(layer: Layer, target: Target, threads: int = 1) -> float:
     """The roofline time of one layer on `target`, in milliseconds."""
-    rate = target.peak_macs_per_s(layer.dtype, threads, layer.op_class) * target.eff(
-        layer.dtype, layer.op_class
+    op_class = kernel_class(layer, target.efficiency.get(layer.dtype) or target.efficiency["fp32"])
+    rate = (
+        target.peak_macs_per_s(layer.dtype, threads, op_class)
+        * target.eff(layer.dtype, op_class)
+        * target.depth_factor(layer.dtype, op_class, layer.depth)
     )
     compute = layer.macs / rate if rate > 0 else 0.0
     memory = layer.bytes / (target.bandwidth_gbs * 1e9)
@@ -88,10 +101,35 @@ def fit(
     """Efficiencies per dtype and op class, and the per-op overhead (us), from per-layer times.
 
     `samples`: (layers, {layer name: measured ms}) per model. Each measured layer gives one equation
-    t = overhead + MACs x s[dtype, class], with s = 1 / (peak x efficiency); least squares on
-    relative residuals (each equation divided by its t), so small and large layers both count.
+    t = overhead + MACs / depth_factor x s[dtype, class], with s = 1 / (peak x efficiency) and the
+    target's `depth_half` in the depth factor; least squares on relative residuals (each equation
+    divided by its t), so small and large layers both count. Image stems get their own class.
     Kernels the runtime adds (the '(runtime)' entry) are spread over the layers as overhead.
     """
+    return _solve(samples, target, threads)[:2]
+
+
+def fit_depth(
+    samples: list[tuple[list[Layer], dict[str, float]]], target: Target, threads: int = 1,
+    grid: tuple[float, ...] = (0, 8, 16, 32, 64, 96, 128, 192, 256),
+) -> tuple[dict, float, dict[str, float]]:  # fmt: skip
+    """`fit`, with each dtype's depth constant K0 (see `Target.depth_half`) chosen from `grid` as the
+    one whose least-squares fit leaves the smallest relative residual."""
+    from dataclasses import replace
+    from itertools import product
+
+    dtypes = sorted({lay.dtype for graph, _ in samples for lay in graph if lay.macs})
+    best = None
+    for k0s in product(grid, repeat=len(dtypes)):
+        depth_half = {d: float(k) for d, k in zip(dtypes, k0s, strict=True) if k}
+        table, overhead, residual = _solve(samples, replace(target, depth_half=depth_half), threads)
+        if best is None or residual < best[0] - 1e-9:
+            best = (residual, table, overhead, depth_half)
+    return best[1], best[2], best[3]
+
+
+def _solve(samples, target: Target, threads: int) -> tuple[dict, float, float]:
+    """The least-squares fit behind `fit`: table, overhead (us) and the residual's squared norm."""
     import numpy as np
 
     keys: list[tuple[str, str]] = []
@@ -101,16 +139,20 @@ def fit(
         for layer in graph:
             if layer.name not in measured or not layer.macs:
                 continue
-            key = (layer.dtype, layer.op_class)
+            op_class = kernel_class(layer)
+            key = (layer.dtype, op_class)
             if key not in keys:
                 keys.append(key)
-            rows.append((keys.index(key), layer.macs))
+            rows.append(
+                (keys.index(key), layer.macs / target.depth_factor(layer.dtype, op_class, layer.depth))
+            )
             times.append((measured[layer.name] + extra) * 1e-3)
     a = np.zeros((len(rows), len(keys) + 1))
     for i, (k, macs) in enumerate(rows):
         a[i, 0], a[i, k + 1] = 1.0, macs
     t = np.array(times)
-    solution, *_ = np.linalg.lstsq(a / t[:, None], np.ones_like(t), rcond=None)
+    solution, residual, *_ = np.linalg.lstsq(a / t[:, None], np.ones_like(t), rcond=None)
+    rss = float(residual[0]) if len(residual) else float(np.sum((a / t[:, None] @ solution - 1) ** 2))
     table: dict[str, dict[str, float]] = {d: dict(v) for d, v in target.efficiency.items()}
     for (dtype, op_class), inv in zip(keys, solution[1:], strict=True):
         if inv > 0:
@@ -118,7 +160,7 @@ def fit(
                 1 / (inv * target.peak_macs_per_s(dtype, threads, op_class)), 4
             )
     overhead_us = round(max(float(solution[0]), 0.0) * 1e6, 2)
-    return {d: {c: v[c] for c in OP_CLASSES if c in v} for d, v in table.items()}, overhead_us
+    return {d: {c: v[c] for c in OP_CLASSES if c in v} for d, v in table.items()}, overhead_us, rss
 
 
 def fit_figures(figures: list[tuple[list[Layer], float, Target, int]], classes=("conv", "dwconv")) -> dict:
@@ -145,6 +187,7 @@ def fit_figures(figures: list[tuple[list[Layer], float, Target, int]], classes=(
             for layer in graph:
                 key = (layer.dtype, layer.op_class)
                 peak = target.peak_macs_per_s(layer.dtype, threads, layer.op_class)
+                peak *= target.depth_factor(layer.dtype, layer.op_class, layer.depth)
                 memory = layer.bytes / (target.bandwidth_gbs * 1e9)
                 if key in keys and layer.macs / (peak * current.eff(*key)) >= memory:
                     row[keys.index(key)] += layer.macs / peak

@@ -27,18 +27,20 @@ from pathlib import Path
 from .cpu import cpu_flags
 from .spec import Target
 
-VERSION = 3  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 5  # bump when the benchmark or the fit changes: old cache files are then ignored
 
-# (kind, input channels, output channels, stride) at the spatial size reached so far: a MobileNetV2 /
-# ResNet mix from 56x56 down to 7x7, so both large and small kernels enter the fit.
+# (kind, input channels, output channels, stride) at the spatial size reached so far: an RGB stem,
+# two shallow 1x1 convolutions (16 and 32 deep), then a MobileNetV2 / ResNet mix from 56x56 down to
+# 7x7, so stems, shallow and deep, large and small kernels all enter the fit.
 LAYERS = [
+    ("conv3", 3, 32, 2), ("conv1", 32, 16, 1), ("conv1", 16, 32, 1),
     ("conv3", 32, 64, 1), ("conv1", 64, 192, 1), ("dw", 192, 192, 1), ("conv1", 192, 64, 1), ("add",),
     ("dw", 64, 64, 2), ("conv3", 64, 128, 1), ("conv1", 128, 384, 1), ("dw", 384, 384, 1),
     ("conv1", 384, 128, 1), ("add",), ("pool",), ("conv3", 128, 256, 1), ("conv1", 256, 768, 1),
     ("dw", 768, 768, 2), ("conv1", 768, 160, 1), ("conv1", 160, 960, 1), ("dw", 960, 960, 1),
     ("conv3", 960, 256, 1), ("gap",), ("gemm", 256, 1000),
 ]  # fmt: skip
-INPUT = (1, 32, 56, 56)
+INPUT = (1, 3, 112, 112)
 TINY = [("conv1", 8, 8, 1)] * 40  # 40 kernels of 64 MACs per pixel on 4x4: per-op dispatch cost
 
 
@@ -75,6 +77,7 @@ def apply(target: Target, data: dict) -> Target:
         efficiency={d: dict(t) for d, t in data["efficiency"].items()},
         op_overhead_us=float(data["op_overhead_us"]),
         parallel_fraction=float(data["parallel_fraction"]),
+        depth_half={d: float(k) for d, k in data.get("depth_half", {}).items()},
         fitted=f"calibrated on this CPU ({data['cpu']}, {data['date']}; {cache_path().name})",
     )
 
@@ -94,11 +97,11 @@ def calibrate(target: Target) -> dict:
             layers = graph.layers(path)
             times = hostprofile.ort_node_times(path, threads=1, runs=15, warmup=3, quantile=0.2)
             samples.append((layers, hostprofile.match(layers, times)))
-        efficiency, _ = costmodel.fit(samples, target, threads=1)
+        efficiency, _, depth_half = costmodel.fit_depth(samples, target, threads=1)
         # the fit's intercept soaks up whatever small kernels cost beyond their MACs; a chain of tiny
         # convolutions measures the dispatch cost itself, which is what small models pay per layer
         overhead = round(cpu_ms(build_net(Path(tmp) / "tiny.onnx", TINY, (1, 8, 4, 4))) * 1e3 / len(TINY), 2)
-        target = replace(target, efficiency=efficiency, op_overhead_us=overhead)
+        target = replace(target, efficiency=efficiency, op_overhead_us=overhead, depth_half=depth_half)
         for path, (layers, _) in zip((fp32, int8), samples, strict=True):
             efficiency = anchor(efficiency, layers, cpu_ms(path), target)
             target = replace(target, efficiency=efficiency)
@@ -109,6 +112,7 @@ def calibrate(target: Target) -> dict:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "macs_per_cycle": target.macs_per_cycle,
         "efficiency": efficiency,
+        "depth_half": depth_half,
         "op_overhead_us": overhead,
         "parallel_fraction": parallel,
         "seconds": round(time.perf_counter() - started, 2),

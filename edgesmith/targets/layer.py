@@ -22,6 +22,10 @@ class Layer:
     outputs: list[str] = field(default_factory=list)  # tensor names (for matching profiles)
     inputs: list[str] = field(default_factory=list)  # activations read, through shape-only ops
     in_sizes: list[int] = field(default_factory=list)  # bytes of each input
+    # MACs per output element (conv: C_in/groups x kh x kw; gemm: K; depthwise: kh x kw): how long
+    # the kernel's inner loop runs before it stores, which decides how much of the peak it reaches
+    depth: int = 0
+    in_channels: int = 0  # per group, convolutions only: < 4 is an image stem (RGB, grayscale)
 
     @property
     def bytes(self) -> int:

@@ -18,7 +18,7 @@ from ..errors import InputError, closest
 
 SPECS = Path(__file__).with_name("specs")
 KINDS = ("host", "linux", "android", "mcu")
-OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "other")
+OP_CLASSES = ("conv", "stem", "dwconv", "gemm", "pool", "elementwise", "other")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class Target:
     # other kernel stacks this device is measured with (e.g. a 32-bit OS build): name -> the
     # [model] keys they replace (efficiency, macs_per_instruction, parallel_fraction, ...)
     stacks: dict[str, dict] = field(default_factory=dict)
+    # dtype -> K0: a convolution or matmul whose inner loop runs K MACs per output reaches
+    # K / (K + K0) of its class's efficiency (the fixed cost of loading and storing an output tile is
+    # paid every K MACs). Fitted on the host; 0 or absent = no depth effect.
+    depth_half: dict[str, float] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -77,7 +81,7 @@ class Target:
 
     def macs_per_cycle_for(self, dtype: str, op_class: str | None = None) -> float:
         per_cycle = self.macs_per_cycle.get(dtype) or self.macs_per_cycle["fp32"]
-        density = self.macs_per_instruction.get(op_class or "", 0.0)
+        density = self.macs_per_instruction.get("conv" if op_class == "stem" else op_class or "", 0.0)
         if self.issue_width and density:
             per_cycle = min(per_cycle, self.issue_width * density)
         return per_cycle
@@ -100,6 +104,7 @@ class Target:
             parallel_fraction=float(table.get("parallel_fraction", self.parallel_fraction)),
             op_overhead_us=float(table.get("op_overhead_us", self.op_overhead_us)),
             fitted=table.get("fitted", self.fitted),
+            depth_half=dict(table.get("depth_half", self.depth_half)),
         )
 
     def speedup(self, threads: int) -> float:
@@ -110,7 +115,16 @@ class Target:
 
     def eff(self, dtype: str, op_class: str) -> float:
         table = self.efficiency.get(dtype) or self.efficiency["fp32"]
+        if op_class == "stem" and "stem" not in table:
+            op_class = "conv"  # only a calibrated table knows its stem kernels apart
         return table.get(op_class, table.get("other", 0.1))
+
+    def depth_factor(self, dtype: str, op_class: str, depth: int) -> float:
+        """The share of the class's efficiency a kernel with `depth` MACs per output reaches."""
+        k0 = self.depth_half.get(dtype, 0.0)
+        if not k0 or not depth or op_class not in ("conv", "stem", "gemm"):
+            return 1.0
+        return depth / (depth + k0)
 
     def to_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "path"}
@@ -151,6 +165,7 @@ def _parse(path: Path) -> Target:
             issue_width=int(cpu.get("issue_width", 0)),
             macs_per_instruction={k: float(v) for k, v in model.get("macs_per_instruction", {}).items()},
             stacks={k: dict(v) for k, v in model.get("stacks", {}).items()},
+            depth_half={k: float(v) for k, v in model.get("depth_half", {}).items()},
             path=path,
         )
     except KeyError as exc:

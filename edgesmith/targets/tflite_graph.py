@@ -57,6 +57,8 @@ def tflite_layers(path: str | Path) -> list[Layer]:
         )
         size = 1 if int8 or outs[0]["dtype"].__name__ in ("int8", "uint8") else 4
         out.append(Layer(
+            depth=macs // out_elems if op_class in ("conv", "dwconv", "gemm") and out_elems else 0,
+            in_channels=int(tensors[weights[0]]["shape"][3]) if name == "CONV_2D" else 0,  # OHWI
             name=outs[0]["name"], op=name, op_class=op_class, dtype="int8" if int8 else "fp32", macs=macs,
             param_bytes=sum(_nbytes(tensors[w]) for w in weights),
             in_bytes=sum(_nbytes(tensors[i]) for i in acts), out_bytes=out_elems * size,

@@ -1,0 +1,52 @@
+"""The cost model on published device figures it was not fitted to (benchmarks/data/*.json|toml).
+
+Every stack is fitted on its `fit` figures only, then the `held-out` figures (other devices, other
+cores, other models) are estimated. No TensorFlow or graph building: the graphs' cost-model layers
+are kept in benchmarks/data/device_layers.json (`benchmarks/device_graphs.py` writes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgesmith.targets import figures
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+@pytest.fixture(scope="module")
+def checked():
+    published = figures.load(DATA / "device_figures.toml")
+    layers = figures.load_layers(DATA / "device_layers.json")
+    return published, figures.check(published, layers)[1]
+
+
+def test_every_figure_names_its_stack_source_and_a_known_graph(checked):
+    published, rows = checked
+    layers = figures.load_layers(DATA / "device_layers.json")
+    assert {f.role for f in published} <= {"fit", "fit-threads", "held-out", "prior"}
+    for f in published:
+        assert f.model in layers and f.runtime and f.device and f.ms > 0 and f.threads >= 1
+        assert f.source.startswith("https://"), f"{f.model} on {f.device} must cite where it was published"
+    assert {"rpi5", "stm32h7a3"} <= {f.target for f in published if f.role == "held-out"}, "current devices"
+    assert len(rows) == len(published)
+
+
+def test_held_out_median_error_is_under_the_goal(checked):
+    _, rows = checked
+    held_out = [r for r in rows if r["figure"].role == "held-out"]
+    assert len(held_out) >= 20
+    assert figures.median_error(rows, "held-out") <= figures.GOAL
+    assert figures.median_error(rows, "fit") <= figures.GOAL
+
+
+def test_a_held_out_figure_never_enters_a_fit(checked):
+    """Moving every held-out figure's published time changes no fitted table (it would if it leaked)."""
+    published, _ = checked
+    layers = figures.load_layers(DATA / "device_layers.json")
+    moved = [
+        f if f.role != "held-out" else figures.Figure(**{**f.__dict__, "ms": f.ms * 3}) for f in published
+    ]
+    assert figures.fit_stacks(moved, layers) == figures.fit_stacks(published, layers)
