@@ -200,8 +200,3 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     if ref.metric:
         result["drop"] = round(ref.score - result["artifact"], 4)
     return result
-
-
-def below_min_cosine(result: dict, limit: float) -> dict | None:
-    """The first output whose cosine to the original's is below `limit`, or None."""
-    return next((o for o in result.get("outputs", []) if o["cosine"] < limit), None)
