@@ -51,7 +51,7 @@ def rows(report: Report) -> list[list[str]]:
         table.append(
             [
                 a.name,
-                str(a.precision),
+                a.precision,
                 _size(a.size_bytes),
                 _num(v and v.artifact),
                 f"cos {v.cosine:.4f}" if v and v.cosine is not None else _num(v and v.agreement),

@@ -47,7 +47,7 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
     if "torch" in kinds[first_onnx:]:
         raise InputError("PyTorch steps (prune, distill, binarize) must come before ONNX steps in the recipe")
-    return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize
+    return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize  # type: ignore[return-value]  # fmt: skip
 
 
 def _check_step_data(steps: list, recipe: Recipe) -> None:
@@ -90,8 +90,9 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     handle, before = TorchHandle(source.module, source.example), _state_hash(source.module)
     reports: list[StepRecord] = []
     for i, config in enumerate(steps):
-        result = HANDLERS[type(config)](config, handle, ctx)
-        handle = result.model
+        # HANDLERS is typed ModelHandle -> ModelHandle; the PyTorch steps take and give a TorchHandle
+        result = HANDLERS[type(config)](config, handle, ctx)  # type: ignore[arg-type]
+        handle = result.model  # type: ignore[assignment]
         # each step's result is exported, so the report can show what every step bought
         folder = ctx.workdir / f"after-{i + 1}-{config.kind}"
         folder.mkdir()
@@ -175,7 +176,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
             ctx = StepContext(
                 Path(tmp),
-                lambda: calibration,
+                lambda: calibration,  # type: ignore[arg-type,return-value]  # None without data: steps check
                 recipe.calibration,
                 quiet,
                 devices=tuple(recipe.profile.targets),
@@ -331,7 +332,7 @@ def _emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
     with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
     from ..targets import spec
 
-    cpus = {}
+    cpus: dict[str, str] = {}  # emulated CPU: the first target with it
     for name in recipe.profile.targets:
         target = spec.get(name)
         if target.isa_family == "arm" and not target.is_mcu:

@@ -54,7 +54,7 @@ class Record:
 
     def to_json(self) -> JSON:
         out: JSON = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("json") is False or (value is None and f.metadata.get("omit_if_none")):
                 continue
@@ -69,7 +69,7 @@ class Record:
             raise Malformed(f"{where} should be an object")
         hints = get_type_hints(cls)
         found: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             if f.metadata.get("json") is False:
                 continue
             has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
@@ -229,12 +229,12 @@ SENSITIVITY_SHAPE = {"tensor": str, "nodes": [str], "sqnr_db?": NUMBER, "channel
 class Artifact(Record):
     """One exported file (exporters.artifact_entry) and everything measured on it."""
 
-    format: str | None = None
+    format: str
     path: str  # where it is in the output folder
     size_bytes: int  # the model's size: with companions that hold weights (OpenVINO's .bin)
-    sha256: str | None = None
-    precision: str | None = None
-    engine: str | None = None  # the quantizer (or converter) that made it
+    sha256: str
+    precision: str  # fp32, fp16, int8, int8-dynamic, binary ...
+    engine: str | None  # the quantizer (or converter) that made it
     files: tuple[FileRecord, ...] | None = omitted_if_none()  # companions: weights .bin, .h/.cc
     quantization: JSON | None = omitted_if_none()  # what the quantizer did (as in the manifest)
     verify: Verification | None = omitted_if_none()
@@ -275,8 +275,8 @@ class Stage(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Report(Record):
-    """A conversion: report.json. Fields other than `artifacts` have defaults, so a report written by
-    an earlier edgesmith, or trimmed by hand to what `edgesmith report` reads, still reads."""
+    """A conversion: report.json. Only `artifacts` is required of a report read back (what `edgesmith
+    report` needs); convert writes the rest whenever it has it."""
 
     source: SourceRecord | None = omitted_if_none()
     recipe: JSON | None = shaped({"profile?": {"targets?": [str]}})  # as Recipe.to_dict wrote it

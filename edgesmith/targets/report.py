@@ -9,6 +9,7 @@ import math
 import time
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from . import svg
@@ -81,7 +82,7 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
     for name in names:
         spec.get(name)  # unknown names fail before any work, with a suggestion
     original = report.original
-    data = {"folder": str(folder), "metric": original and original.metric, "targets": names, "artifacts": [],
+    data: dict[str, Any] = {"folder": str(folder), "metric": original and original.metric, "targets": names, "artifacts": [],
             "measurements": sorted(r["file"] for r in measured.values())}  # fmt: skip
     if report.original_latency:
         data["original"] = {"size_bytes": original and original.size_bytes, "score": original and original.score,
