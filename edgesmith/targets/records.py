@@ -1,10 +1,10 @@
 """The records of a conversion: what `edgesmith convert` made and measured, typed and frozen.
 
 `converter/pipeline.py` builds a `Report` as the run goes (each stage returns new records; nothing is
-changed in place), writes it to report.json with `write_report`, and returns it. `read_report` reads
-report.json back into the same types for `edgesmith report` (targets/report.py), the summary
-`convert` prints (cli/summary.py) reads the returned `Report`. One serializer and one reader, so
-what is written is what is read.
+changed in place), writes it to report.json with `write_report`, and returns it; the summary
+`convert` prints (cli/summary.py) reads that `Report`. `read_report` reads report.json back into the
+same types for `edgesmith report` (targets/report.py) and for the measurements a device profile saves
+beside it (targets/measurements.py). One serializer and one reader, so what is written is what is read.
 
 The records live here, in `targets/`, because `targets/report.py` reads them and `targets/` may
 import no converter module; they need nothing but the standard library and `latency.Measurement`.
