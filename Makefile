@@ -42,11 +42,13 @@ demo: $(STAMP)
 	    --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz \
 	    --format onnx --format tflite --target rpi4 --target stm32f746 --out out/quickstart --force
 
-# lint-imports: the layering contracts in pyproject.toml ([tool.importlinter], docs/architecture.md)
+# lint-imports: the layering contracts in pyproject.toml ([tool.importlinter], docs/architecture.md);
+# mypy: the type check, configured in pyproject.toml ([tool.mypy])
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: lint

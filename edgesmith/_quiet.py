@@ -97,7 +97,8 @@ def _captured_output():
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(Exception):
-            stream.flush()
+            if stream is not None:  # sys.__stdout__ is None under pythonw and some embedders
+                stream.flush()
 
 
 def set_verbose(verbose: bool) -> None:

@@ -160,3 +160,53 @@ def test_save_bad_input_writes_nothing(converted, cli, tmp_path):
     code, _, err = cli("profile", SHIPPED_MODEL, "--save", converted, "--runs", "2")
     assert code == 2 and "mnist_cnn.onnx is not an artifact of" in err
     assert not (converted / "measurements").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_report_json_reads_back_as_the_records_it_was_written_from(converted, tmp_path):
+    """targets/records.py: report.json read as typed records and written again is the same bytes, and
+    the records are the run's (stages, per-target estimates, verification), frozen."""
+    import dataclasses
+
+    from edgesmith.cli.summary import rows, stage_rows
+    from edgesmith.targets.records import Latency, Verification, read_report, write_report
+
+    report = read_report(converted / "report.json")
+    assert write_report(report, tmp_path).read_bytes() == (converted / "report.json").read_bytes()
+    first = report.artifacts[0]
+    assert isinstance(first.verify, Verification) and isinstance(first.latency, Latency)
+    assert first.verify.metric == "top1" and first.verify.artifact > 95 and first.verify.cosine_min > 0.98
+    assert first.verify.outputs[0].name == "logits" and report.verify == first.verify
+    assert [s.after for s in report.stages] == ["original", "quantize"]
+    assert report.stages[1].size_bytes == first.size_bytes < report.stages[0].size_bytes
+    assert report.steps[-1].kind == "quantize" and report.steps[-1].details["engines"] == {
+        "onnx": "onnxruntime"
+    }
+    assert set(report.original_targets) == {"rpi4", "stm32f746"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.path = "elsewhere.onnx"  # type: ignore[misc]
+    table = rows(report)  # the summary convert prints, from the records read back
+    assert table[2][:2] == [first.name, "int8"] and table[2][3] == f"{first.verify.artifact:.2f}"
+    assert [row[0] for row in stage_rows(report)] == ["after step", "original", "quantize"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda r: r["artifacts"][0]["verify"].update(samples="all"), "report.artifacts[0].verify.samples should be an integer"),
+        (lambda r: r["artifacts"][0].pop("sha256"), "report.artifacts[0] has no 'sha256'"),
+        (lambda r: r["stages"][1].update(size_bytes=None), "report.stages[1].size_bytes should be an integer, not null"),
+        (lambda r: r["artifacts"][0]["latency"].update(p50_ms="fast"), "report.artifacts[0].latency.p50_ms should be a number"),
+        (lambda r: r["original_targets"]["rpi4"].update(p50_ms=True), "report.original_targets.rpi4.p50_ms should be a number, not true/false"),
+        (lambda r: r.update(steps=[{"mode": "static"}]), "report.steps[0].kind should be text"),
+    ],
+)  # fmt: skip
+def test_a_damaged_report_json_is_one_line_naming_the_field(converted, cli, tmp_path, damage, named):
+    folder = tmp_path / "out"
+    shutil.copytree(converted, folder)
+    report = json.loads((folder / "report.json").read_text())
+    damage(report)
+    (folder / "report.json").write_text(json.dumps(report))
+    html = (folder / "report.html").read_bytes()
+    code, _, err = cli("report", folder, "--target", "rpi4")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+    assert "run `edgesmith convert` again" in err and (folder / "report.html").read_bytes() == html

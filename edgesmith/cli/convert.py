@@ -117,7 +117,7 @@ def main(args) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_json(), indent=2))
     elif not args.quiet:
         print_summary(report, args.out)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 HELP = """\
 Times ARTIFACT on random inputs (warm-up runs, then N timed runs) and prints p50/p90/p99, mean,
@@ -146,7 +147,7 @@ def _layers(args, artifact: Path, target, result: dict) -> list[dict]:
             times = hostprofile.openvino_node_times(artifact, threads, shapes=args.shapes)
         else:
             times = hostprofile.ort_node_times(artifact, threads, shapes=args.shapes)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"name": n, "ms": ms, "source": "measured"} for n, ms in hostprofile.match(layers, times).items()
         ]
     else:

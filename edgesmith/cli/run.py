@@ -79,7 +79,7 @@ def main(args) -> int:
     if output is not None:
         try:
             with atomic_path(output) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **outputs)
+                np.savez(f, **outputs)  # type: ignore[arg-type]  # numpy's stub: a key could be allow_pickle
         except OSError as exc:
             raise InputError(
                 f"cannot write --output {output} ({exc.strerror}); choose another --output"

@@ -1,6 +1,9 @@
-"""The table `convert` prints: size, metric, agreement and latency, before and after."""
+"""The table `convert` prints: size, metric, agreement and latency, before and after, from the run's
+`Report` (targets/records.py)."""
 
 from __future__ import annotations
+
+from ..targets.records import Report
 
 
 def _size(n: int) -> str:
@@ -11,9 +14,9 @@ def _num(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def rows(report: dict) -> list[list[str]]:
-    original = report.get("original", {})
-    metric = original.get("metric") or "metric"
+def rows(report: Report) -> list[list[str]]:
+    original = report.original
+    metric = (original and original.metric) or "metric"
     header = [
         "model",
         "precision",
@@ -25,36 +28,37 @@ def rows(report: dict) -> list[list[str]]:
         "p50 ms",
         "p90 ms",
     ]
-    if any("cosine" in a.get("verify", {}) for a in report["artifacts"]):
+    if any(a.verify and a.verify.cosine is not None for a in report.artifacts):
         header[4] = "vs original"  # embeddings: mean cosine to the original's
-    lat = report.get("original_latency", {})
+    lat = report.original_latency
+    size = original.size_bytes if original else report.source.size_bytes if report.source else None
     table = [
         header,
         [
             "original",
             "fp32",
-            _size(original.get("size_bytes", report["source"]["size_bytes"])),
-            _num(original.get("score")),
+            "-" if size is None else _size(size),
+            _num(original and original.score),
             "-",
             "-",
             "-",
-            _num(lat.get("p50_ms"), "{:.3f}"),
-            _num(lat.get("p90_ms"), "{:.3f}"),
+            _num(lat and lat.p50_ms, "{:.3f}"),
+            _num(lat and lat.p90_ms, "{:.3f}"),
         ],
     ]
-    for a in report["artifacts"]:
-        v, lat = a.get("verify", {}), a.get("latency", {})
+    for a in report.artifacts:
+        v, lat = a.verify, a.latency
         table.append(
             [
-                a["path"].rsplit("/", 1)[-1],
-                a["precision"],
-                _size(a["size_bytes"]),
-                _num(v.get("artifact")),
-                _num(v.get("agreement")) if "cosine" not in v else f"cos {v['cosine']:.4f}",
-                _num(v.get("cosine_min"), "{:.4f}"),
-                _num(v.get("max_abs_error"), "{:.4f}"),
-                _num(lat.get("p50_ms"), "{:.3f}"),
-                _num(lat.get("p90_ms"), "{:.3f}"),
+                a.name,
+                a.precision,
+                _size(a.size_bytes),
+                _num(v and v.artifact),
+                f"cos {v.cosine:.4f}" if v and v.cosine is not None else _num(v and v.agreement),
+                _num(v and v.cosine_min, "{:.4f}"),
+                _num(v and v.max_abs_error, "{:.4f}"),
+                _num(lat and lat.p50_ms, "{:.3f}"),
+                _num(lat and lat.p90_ms, "{:.3f}"),
             ]
         )
     return table
@@ -66,31 +70,31 @@ def _count(n) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
 
 
-def stage_rows(report: dict) -> list[list[str]]:
+def stage_rows(report: Report) -> list[list[str]]:
     """One row per step: what the model costs and scores after it (the first row is the original)."""
-    stages = report.get("stages") or []
-    metric = next((s["metric"] for s in stages if s.get("metric")), None)
-    cosine = metric is None and any(s.get("cosine") is not None for s in stages)
+    stages = report.stages or ()
+    metric = next((s.metric for s in stages if s.metric), None)
+    cosine = metric is None and any(s.cosine is not None for s in stages)
     table = [
         ["after step", "MACs", "params", "size", metric or ("cos vs orig" if cosine else "metric"), "p50 ms"]
     ]
     for s in stages:
-        score = _num(s.get("cosine"), "{:.4f}") if cosine else _num(s.get("score"))
-        table.append([s["after"], _count(s.get("macs")), _count(s.get("params")), _size(s["size_bytes"]),
-                      score, _num(s.get("p50_ms"), "{:.3f}")])  # fmt: skip
+        score = _num(s.cosine, "{:.4f}") if cosine else _num(s.score)
+        table.append([s.after, _count(s.macs), _count(s.params), _size(s.size_bytes), score,
+                      _num(s.p50_ms, "{:.3f}")])  # fmt: skip
     return table
 
 
-def target_rows(report: dict) -> list[list[str]]:
+def target_rows(report: Report) -> list[list[str]]:
     """Estimated p50 on each `[profile] targets` device: the original and each artifact (cost model)."""
-    original = report.get("original_targets") or {}
-    names = list(original) or list(report["artifacts"][0].get("targets") or {})
+    original = report.original_targets or {}
+    artifacts = report.artifacts
+    names = list(original) or list((artifacts and artifacts[0].targets) or {})
     if not names:
         return []
-    artifacts = report["artifacts"]
-    table = [["estimated p50 ms", "original", *(a["path"].rsplit("/", 1)[-1] for a in artifacts)]]
+    table = [["estimated p50 ms", "original", *(a.name for a in artifacts)]]
     for name in names:
-        cells = [original.get(name, {}), *((a.get("targets") or {}).get(name, {}) for a in artifacts)]
+        cells = [original.get(name, {}), *((a.targets or {}).get(name, {}) for a in artifacts)]
         row = [name] + [_num(c.get("p50_ms"), "{:.3f}") for c in cells]
         fit = cells[-1].get("mcu_fit")
         if fit is not None:
@@ -99,9 +103,9 @@ def target_rows(report: dict) -> list[list[str]]:
     return table
 
 
-def sensitivity_rows(report: dict, top: int = 5) -> list[list[str]]:
+def sensitivity_rows(report: Report, top: int = 5) -> list[list[str]]:
     """The `top` quantized tensors whose INT8 rounding costs most (report.json `sensitivity`)."""
-    layers = (report.get("sensitivity") or [])[:top]
+    layers = (report.sensitivity or ())[:top]
     if not layers:
         return []
     table = [["most sensitive (INT8)", "nodes", "SQNR dB/channel", "metric if float"]]
@@ -112,9 +116,9 @@ def sensitivity_rows(report: dict, top: int = 5) -> list[list[str]]:
     return table
 
 
-def print_sensitivity(report: dict) -> None:
+def print_sensitivity(report: Report) -> None:
     """The accuracy search's outcome (what stayed float) and the most sensitive layers, if computed."""
-    search = report.get("accuracy_search")
+    search = report.accuracy_search
     if search:
         kept = search["float_nodes"]
         verdict = "meets" if search["within_budget"] else "could NOT meet"
@@ -139,41 +143,42 @@ def print_table(table: list[list[str]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def print_summary(report: dict, out) -> None:
+def print_summary(report: Report, out) -> None:
     print_table(rows(report))
-    if report.get("stages"):
+    if report.stages:
         print()
         print_table(stage_rows(report))
     if target_rows(report):
         print()
         print_table(target_rows(report))
     print_sensitivity(report)
-    for step in report["steps"]:
-        if "types" in step:
-            t = step["types"]
+    for step in report.steps:
+        if "types" in step.details:
+            t = step.details["types"]
             print(f"\nINT8 types: {t['activations']} activations x {t['weights']} weights: {t['reason']}")
-    for a in report["artifacts"]:
-        for target, emulated in (a.get("emulated") or {}).items():
+    for a in report.artifacts:
+        for target, emulated in (a.emulated or {}).items():
             worst = min(o["cosine"] for o in emulated["outputs"].values())
             verdict = "matches this host" if emulated["ok"] else "DIFFERS from this host"
-            print(f"\n{a['path'].rsplit('/', 1)[-1]} on emulated ARM ({target}: {emulated['device']['cpu']}, "
+            print(f"\n{a.name} on emulated ARM ({target}: {emulated['device']['cpu']}, "
                   f"{emulated['device']['backend']}): {verdict} (min cosine {worst:.6f})", end="")  # fmt: skip
-    if (report.get("emulation") or {}).get("skipped"):
-        print(f"\nnot run on emulated ARM: {report['emulation']['skipped']}", end="")
-    if any(a.get("emulated") for a in report["artifacts"]) or (report.get("emulation") or {}).get("skipped"):
+    skipped = (report.emulation or {}).get("skipped")
+    if skipped:
+        print(f"\nnot run on emulated ARM: {skipped}", end="")
+    if any(a.emulated for a in report.artifacts) or skipped:
         print()
-    checked = (report.get("verify") or {}).get("data")
-    if checked and checked != "eval":
-        print(f"\nverified on {report['verify']['samples']} samples of {checked} (no labels: pass --eval "
+    checked = report.verify
+    if checked and checked.data != "eval":
+        print(f"\nverified on {checked.samples} samples of {checked.data} (no labels: pass --eval "
               "DATA.npz with `labels` for the task metric)")  # fmt: skip
-    lat = report.get("original_latency")
+    lat = report.original_latency
     if lat:
         print(
-            f"latency: {lat['runs']} runs after {lat['warmup']} warm-up, batch {lat['batch']}, "
-            f"{lat['threads'] or 'all'} thread(s), {lat['backend']} on this machine"
+            f"latency: {lat.runs} runs after {lat.warmup} warm-up, batch {lat.batch}, "
+            f"{lat.threads or 'all'} thread(s), {lat.backend} on this machine"
         )
-    if report.get("fastest"):
+    if report.fastest:
         from ..converter.fastest import describe
 
-        print("\n".join(describe(report["fastest"])))
+        print("\n".join(describe(report.fastest)))
     print(f"report: {out}/report.json")

@@ -72,10 +72,12 @@ def convert(
 ) -> dict:
     """Compress, export, verify and profile `model` (a path, a torch module or ExportedProgram).
 
-    Returns the report that is also written to `out/report.json`.
+    Returns the report that is also written to `out/report.json`, as parsed JSON (the pipeline's typed
+    record is `pipeline.run`'s result: targets/records.Report).
     """
     from .pipeline import run
 
-    return run(
+    report = run(
         build_recipe(recipe, preset, calibration, evaluation), model, out, force, quiet, example_inputs
     )
+    return report.to_json()

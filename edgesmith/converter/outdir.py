@@ -43,18 +43,18 @@ class OutputDir:
         self._created = _missing_parents(self.path)
         self._lock = None
         self._restore_signal = None
-        self.staging = None
+        staging: Path | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _FolderLock(self.path)
             clean_stale(self.path)
             self._check_existing(force)
             self._restore_signal = _raise_on_sigterm()  # set before the staging exists: always cleaned
-            self.staging = _fresh_name(self.path.parent, _staging_prefix(self.path))
-            self.staging.mkdir(0o777)  # the umask applies, as to any folder the user makes
+            staging = _fresh_name(self.path.parent, _staging_prefix(self.path))
+            staging.mkdir(0o777)  # the umask applies, as to any folder the user makes
         except BaseException as exc:
-            if self.staging is not None:
-                shutil.rmtree(self.staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             self._release()
             self._remove_created()
             if isinstance(exc, OSError):
@@ -62,6 +62,7 @@ class OutputDir:
                     f"cannot write --out {self.path}: {exc.strerror}; choose another --out"
                 ) from exc
             raise
+        self.staging: Path = staging
 
     def _check_existing(self, force: bool) -> None:
         if self.path.exists() and not self.path.is_dir():

@@ -6,7 +6,7 @@ run leaves nothing behind and never touches an existing output folder or the inp
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,18 @@ import numpy as np
 from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
+from ..targets.records import (
+    Artifact,
+    FileRecord,
+    Latency,
+    Original,
+    Report,
+    SourceRecord,
+    Stage,
+    StepRecord,
+    Verification,
+    write_report,
+)
 from . import accuracy, exporters, fastest, input_shapes
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
@@ -35,7 +47,7 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
     if "torch" in kinds[first_onnx:]:
         raise InputError("PyTorch steps (prune, distill, binarize) must come before ONNX steps in the recipe")
-    return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize
+    return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize  # type: ignore[return-value]  # fmt: skip
 
 
 def _check_step_data(steps: list, recipe: Recipe) -> None:
@@ -58,8 +70,6 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     still compares every artifact with the original `source`."""
     if not steps:
         return source, ctx, []
-    import dataclasses
-
     from .frontends import torch_frontend
     from .handle import TorchHandle
 
@@ -77,15 +87,19 @@ def _torch_stage(steps: list, source, ctx: StepContext):
             "start from the PyTorch model (a .pt2, or edgesmith.convert(module, example_inputs=...) in Python)"
         )
     ctx = dataclasses.replace(ctx, original=source.module)
-    handle, reports, before = TorchHandle(source.module, source.example), [], _state_hash(source.module)
+    handle, before = TorchHandle(source.module, source.example), _state_hash(source.module)
+    reports: list[StepRecord] = []
     for i, config in enumerate(steps):
-        result = HANDLERS[type(config)](config, handle, ctx)
-        handle = result.model
+        # HANDLERS is typed ModelHandle -> ModelHandle; the PyTorch steps take and give a TorchHandle
+        result = HANDLERS[type(config)](config, handle, ctx)  # type: ignore[arg-type]
+        handle = result.model  # type: ignore[assignment]
         # each step's result is exported, so the report can show what every step bought
         folder = ctx.workdir / f"after-{i + 1}-{config.kind}"
         folder.mkdir()
         changed = torch_frontend.load_module(handle.module, folder, handle.example, batch=batch)
-        reports.append({"kind": config.kind, **result.report, "stage_onnx": str(changed.onnx.path)})
+        reports.append(
+            StepRecord(kind=config.kind, details=dict(result.report), stage_onnx=changed.onnx.path)
+        )
     if _state_hash(source.module) != before:
         raise RuntimeError("internal error: a PyTorch step modified the original module")
     onnx = ModelHandle(changed.onnx.path, handle.precision)
@@ -137,7 +151,7 @@ def _verification_data(recipe: Recipe, source, evaluation: ArraySource | None):
 
 
 def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet: bool = False,
-        example_inputs: tuple | None = None) -> dict:  # fmt: skip
+        example_inputs: tuple | None = None) -> Report:  # fmt: skip
     from . import frontends
 
     model = model if model is not None else recipe.model.path
@@ -162,7 +176,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             source = input_shapes.resolve(source, recipe, calibration, evaluation)  # dynamic H/W ... sized
             ctx = StepContext(
                 Path(tmp),
-                lambda: calibration,
+                lambda: calibration,  # type: ignore[arg-type,return-value]  # None without data: steps check
                 recipe.calibration,
                 quiet,
                 devices=tuple(recipe.profile.targets),
@@ -173,28 +187,31 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 handle, step_report = _apply(config, handle, ctx)
                 step_reports.append(step_report)
             report = _report(recipe, model_path, source, step_reports)
+            found: dict = {}  # what the accuracy search and the fastest-format comparison add
             quantize = accuracy.meet_budget(quantize, handle, ctx, recipe, source,
-                                            _verification_data(recipe, source, evaluation), report)  # fmt: skip
+                                            _verification_data(recipe, source, evaluation), found)  # fmt: skip
             stem = model_path.stem if model_path else source.onnx.path.stem
+            hf_folder = None
             if torch_steps:
-                _save_hf_folder(changed.module, output, f"{stem}-hf", model_path, report)
+                hf_folder = _save_hf_folder(changed.module, output, f"{stem}-hf", model_path)
             export_ctx = exporters.ExportContext(changed, ctx)
-            recipe = fastest.resolve(recipe, handle, quantize, export_ctx, report)  # targets, format auto
+            recipe = fastest.resolve(recipe, handle, quantize, export_ctx, found)  # targets, format auto
+            artifacts: list[Artifact] = []
             for config in recipe.exports:
-                _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
-            if quantize is not None:  # one entry for the step; each artifact says how it was applied
-                first = report["artifacts"][0].get("quantization") or {}
-                engines = {a["format"]: a["engine"] for a in report["artifacts"]}
-                report["steps"].append({"kind": "quantize", **first, "engines": engines})
+                artifacts.append(_export(config, handle, quantize, stem, output, export_ctx, artifacts, recipe,
+                                         input_hash))  # fmt: skip
+            report = _exported(report, artifacts, quantize is not None, found, hf_folder)
             checked_on = _verification_data(recipe, source, evaluation)
-            ref = _verify(source, checked_on, report, quiet)
-            _emulate_on_arm(report, recipe, checked_on)
+            report, ref = _verify(source, checked_on, report, quiet)
+            report = _emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
-                _profile(source, report, recipe)
-            if report["steps"]:
-                report["stages"] = _stages(source, report, ref, checked_on, recipe, quiet)
-            _relativize(report, output.staging, output.path)
-            (output.staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+                report = _profile(source, report, recipe)
+            if report.steps:
+                report = dataclasses.replace(
+                    report, stages=_stages(source, report, ref, checked_on, recipe, quiet)
+                )
+            report = _relativize(report, output.staging, output.path)
+            write_report(report, output.staging)
             if recipe.profile.enabled and recipe.profile.targets:
                 _html_report(output, recipe)
     except BaseException:
@@ -219,68 +236,103 @@ def input_paths(recipe: Recipe, model_path: Path | None) -> tuple[Path, ...]:
     return tuple(Path(p) for p in paths if isinstance(p, (str, Path)) and str(p))
 
 
-def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | None, report: dict) -> None:
+def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | None) -> str | None:
     """A changed Hugging Face model is also written as a model folder (config.json + safetensors, the
-    tokenizer files copied), so it can be reloaded, fine-tuned or converted again."""
+    tokenizer files copied), so it can be reloaded, fine-tuned or converted again. Returns where it
+    will be (None for other models)."""
     from .frontends import hf_frontend
 
-    if hf_frontend.is_encoder(module):
-        hf_frontend.save_folder(module, output.staging / name, model_path)
-        report["hf_folder"] = str(output.path / name)
+    if not hf_frontend.is_encoder(module):
+        return None
+    hf_frontend.save_folder(module, output.staging / name, model_path)
+    return str(output.path / name)
 
 
-def _apply(config, handle: ModelHandle, ctx: StepContext):
+def _apply(config, handle: ModelHandle, ctx: StepContext) -> tuple[ModelHandle, StepRecord]:
     before = sha256(handle.path)
     result = HANDLERS[type(config)](config, handle, ctx)
     if sha256(handle.path) != before or result.model.path == handle.path:
         raise RuntimeError(f"step '{config.kind}' broke its contract: it must write a new file")
     sizes = {"size_before": handle.size_bytes, "size_after": result.model.size_bytes}
-    return result.model, {"kind": config.kind, **result.report, **sizes, "stage_onnx": str(result.model.path)}
+    return result.model, StepRecord(kind=config.kind, details={**result.report, **sizes},
+                                    stage_onnx=result.model.path)  # fmt: skip
 
 
-def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dict:
+def _report(recipe: Recipe, model_path: Path | None, source, steps: list[StepRecord]) -> Report:
+    """The report before export: the source, the recipe as given (`format = "auto"` unresolved) and
+    the steps that ran."""
     from .environment import versions
 
     origin = file_info(model_path) if model_path else {**file_info(source.onnx.path), "path": None}
-    origin |= {"fixes": list(source.notes)} if source.notes else {}
-    return {"source": {**origin, "kind": source.kind}, "recipe": recipe.to_dict(), "steps": steps,
-            "artifacts": [], "environment": versions()}  # fmt: skip
+    source_record = SourceRecord(**origin, fixes=tuple(source.notes) or None, kind=source.kind)
+    return Report(source=source_record, recipe=recipe.to_dict(), steps=tuple(steps), artifacts=(),
+                  environment=versions())  # fmt: skip
 
 
-def _export(config, handle, quantize, stem, output, ctx, report, recipe, input_hash) -> None:
+def _exported(report: Report, artifacts: list[Artifact], quantized: bool, found: dict,
+              hf_folder: str | None) -> Report:  # fmt: skip
+    """The report with the artifacts, the quantize step's entry (the first artifact's quantization
+    and each format's engine: each exporter applies the step its own way), and what the accuracy
+    search and the fastest-format comparison `found` (keyed as in report.json)."""
+    steps = report.steps
+    if quantized:
+        engines = {a.format: a.engine for a in artifacts}
+        steps += (
+            StepRecord(kind="quantize", details={**(artifacts[0].quantization or {}), "engines": engines}),
+        )
+    sensitivity = found.get("sensitivity")
+    return dataclasses.replace(
+        report,
+        steps=steps,
+        artifacts=tuple(artifacts),
+        sensitivity_skipped=found.get("sensitivity_skipped"),
+        sensitivity=None if sensitivity is None else tuple(sensitivity),
+        accuracy_search=found.get("accuracy_search"),
+        hf_folder=hf_folder,
+        fastest=found.get("fastest"),
+    )
+
+
+def _export(config, handle, quantize, stem, output, ctx, artifacts, recipe, input_hash) -> Artifact:
+    """Export one format into the staging folder, with its manifest; `artifacts` are the ones written
+    before (two exports may not write one file)."""
     precision = "binary" if handle.precision == "binary" else quantize_precision(quantize)
     dest = output.staging / (config.name or f"{stem}.{precision}")
     exported = exporters.export(config, handle, quantize, dest, ctx)
-    taken = {a["path"] for a in report["artifacts"]}
-    if str(exported.path) in taken:
+    if str(exported.path) in {a.path for a in artifacts}:
         raise InputError(f"two exports write {exported.path.name}; give one of them a `name`")
     exporters.write_manifest(
         exported.path, _manifest(exported, config.format, ctx.source, recipe, input_hash)
     )
     entry = exporters.artifact_entry(config.format, exported)
-    if exported.quantization:
-        entry["quantization"] = exported.quantization
-    report["artifacts"].append(entry)
+    files = entry.pop("files", None)
+    return Artifact(**entry, files=None if files is None else tuple(FileRecord(**f) for f in files),
+                    quantization=exported.quantization or None)  # fmt: skip
 
 
-def _verify(source, data, report: dict, quiet: bool):
+def _verify(source, data, report: Report, quiet: bool):
+    """Every artifact against the original on `data`: (the report with `verify` on each artifact, the
+    first one's as the report's, and the original's metric; the original's outputs)."""
     from . import verify
 
     ref = verify.reference(source, data, quiet)
-    for entry in report["artifacts"]:
-        entry["verify"] = verify.verify(Path(entry["path"]), ref, data, quiet)
-    report["verify"] = report["artifacts"][0]["verify"]
-    report["original"] = {"metric": ref.metric, "score": ref.score, "size_bytes": source.onnx.size_bytes}
-    return ref
+    artifacts = tuple(
+        dataclasses.replace(a, verify=Verification.from_json(verify.verify(Path(a.path), ref, data, quiet)))
+        for a in report.artifacts
+    )
+    original = Original(metric=ref.metric, score=ref.score, size_bytes=source.onnx.size_bytes)
+    return dataclasses.replace(
+        report, artifacts=artifacts, verify=artifacts[0].verify, original=original
+    ), ref
 
 
-def _emulate_on_arm(report: dict, recipe: Recipe, data) -> None:
+def _emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
     """A recipe with ARM targets (Raspberry Pis, phones): each ONNX/TFLite artifact also runs on ARM
     kernels, under qemu-user (targets/emulate.py), on the first verification batch, and is compared
     with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
     from ..targets import spec
 
-    cpus = {}
+    cpus: dict[str, str] = {}  # emulated CPU: the first target with it
     for name in recipe.profile.targets:
         target = spec.get(name)
         if target.isa_family == "arm" and not target.is_mcu:
@@ -288,7 +340,7 @@ def _emulate_on_arm(report: dict, recipe: Recipe, data) -> None:
 
             cpus.setdefault(emulate.cpu_for(target), name)
     if not cpus:
-        return
+        return report
     from ..errors import EdgesmithError
     from ..runtime import load as load_session
     from ..targets import emulate
@@ -296,55 +348,61 @@ def _emulate_on_arm(report: dict, recipe: Recipe, data) -> None:
     try:
         emulate.check_tools()
     except EdgesmithError as exc:
-        report["emulation"] = {"skipped": str(exc)}
-        return
+        return dataclasses.replace(report, emulation={"skipped": str(exc)})
     feeds = next(iter(data.batches()))
-    for entry in report["artifacts"]:
-        path = Path(entry["path"])
-        if path.suffix not in (".onnx", ".tflite"):
-            continue
-        host = load_session(path, exact=True).run(feeds)
-        entry["emulated"] = {name: emulate.verify(path, feeds, host, entry["precision"], cpu=cpu)
-                             for cpu, name in cpus.items()}  # fmt: skip
+    artifacts = []
+    for entry in report.artifacts:
+        path = Path(entry.path)
+        if path.suffix in (".onnx", ".tflite"):
+            host = load_session(path, exact=True).run(feeds)
+            emulated = {name: emulate.verify(path, feeds, host, entry.precision, cpu=cpu)
+                        for cpu, name in cpus.items()}  # fmt: skip
+            entry = dataclasses.replace(entry, emulated=emulated)
+        artifacts.append(entry)
+    return dataclasses.replace(report, artifacts=tuple(artifacts))
 
 
-def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) -> list[dict]:
+def _stages(source, report: Report, ref, evaluation, recipe: Recipe, quiet: bool) -> tuple[Stage, ...]:
     """MACs, parameters, size, metric and host latency of the model before and after each step: the
     original, each step's ONNX result, and the quantized first artifact. Metric and latency come
     from the same code as the artifacts' (verify against the original; the recipe's [profile])."""
     from . import verify
     from .profile_step import profile
 
-    def measure(name: str, path: Path, known: dict | None = None) -> dict:
-        known = known or {}
-        row = {"after": name, **_graph_stats(path, source.inputs), "size_bytes": path.stat().st_size}
-        result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
-        row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
-                   cosine=result.get("cosine"), cosine_min=result.get("cosine_min"))  # fmt: skip
+    def measure(
+        name: str, path: Path, checked: Verification | None = None, latency: Latency | None = None
+    ) -> Stage:
+        result = checked or Verification.from_json(verify.verify(path, ref, evaluation, quiet))
+        p50 = None
         if recipe.profile.enabled:
-            row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile, source.inputs))["p50_ms"]
-        return row
+            p50 = (latency or Latency.from_json(profile(path, recipe.profile, source.inputs))).p50_ms
+        return Stage(after=name, **_graph_stats(path, source.inputs), size_bytes=path.stat().st_size,
+                     metric=result.metric, score=result.artifact, agreement=result.agreement,
+                     cosine=result.cosine, cosine_min=result.cosine_min, p50_ms=p50)  # fmt: skip
 
-    original = {"verify": {"metric": ref.metric, "artifact": ref.score, "cosine_min": 1.0}}
-    if "cosine" in report["artifacts"][0].get("verify", {}):
-        original["verify"]["cosine"] = 1.0  # embeddings: the original against itself
-    if "original_latency" in report:
-        original["latency"] = report["original_latency"]
-    rows = [measure("original", source.onnx.path, original)]
-    for step in report["steps"]:
-        stage = step.pop("stage_onnx", None)
-        if stage is not None:
-            rows.append(measure(step["kind"], Path(stage)))
-    first = report["artifacts"][0]
-    if report["steps"][-1]["kind"] == "quantize":
-        rows.append(measure("quantize", Path(first["path"]), first))
-    elif first["precision"] == "binary":  # the exporter packs the +-1 weights into bits
-        rows.append(measure("export (1-bit)", Path(first["path"]), first))
-        rows[-1]["params"] = rows[-2].get("params")  # the same weights, 8 to a byte
-    for before, row in zip(rows, rows[1:], strict=False):  # a TFLite artifact: the counts do not change
-        row.setdefault("macs", before.get("macs"))
-        row.setdefault("params", before.get("params"))
-    return rows
+    first = report.artifacts[0]
+    embeddings = first.verify is not None and first.verify.cosine is not None  # the original against itself
+    original = Stage(after="original", **_graph_stats(source.onnx.path, source.inputs),
+                     size_bytes=source.onnx.path.stat().st_size, metric=ref.metric, score=ref.score,
+                     cosine=1.0 if embeddings else None, cosine_min=1.0,
+                     p50_ms=report.original_latency.p50_ms if report.original_latency else None)  # fmt: skip
+    rows = [original]
+    rows += [measure(step.kind, step.stage_onnx) for step in report.steps if step.stage_onnx is not None]
+    if report.steps[-1].kind == "quantize":
+        rows.append(measure("quantize", Path(first.path), first.verify, first.latency))
+    elif first.precision == "binary":  # the exporter packs the +-1 weights into bits
+        packed = measure("export (1-bit)", Path(first.path), first.verify, first.latency)
+        rows.append(dataclasses.replace(packed, params=rows[-1].params))  # the same weights, 8 to a byte
+    for i in range(1, len(rows)):  # a TFLite artifact: the counts do not change
+        before, row = rows[i - 1], rows[i]
+        rows[i] = dataclasses.replace(
+            row, macs=_or(row.macs, before.macs), params=_or(row.params, before.params)
+        )
+    return tuple(rows)
+
+
+def _or(value, fallback):
+    return fallback if value is None else value
 
 
 def _graph_stats(path: Path, inputs=()) -> dict:
@@ -366,18 +424,26 @@ def _param_count(path: Path) -> int:
     )
 
 
-def _profile(source, report: dict, recipe: Recipe) -> None:
-    from .profile_step import profile
+def _profile(source, report: Report, recipe: Recipe) -> Report:
+    """The report with host latency of the original and each artifact, and with `[profile] targets`
+    the cost model's estimate on each."""
+    from .profile_step import per_target, profile
 
-    report["original_latency"] = profile(_original_file(source), recipe.profile, source.inputs)
-    for entry in report["artifacts"]:
-        entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs)
+    def latency(path: Path) -> Latency:
+        return Latency.from_json(profile(path, recipe.profile, source.inputs))
+
+    original = latency(_original_file(source))
+    artifacts = tuple(dataclasses.replace(a, latency=latency(Path(a.path))) for a in report.artifacts)
+    original_targets = None
     if recipe.profile.targets:
-        from .profile_step import per_target
-
-        report["original_targets"] = per_target(_original_file(source), recipe.profile, source.inputs)
-        for entry in report["artifacts"]:
-            entry["targets"] = per_target(Path(entry["path"]), recipe.profile, source.inputs)
+        original_targets = per_target(_original_file(source), recipe.profile, source.inputs)
+        artifacts = tuple(
+            dataclasses.replace(a, targets=per_target(Path(a.path), recipe.profile, source.inputs))
+            for a in artifacts
+        )
+    return dataclasses.replace(
+        report, original_latency=original, artifacts=artifacts, original_targets=original_targets
+    )
 
 
 def _original_file(source) -> Path:
@@ -424,44 +490,51 @@ def _manifest(exported, fmt: str, source, recipe: Recipe, input_hash) -> dict:
     }
 
 
-def _relativize(report: dict, staging: Path, final: Path) -> None:
-    for entry in report["artifacts"]:
-        entry["path"] = str(final / Path(entry["path"]).relative_to(staging))
-        for companion in entry.get("files", []):
-            companion["path"] = str(final / Path(companion["path"]).relative_to(staging))
+def _relativize(report: Report, staging: Path, final: Path) -> Report:
+    """The report with artifact paths in the final output folder instead of the staging folder."""
+
+    def moved(record):
+        return dataclasses.replace(record, path=str(final / Path(record.path).relative_to(staging)))
+
+    artifacts = tuple(
+        dataclasses.replace(moved(a), files=None if a.files is None else tuple(moved(f) for f in a.files))
+        for a in report.artifacts
+    )
+    return dataclasses.replace(report, artifacts=artifacts)
 
 
-def _check_drop(report: dict, recipe: Recipe) -> None:
+def _check_drop(report: Report, recipe: Recipe) -> None:
     """Exit 1 (VerificationFailed) when an artifact's metric dropped more than `max_drop`, or one of
     its outputs is further from the original's than `min_cosine` (default: by precision, for runs
     that only quantize or export; see verify.DEFAULT_MIN_COSINE)."""
-    from .verify import DEFAULT_MIN_COSINE, below_min_cosine
+    from .verify import DEFAULT_MIN_COSINE
 
     limit = recipe.verify.max_drop
     changes_function = any(step.kind != "quantize" for step in recipe.steps)
-    for entry in report["artifacts"]:
-        result, name = entry.get("verify", {}), Path(entry["path"]).name
-        drop = result.get("drop")
-        if limit is not None and drop is not None and drop > limit:
+    for entry in report.artifacts:
+        result, name = entry.verify, entry.name
+        if result is None:  # every artifact is verified before this check
+            raise RuntimeError(f"internal error: {name} was not verified")
+        if limit is not None and result.drop is not None and result.drop > limit:
             raise VerificationFailed(
-                f"{name}: {result['metric']} dropped {drop:.2f} points, more than [verify] "
+                f"{name}: {result.metric} dropped {result.drop:.2f} points, more than [verify] "
                 f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
             )
         min_cosine = recipe.verify.min_cosine
         if min_cosine is None and not changes_function:
-            min_cosine = DEFAULT_MIN_COSINE.get(entry["precision"])
-        for target, emulated in (entry.get("emulated") or {}).items():
+            min_cosine = DEFAULT_MIN_COSINE.get(entry.precision or "")
+        for target, emulated in (entry.emulated or {}).items():
             if not emulated["ok"]:
                 raise VerificationFailed(
                     f"{name}: on emulated ARM ({target}, {emulated['device'].get('cpu', 'aarch64')}) its outputs "
-                    f"differ from this host's beyond the {entry['precision']} tolerance; see report.json "
+                    f"differ from this host's beyond the {entry.precision} tolerance; see report.json "
                     "artifacts[].emulated"
                 )
-        worst = below_min_cosine(result, min_cosine) if min_cosine is not None else None
+        worst = result.below(min_cosine) if min_cosine is not None else None
         if worst is not None:
             raise VerificationFailed(
-                f"{name}: output '{worst['name']}' has cosine {worst['cosine']:.4f} to the original's "
-                f"(on {result['samples']} samples of {result['data']}), below [verify] min_cosine = "
+                f"{name}: output '{worst.name}' has cosine {worst.cosine:.4f} to the original's "
+                f"(on {result.samples} samples of {result.data}), below [verify] min_cosine = "
                 f"{min_cosine}; keep sensitive layers in float (quantize.exclude), try another "
                 "calibration.method, or set [verify] min_cosine if this is expected"
             )

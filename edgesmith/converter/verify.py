@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,13 +45,11 @@ class RandomSamples:
     labels = None
 
     def __init__(self, inputs, count: int = 8, seed: int = 0):
+        from types import SimpleNamespace
+
         from ..targets.latency import random_feeds
 
-        class _Specs:  # random_feeds reads `inputs` off a session
-            pass
-
-        specs = _Specs()
-        specs.inputs = inputs
+        specs: Any = SimpleNamespace(inputs=inputs)  # random_feeds reads only `inputs` off a session
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0].shape[0], int) else 1
         self._batches = [random_feeds(specs, batch=max(batch, 1), seed=seed + i) for i in range(count)]
         self.count = sum(len(next(iter(b.values()))) for b in self._batches)
@@ -70,8 +69,8 @@ def _metric(labels: np.ndarray | None, outputs: np.ndarray) -> str | None:
     return None
 
 
-def _score(metric: str | None, labels: np.ndarray, outputs: np.ndarray) -> float | None:
-    if metric == "top1":
+def _score(metric: str | None, labels: np.ndarray | None, outputs: np.ndarray) -> float | None:
+    if metric == "top1" and labels is not None:
         return round(float((outputs.argmax(1) == labels[: len(outputs)]).mean() * 100), 4)
     return None
 
@@ -89,7 +88,7 @@ def reference(source: Source, data, quiet: bool = False) -> Reference:
     first = np.concatenate([b[0] for b in outputs]) if outputs[0][0].ndim else None
     labels = getattr(data, "labels", None)
     metric = _metric(labels, first) if first is not None else None
-    score = _score(metric, labels, first) if metric else None
+    score = _score(metric, labels, first) if metric and first is not None else None
     return Reference(outputs, _output_names(source), metric, score, getattr(data, "what", "eval"))
 
 
@@ -133,7 +132,9 @@ class _OutputStats:
     and the mean: where an artifact drifts on a few inputs) and the max abs error."""
 
     def __init__(self, name: str):
-        self.name, self.per_sample, self.max_err, self.shape_error = name, [], 0.0, None
+        self.name, self.max_err = name, 0.0
+        self.per_sample: list[np.ndarray] = []
+        self.shape_error: str | None = None
         self.dot = self.got_sq = self.want_sq = 0.0
 
     def add(self, got: np.ndarray, want: np.ndarray, samples: int) -> None:
@@ -188,20 +189,15 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     }
     if any("error" in o for o in outputs):
         return result
-    got, want = np.concatenate(firsts), np.concatenate([b[0] for b in ref.outputs])
+    first, expected = np.concatenate(firsts), np.concatenate([b[0] for b in ref.outputs])
     if ref.metric:
-        result["artifact"] = _score(ref.metric, data.labels, got)
-    if got.ndim == 2 and np.allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-3):
+        result["artifact"] = _score(ref.metric, data.labels, first)
+    if first.ndim == 2 and np.allclose(np.linalg.norm(expected, axis=1), 1.0, atol=1e-3):
         # L2-normalised rows are embeddings (a sentence encoder): what matters is their direction
-        cosine = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1), 1e-12)
+        cosine = (first * expected).sum(1) / np.maximum(np.linalg.norm(first, axis=1), 1e-12)
         result["cosine"] = round(float(cosine.mean()), 6)
-    elif got.ndim == 2 and got.shape[1] > 1:
-        result["agreement"] = round(float((got.argmax(1) == want.argmax(1)).mean() * 100), 4)
-    if ref.metric:
+    elif first.ndim == 2 and first.shape[1] > 1:
+        result["agreement"] = round(float((first.argmax(1) == expected.argmax(1)).mean() * 100), 4)
+    if ref.metric and ref.score is not None and result["artifact"] is not None:
         result["drop"] = round(ref.score - result["artifact"], 4)
     return result
-
-
-def below_min_cosine(result: dict, limit: float) -> dict | None:
-    """The first output whose cosine to the original's is below `limit`, or None."""
-    return next((o for o in result.get("outputs", []) if o["cosine"] < limit), None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .graph import Layer, layers
 from .spec import OP_CLASSES, Target
@@ -73,7 +74,7 @@ def estimate(model: str | Path | list[Layer], target: Target, threads: int | Non
     """Estimate `model` (a file or its layers) on `target` with `threads` (default: all cores)."""
     graph = layers(model) if isinstance(model, (str, Path)) else model
     threads = threads or target.cores
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": layer.name,
             "op": layer.op,

@@ -88,7 +88,7 @@ def check_tools() -> str:
             f"ARM emulation needs {' and '.join(missing)}: run `sudo apt-get install {' '.join(missing)}` "
             "(Debian/Ubuntu)"
         )
-    return shutil.which("qemu-aarch64-static")
+    return shutil.which("qemu-aarch64-static") or "qemu-aarch64-static"
 
 
 def cache_root() -> Path:
@@ -259,7 +259,7 @@ def run_aarch64(
     root, site = userland(cpu)
     with work_folder("emulate") as work:
         _copy_device_package(work / "pkg")
-        np.savez(work / "feeds.npz", **feeds)
+        np.savez(work / "feeds.npz", allow_pickle=False, **feeds)
         cmd = [qemu, "-L", str(root), "-cpu", cpu, str(root / "usr" / "bin" / PYTHON), "-I", "-S",
                str(GUEST), str(work / "pkg"), str(site), str(Path(model).resolve()), str(work)]  # fmt: skip
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "PYTHONDONTWRITEBYTECODE": "1"}

@@ -31,7 +31,7 @@ def main(pkg: str, site: str, model: str, work: str) -> int:
     except EdgesmithError as exc:
         print(f"edgesmith: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    np.savez(f"{work}/outputs.npz", **outputs)
+    np.savez(f"{work}/outputs.npz", allow_pickle=False, **outputs)
     info = {
         "outputs": list(outputs),
         "backend": session.backend,

@@ -41,10 +41,9 @@ def artifact_names(folder: str | Path) -> list[str]:
         raise InputError(
             f"{folder} has no report.json; save measurements into a folder written by `edgesmith convert`"
         )
-    try:
-        return [Path(e["path"]).name for e in json.loads(report.read_text()).get("artifacts", [])]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{report} is not a convert report; re-run `edgesmith convert`") from None
+    from .records import read_report
+
+    return [artifact.name for artifact in read_report(report).artifacts]
 
 
 def check_folder(folder: str | Path, artifact: Path) -> Path:

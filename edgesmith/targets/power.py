@@ -13,8 +13,10 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -70,7 +72,8 @@ def parse_pmic(text: str) -> float:
 
     Lines look like `  VDD_CORE_A current(7)=10.87674000A` and `  VDD_CORE_V volt(15)=0.89745940V`;
     EXT5V_V and BATT_V have no current and are left out (the rails miss the 5 V USB/fan load)."""
-    amps, volts = {}, {}
+    amps: dict[str, float] = {}
+    volts: dict[str, float] = {}
     for rail, kind, value in re.findall(r"(\w+)_([AV]) \w+\(\d+\)=([-\d.]+)[AV]", text):
         (amps if kind == "A" else volts)[rail] = float(value)
     if not amps:
@@ -285,7 +288,7 @@ def probe_name(name: str) -> str:
 def find_probe(name: str = "auto"):
     """The named probe, or the first present one for 'auto' (None when nothing is there)."""
     name = ALIASES.get(name, name)
-    probes = {"rapl": Rapl, "pi5-pmic": PiPmic, "android-battery": AndroidBattery, "ina219": Ina2xx,
+    probes: dict[str, Callable[[], Any]] = {"rapl": Rapl, "pi5-pmic": PiPmic, "android-battery": AndroidBattery, "ina219": Ina2xx,
               "ina226": lambda: Ina2xx(chip="ina226")}  # fmt: skip
     if name == "auto":
         return next((p for p in (Rapl(), AndroidBattery(), PiPmic()) if p.available()), None)

@@ -9,9 +9,11 @@ import math
 import time
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from . import svg
+from .records import read_report
 
 
 def target_results(path: str | Path, names: list[str], threads: int | None = None, top: int = 15,
@@ -74,26 +76,26 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
     report = read_report(source)
     measured = measurements.load(folder)
     if not names:
-        names = list(report.get("recipe", {}).get("profile", {}).get("targets") or [])
+        names = list(((report.recipe or {}).get("profile") or {}).get("targets") or [])
         names += sorted({t for _, t in measured} - set(names))
         names = names or ["host"]
     for name in names:
         spec.get(name)  # unknown names fail before any work, with a suggestion
-    original = report.get("original", {})
-    data = {"folder": str(folder), "metric": original.get("metric"), "targets": names, "artifacts": [],
+    original = report.original
+    data: dict[str, Any] = {"folder": str(folder), "metric": original and original.metric, "targets": names, "artifacts": [],
             "measurements": sorted(r["file"] for r in measured.values())}  # fmt: skip
-    if report.get("original_latency"):
-        data["original"] = {"size_bytes": original.get("size_bytes"), "score": original.get("score"),
-                            "host_p50_ms": report["original_latency"]["p50_ms"]}  # fmt: skip
-    for entry in report["artifacts"]:
-        path = folder / Path(entry["path"]).name  # the folder may have moved since convert
+    if report.original_latency:
+        data["original"] = {"size_bytes": original and original.size_bytes, "score": original and original.score,
+                            "host_p50_ms": report.original_latency.p50_ms}  # fmt: skip
+    for entry in report.artifacts:
+        path = folder / Path(entry.path).name  # the folder may have moved since convert
         if not path.is_file():
-            path = Path(entry["path"])
+            path = Path(entry.path)
         if not path.is_file():
-            raise InputError(f"{source} lists the artifact {entry['path'] or '(no name)'}, which is in neither "
+            raise InputError(f"{source} lists the artifact {entry.path or '(no name)'}, which is in neither "
                              f"{folder} nor where it names; restore it or run `edgesmith convert` again")  # fmt: skip
-        verify = entry.get("verify", {})
-        known = entry.get("targets", {})
+        verify = entry.verify
+        known = entry.targets or {}
         t0 = time.perf_counter()
         missing = [n for n in names if n not in known]
         results = known | (target_results(path, missing) if missing else {})
@@ -107,81 +109,16 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
         t1 = time.perf_counter()
         layers = host_layers(path)
         data["artifacts"].append({
-            "name": path.name, "precision": entry.get("precision"), "size_bytes": entry["size_bytes"],
-            "score": verify.get("artifact"), "agreement": verify.get("agreement"), "cosine": verify.get("cosine"),
-            "host_p50_ms": entry.get("latency", {}).get("p50_ms"),
+            "name": path.name, "precision": entry.precision, "size_bytes": entry.size_bytes,
+            "score": verify and verify.artifact, "agreement": verify and verify.agreement,
+            "cosine": verify and verify.cosine, "host_p50_ms": entry.latency and entry.latency.p50_ms,
             "targets": {n: results[n] for n in names}, "host_layers": layers,
             "timings_s": {"estimate": round(t1 - t0, 3), "host_layers": round(time.perf_counter() - t1, 3)},
         })  # fmt: skip
-    data["stages"] = report.get("stages") or []
-    data["sensitivity"] = report.get("sensitivity") or []
+    data["stages"] = [stage.to_json() for stage in report.stages or ()]
+    data["sensitivity"] = list(report.sensitivity or ())
     data["timings_s"] = {"report": round(time.perf_counter() - started, 3)}
     return data
-
-
-# What `edgesmith report` reads from report.json, with its types: "key?" may be missing or null,
-# [shape] is a list of that shape, {str: shape} a mapping of names to it.
-NUMBER = (int, float)
-_TARGET = {"p50_ms?": NUMBER, "source?": str, "note?": str, "device?": str, "threads?": int, "runs_format?": bool,
-           "energy_mj?": NUMBER, "energy_source?": str, "stale_measurement?": str,
-           "estimate?": {"p50_ms?": NUMBER, "error_pct?": NUMBER},
-           "mcu_fit?": {"fits": bool, "ram_needed_bytes": int, "flash_needed_bytes": int},
-           "layers?": [{"name": str, "ms": NUMBER}]}  # fmt: skip
-REPORT_SHAPE = {
-    "recipe?": {"profile?": {"targets?": [str]}},
-    "original?": {"metric?": str, "score?": NUMBER, "size_bytes?": int},
-    "original_latency?": {"p50_ms": NUMBER},
-    "artifacts": [{"path": str, "size_bytes": int, "precision?": str,
-                   "verify?": {"artifact?": NUMBER, "agreement?": NUMBER, "cosine?": NUMBER},
-                   "latency?": {"p50_ms?": NUMBER}, "targets?": {str: _TARGET}}],
-    "sensitivity?": [{"tensor": str, "nodes": [str], "sqnr_db?": NUMBER, "channel_sqnr_db?": NUMBER,
-                      "metric_change?": NUMBER}],
-    "stages?": [{"after": str, "size_bytes": NUMBER, "macs?": NUMBER, "params?": NUMBER, "score?": NUMBER,
-                 "p50_ms?": NUMBER}],
-}  # fmt: skip
-
-
-def read_report(source: Path) -> dict:
-    """report.json, parsed and checked against REPORT_SHAPE: a truncated, edited or foreign file is
-    one InputError naming the first field that is wrong."""
-    fix = "run `edgesmith convert` again to rewrite it"
-    try:
-        report = json.loads(source.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{source} is not valid JSON ({exc}); it may be truncated: {fix}") from None
-    problem = _mismatch(report, REPORT_SHAPE, "report")
-    if problem:
-        raise InputError(f"{source} is not a report edgesmith wrote: {problem}; {fix}")
-    return report
-
-
-def _mismatch(value, shape, where: str) -> str | None:
-    """Why `value` does not have `shape`, or None."""
-    if isinstance(shape, list):
-        if not isinstance(value, list):
-            return f"{where} should be a list"
-        return next((m for i, v in enumerate(value) if (m := _mismatch(v, shape[0], f"{where}[{i}]"))), None)
-    if isinstance(shape, dict):
-        if not isinstance(value, dict):
-            return f"{where} should be an object"
-        if str in shape:
-            items = ((f"{where}.{k}", v, shape[str]) for k, v in value.items())
-        else:
-            missing = [k for k in shape if not k.endswith("?") and k not in value]
-            if missing:
-                return f"{where} has no '{missing[0]}'"
-            items = ((f"{where}.{k.rstrip('?')}", value.get(k.rstrip("?")), s) for k, s in shape.items()
-                     if not (k.endswith("?") and value.get(k.rstrip("?")) is None))  # fmt: skip
-        return next((m for w, v, s in items if (m := _mismatch(v, s, w))), None)
-    if isinstance(value, bool) and shape is not bool:
-        return f"{where} should be {_name(shape)}, not true/false"
-    if not isinstance(value, shape):
-        return f"{where} should be {_name(shape)}, not {json.dumps(value)[:40]}"
-    return None
-
-
-def _name(shape) -> str:
-    return "a number" if shape is NUMBER else {str: "text", int: "an integer", bool: "true/false"}[shape]
 
 
 def render(data: dict) -> str:

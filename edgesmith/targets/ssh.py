@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -101,8 +102,8 @@ class SshDevice:
             with tarfile.open(fileobj=bundle, mode="w") as tar:
                 for path in files:
                     tar.add(path, arcname=path.name)
-                for path in POWER_FILES:  # what the runner's --probe imports (numpy-free, tiny)
-                    tar.add(PACKAGE.parent / path, arcname=path)
+                for name in POWER_FILES:  # what the runner's --probe imports (numpy-free, tiny)
+                    tar.add(PACKAGE.parent / name, arcname=name)
             command = 'd=$(mktemp -d /tmp/edgesmith.XXXXXX) && tar -C "$d" -xf - && echo "$d"'
             done = self._retry(self.argv(command), timeout, "copy", stdin=bundle)
         folder = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
@@ -119,7 +120,7 @@ class SshDevice:
             if stdin is not None:
                 stdin.seek(0)
             try:
-                done = subprocess.run(
+                done: subprocess.CompletedProcess[Any] = subprocess.run(
                     args,
                     capture_output=True,
                     timeout=timeout,

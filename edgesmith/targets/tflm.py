@@ -208,7 +208,7 @@ def run(
     """Run `model` (a .tflite or a c-array .cc) on TFLM: (outputs, the arena TFLM allocated)."""
     session = TflmSession(model_bytes(model), arena_size)
     outputs = session.run(feeds)
-    return outputs, session.arena
+    return outputs, _allocated(session)
 
 
 def measured_arena(model: str | Path) -> Arena:
@@ -216,6 +216,13 @@ def measured_arena(model: str | Path) -> Arena:
     session = TflmSession(model_bytes(model))
     feeds = [np.zeros(d["shape"], np.float32 if d["quant"] else d["dtype"]) for d in session.inputs]
     session.run(feeds)
+    return _allocated(session)
+
+
+def _allocated(session: TflmSession) -> Arena:
+    """The arena TFLM reported in its first invoke."""
+    if session.arena is None:
+        raise RuntimeError("internal error: TFLM ran without reporting its allocations")
     return session.arena
 
 
