@@ -126,6 +126,7 @@ def fit_depth(
         table, overhead, residual = _solve(samples, replace(target, depth_half=depth_half), threads)
         if best is None or residual < best[0] - 1e-9:
             best = (residual, table, overhead, depth_half)
+    assert best is not None  # the grid is never empty
     return best[1], best[2], best[3]
 
 
