@@ -88,8 +88,9 @@ def run_task(task: Task, cache: str | None = None) -> dict:
     record = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
               "recipe_sha256": task.recipe_sha256, "pid": os.getpid()}  # fmt: skip
     try:
-        report, how = _converted(task, cache)
-        record |= {"status": "ok", "how": how, "artifacts": artifact_rows(report, task.target)}
+        report, how, steps_cached = _converted(task, cache)
+        record |= {"status": "ok", "how": how, "steps_cached": steps_cached,
+                   "artifacts": artifact_rows(report, task.target)}  # fmt: skip
     except EdgesmithError as exc:  # bad input or verification failed: the user's one line
         record |= {"status": "failed" if exc.exit_code == 1 else "error", "error": _one_line(exc)}
     except Exception as exc:  # a bug in edgesmith or a framework: still one line; others go on
@@ -102,26 +103,29 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
-    """The task's report and how it was obtained: 'resumed', 'cached' or 'converted'."""
+def _converted(task: Task, cache_root: str | None) -> tuple[dict, str, list[str]]:
+    """The task's report, how it was obtained ('resumed', 'cached' or 'converted') and the kinds of
+    the PyTorch steps whose results came from the step cache."""
     from .. import convert
+    from ..converter import step_cache
     from ..converter.pipeline import input_paths
 
     out, model = Path(task.out), Path(task.model)
     done = finished_report(out, task.recipe_sha256, model)
     if done is not None:
-        return done, "resumed"
+        return done, "resumed", []
     recipe = Recipe.from_dict(task.recipe)
     cache = Cache(Path(cache_root)) if cache_root else None
     if cache is not None:
         model_key = cache_key(model, recipe)
         entry = cache.lookup(model_key)
         if entry is not None:
-            return cache.restore(entry, out, input_paths(recipe, model)), "cached"
-    report = convert(task.model, recipe=recipe, out=out, force=True, quiet=True)
+            return cache.restore(entry, out, input_paths(recipe, model)), "cached", []
+    with step_cache.using(cache.steps() if cache is not None else None) as steps:
+        report = convert(task.model, recipe=recipe, out=out, force=True, quiet=True)
     if cache is not None:
         cache.store(model_key, out)
-    return report, "converted"
+    return report, "converted", steps["hits"]
 
 
 def finished_report(out: Path, recipe_sha: str, model: Path) -> dict | None:

@@ -246,7 +246,8 @@ def _trial_entry(metrics: dict) -> dict:
     record = metrics["record"]
     entry = {k: metrics[k] for k in (*OBJECTIVES, "feasible", "params", "recipe")}
     entry |= {"status": record["status"], "error": record.get("error"), "folder": record["folder"],
-              "how": record.get("how"), "seconds": record.get("seconds")}  # fmt: skip
+              "how": record.get("how"), "steps_cached": record.get("steps_cached"),
+              "seconds": record.get("seconds")}  # fmt: skip
     if not entry["feasible"]:
         entry |= {k: None for k in OBJECTIVES}
     if record["status"] == "ok":
