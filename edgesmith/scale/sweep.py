@@ -86,7 +86,7 @@ def run_task(task: Task, cache: str | None = None) -> dict:
     line. The caller names the cache: a worker on another node has another home folder."""
     started = time.perf_counter()
     record = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
-              "recipe_sha256": task.recipe_sha256, "pid": os.getpid()}  # fmt: skip
+              "recipe_sha256": task.recipe_sha256, "pid": os.getpid(), "started": round(time.time(), 3)}  # fmt: skip
     try:
         report, how, steps_cached = _converted(task, cache)
         record |= {"status": "ok", "how": how, "steps_cached": steps_cached,
@@ -149,7 +149,7 @@ def artifact_rows(report: dict, target: str | None) -> list[dict]:
         rows.append({
             "file": Path(a["path"]).name, "format": a["format"], "precision": a["precision"],
             "metric": verify.get("metric"), "score": verify.get("artifact"), "drop": verify.get("drop"),
-            "agreement": verify.get("agreement"),
+            "agreement": verify.get("agreement"), "cosine": verify.get("cosine"),
             "cosine_min": verify.get("cosine_min"), "size_bytes": a["size_bytes"], "sha256": a.get("sha256"),
             "p50_ms": (a.get("latency") or {}).get("p50_ms"),
             "target_p50_ms": (estimate or {}).get("p50_ms"),
@@ -170,10 +170,29 @@ def start_ray(address: str | None, workers: int | None):
         return ray
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:  # its nodes must import this edgesmith and see the same paths (a shared file system)
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": thread_limits(1)})  # fmt: skip
     else:
-        ray.init(num_cpus=workers or os.cpu_count() or 1, **quiet)
+        cores = os.cpu_count() or 1
+        workers = workers or cores
+        ray.init(num_cpus=workers, runtime_env={"env_vars": thread_limits(max(1, cores // workers))}, **quiet)
     return ray
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment variables that keep each worker's kernels to `threads` threads: a task holds one
+    CPU of the cluster (or cores / workers of this machine), and two workers whose ONNX Runtime,
+    OpenVINO, torch and TensorFlow each start a thread per core would fight over the same cores."""
+    from ..runtime import THREADS_ENV
+
+    names = [
+        THREADS_ENV,
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "TF_NUM_INTRAOP_THREADS",
+    ]
+    return {name: str(threads) for name in names} | {"TF_NUM_INTEROP_THREADS": "1"}
 
 
 def run_tasks(tasks: list[Task], cache: str | None = None, on_result=None) -> list[dict]:

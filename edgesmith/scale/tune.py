@@ -10,8 +10,10 @@ feasible trials is the result, each point written as a `best-N.toml` that replay
 `edgesmith convert --recipe`.
 
 The space is what a recipe can vary: the quantization mode (static/dynamic/fp16/none), the
-calibration method, keeping the first and/or last layer in float, the format the target runs and,
-for PyTorch sources, a pruning ratio with distillation steps.
+calibration method, keeping the first and/or last layer in float, per-layer precision from the
+sensitivity ranking (static INT8 to ONNX: the fewest most sensitive layers float that meet
+max_drop), the format the target runs and, for PyTorch sources, a pruning ratio with distillation
+steps.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from .sweep import Task, run_task
 OBJECTIVES = {"score": "max", "latency_ms": "min", "size_kb": "min"}
 WORST = {"score": -1.0, "latency_ms": 1e9, "size_kb": 1e9}  # what an infeasible trial reports to the sampler
 SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+# The sensitivity search (converter/accuracy.py: rank the layers by SQNR, keep the fewest float that
+# meet max_drop) re-quantizes and re-verifies a model many times: seconds to a minute for a CNN of a
+# few MB, tens of minutes for a 90 MB transformer, too long for a trial.
+SEARCH_MAX_BYTES = 20 * 2**20
 FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "nncf"}  # what each needs
 
 
@@ -48,14 +54,17 @@ class Space:
     layers: tuple[str, ...]  # compute nodes of an ONNX source, first to last (for `exclude`)
     torch: bool  # a PyTorch source: pruning and distillation are open
     static: bool  # calibration data given: static INT8 is open
+    search: bool = False  # small enough for the sensitivity search per trial (see SEARCH_MAX_BYTES)
 
     def sample(self, trial) -> None:
         """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
-        trial.suggest_categorical("format", list(self.formats))
+        fmt = trial.suggest_categorical("format", list(self.formats))
         modes = ["static", "dynamic", "fp16", "none"] if self.static else ["dynamic", "fp16", "none"]
         mode = trial.suggest_categorical("mode", modes)
         if mode == "static":
             trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
+            if self.search and fmt == "onnx":  # per-layer precision from the sensitivity ranking
+                trial.suggest_categorical("layers", ["rule", "sensitivity"])
         if mode in ("static", "dynamic") and self.layers:
             trial.suggest_categorical("keep_float", ["none", "first", "last", "first+last"])
         if self.torch:
@@ -90,8 +99,16 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
         raise InputError(f"no exporter for a format {target} runs ({', '.join(runs)}) is installed; "
                          "run `pip install 'edgesmith[all]'`")  # fmt: skip
     kind = kind_of(model)
+    small = model_bytes(model) <= SEARCH_MAX_BYTES
     return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
-                 calibration is not None)  # fmt: skip
+                 calibration is not None, search=small)  # fmt: skip
+
+
+def model_bytes(model: Path) -> int:
+    """The model's size in bytes (a Hugging Face folder: its files')."""
+    from ..converter.handle import file_info
+
+    return file_info(model)["size_bytes"]
 
 
 def _compute_layers(model: Path) -> tuple[str, ...]:
@@ -112,7 +129,8 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         names = ([space.layers[0]] if "first" in keep else []) + (
             [space.layers[-1]] if "last" in keep else []
         )
-        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names]))
+        search = "auto" if params.get("layers") == "sensitivity" else "off"
+        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], search=search))
     calibration = base.calibration
     if params.get("calibration"):
         calibration = replace(calibration, method=params["calibration"])
@@ -127,10 +145,7 @@ def objectives(record: dict, target: str, latency_budget: float | None) -> dict:
         return {**WORST, "feasible": False}
     artifact = record["artifacts"][0]
     latency = artifact["p50_ms"] if target == "host" else artifact["target_p50_ms"]
-    score = next(
-        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
-    )
-    values = {"score": score, "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
+    values = {"score": _score(artifact), "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
     feasible = None not in values.values() and (latency_budget is None or latency <= latency_budget)
     return {**values, "feasible": feasible} if feasible else {**WORST, "feasible": False}
 
@@ -259,9 +274,10 @@ def _trial_entry(metrics: dict) -> dict:
 
 
 def _score(artifact: dict):
-    return next(
-        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
-    )
+    """The metric objective: the task metric on labelled eval data; else, for an embedding model, the
+    mean cosine to the original's embeddings (their arg-max means nothing); else the arg-max agreement."""
+    keys = ("score", "cosine", "agreement", "cosine_min")
+    return next((artifact[k] for k in keys if artifact.get(k) is not None), None)
 
 
 def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: int, wall: float) -> dict:
@@ -271,7 +287,8 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
     return {
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
-        "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch},
+        "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
+                  "static": space.static, "search": space.search},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],
