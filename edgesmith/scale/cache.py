@@ -104,7 +104,7 @@ class Cache:
 
 
 def clean_partials(root: Path) -> None:
-    """Remove temp folders that dead processes left in the cache (called rarely: by `sweep`)."""
+    """Remove temp folders that dead processes left in the cache (called by `sweep`, once)."""
     for tmp in [*root.glob(".*.partial"), *(root / STEPS).glob(".*.partial")]:
         with contextlib.suppress(OSError):
             if tmp.stat().st_mtime < _hour_ago():

@@ -20,7 +20,7 @@ from ..converter import build_recipe
 from ..converter.handle import sha256
 from ..converter.recipe import Recipe
 from ..errors import EdgesmithError, InputError
-from .cache import Cache, cache_dir, recipe_hash
+from .cache import Cache, cache_dir, clean_partials, recipe_hash
 from .cache import key as cache_key
 
 MAX_RETRIES = 3  # a task whose worker died is run again up to this many times
@@ -229,6 +229,8 @@ def sweep(tasks: list[Task], out: Path, address: str | None = None, workers: int
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     ray = start_ray(address, workers)
+    if use_cache:
+        clean_partials(cache_dir())  # what killed writers left, an hour or more ago
     records = run_tasks(tasks, str(cache_dir()) if use_cache else None, on_result)
     report = {
         "sweep": {
