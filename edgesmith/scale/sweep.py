@@ -175,7 +175,10 @@ def start_ray(address: str | None, workers: int | None):
     else:
         cores = os.cpu_count() or 1
         workers = workers or cores
-        ray.init(num_cpus=workers, runtime_env={"env_vars": thread_limits(max(1, cores // workers))}, **quiet)
+        env = {"env_vars": thread_limits(max(1, cores // workers))}
+        # Ray starts its workers at niceness 15 (its control plane first); here the workers are the
+        # job, and at 15 on a machine shared with other work they got a few % of a core each
+        ray.init(num_cpus=workers, runtime_env=env, _system_config={"worker_niceness": 0}, **quiet)
     return ray
 
 
