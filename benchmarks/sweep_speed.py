@@ -202,7 +202,8 @@ def main() -> None:
         work = Path(tmp)
         os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # a cold cache, inherited by the workers
         result = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg()}
-        result["shared_prefix"] = shared_prefix(work)
+        if not args.skip_prefix:
+            result["shared_prefix"] = shared_prefix(work)
         if not args.skip_sweep and not args.only_prefix:
             result["sweep"] = sweeps(work)
         if not args.skip_tune and not args.only_prefix:
