@@ -102,6 +102,7 @@ def run_case(name: str, work: Path, args) -> dict:
     labels = dict(zip(["int8", "int8-dynamic", "fp16"] if space.static else ["int8-dynamic", "fp16"],
                       space.presets(), strict=True))  # fmt: skip
     presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
+               or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name)
                for label, params in labels.items()}  # fmt: skip
     front = report["front"]
     feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
@@ -119,6 +120,22 @@ def run_case(name: str, work: Path, args) -> dict:
                                    if feasible_presets and all(dominates(p, t) for t in feasible_presets.values())],
         "trials_tried": [_row(t) for t in report["trials"]],
     }  # fmt: skip
+
+
+def convert_preset(params: dict, model: Path, target: str, calibration: str, evaluation: str, max_drop: float,
+                   out: Path) -> dict:  # fmt: skip
+    """A preset's point when no trial ran exactly its parameters: converted as a trial would be."""
+    from edgesmith.scale.sweep import Task, run_task
+    from edgesmith.scale.tune import base_recipe, objectives, recipe_for, space_for
+
+    recipe = recipe_for(params, base_recipe(model, target, max_drop, evaluation, calibration),
+                        space_for(model, target, calibration))  # fmt: skip
+    folder = out / "presets" / "-".join(f"{v}" for v in params.values())
+    record = run_task(
+        Task(str(model), "preset", recipe.to_dict(), target, str(folder)), os.environ["EDGESMITH_CACHE"]
+    )
+    return {**objectives(record, target, None), "error": record.get("error"), "params": params,
+            "separately": True}  # fmt: skip
 
 
 def _row(t: dict) -> str:

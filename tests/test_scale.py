@@ -332,6 +332,7 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     assert step.search == "off" and space.search  # a small CNN: the sensitivity search is on offer
     ranked = recipe_for({**params, "keep_float": "none", "layers": "sensitivity"}, base, space)
     assert ranked.steps[0].search == "auto"  # the converter keeps the most sensitive layers float
+    assert recipe_for(space.presets()[0], base, space).steps[0].search == "off"  # int8 is int8, no search
 
 
 @pytest.mark.slow

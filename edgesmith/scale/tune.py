@@ -78,8 +78,9 @@ class Space:
         fmt = self.formats[0]
         keep = {"keep_float": "none"} if self.layers else {}
         points = [{"format": fmt, "mode": "dynamic", **keep}, {"format": fmt, "mode": "fp16"}]
-        if self.static:
-            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep})
+        if self.static:  # every parameter the space asks for given, or Optuna samples the rest
+            rule = {"layers": "rule"} if self.search and fmt == "onnx" else {}
+            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep, **rule})
         return [{**p, "prune": 0.0} if self.torch else p for p in points]
 
 
@@ -204,9 +205,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
-    base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
-                        evaluation and os.path.abspath(evaluation), model=str(model_path), targets=[target])  # fmt: skip
-    base = replace(base, verify=replace(base.verify, max_drop=max_drop))
+    base = base_recipe(model_path, target, max_drop, evaluation, calibration)
     if space.torch and not calibration:
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     out.mkdir(parents=True, exist_ok=True)
@@ -220,6 +219,15 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     report = _report(job, results, space, sampler, trials, time.perf_counter() - started)
     _write_outputs(out, report)
     return report
+
+
+def base_recipe(
+    model: Path, target: str, max_drop: float, evaluation: str | None, calibration: str | None
+) -> Recipe:
+    """What every trial's recipe starts from: fp32, the data, the target's cost model, the budget."""
+    base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
+                        evaluation and os.path.abspath(evaluation), model=str(model), targets=[target])  # fmt: skip
+    return replace(base, verify=replace(base.verify, max_drop=max_drop))
 
 
 def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
