@@ -99,8 +99,7 @@ def run_case(name: str, work: Path, args) -> dict:
                   workers=2, seed=args.seed)  # fmt: skip
     wall = time.perf_counter() - started
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
-    labels = dict(zip(["int8", "int8-dynamic", "fp16"] if space.static else ["int8-dynamic", "fp16"],
-                      space.presets(), strict=True))  # fmt: skip
+    labels = space.named_presets()
     presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
                or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name)
                for label, params in labels.items()}  # fmt: skip

@@ -333,6 +333,8 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     ranked = recipe_for({**params, "keep_float": "none", "layers": "sensitivity"}, base, space)
     assert ranked.steps[0].search == "auto"  # the converter keeps the most sensitive layers float
     assert recipe_for(space.presets()[0], base, space).steps[0].search == "off"  # int8 is int8, no search
+    mcu = space_for(MODEL, "stm32f746", str(CALIBRATION))  # TFLite Micro: no hybrid or fp16 kernels
+    assert mcu.modes == ["static", "none"] and list(mcu.named_presets()) == ["int8", "fp32"]
 
 
 @pytest.mark.slow

@@ -55,12 +55,18 @@ class Space:
     torch: bool  # a PyTorch source: pruning and distillation are open
     static: bool  # calibration data given: static INT8 is open
     search: bool = False  # small enough for the sensitivity search per trial (see SEARCH_MAX_BYTES)
+    mcu: bool = False  # TFLite Micro runs float32 and full-integer INT8 only (no hybrid, no fp16 kernels)
+
+    @property
+    def modes(self) -> list[str]:
+        """The quantization modes the target can run; static needs calibration data."""
+        modes = ["static", "none"] if self.mcu else ["static", "dynamic", "fp16", "none"]
+        return [m for m in modes if m != "static" or self.static]
 
     def sample(self, trial) -> None:
         """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
         fmt = trial.suggest_categorical("format", list(self.formats))
-        modes = ["static", "dynamic", "fp16", "none"] if self.static else ["dynamic", "fp16", "none"]
-        mode = trial.suggest_categorical("mode", modes)
+        mode = trial.suggest_categorical("mode", self.modes)
         if mode == "static":
             trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
             if self.search and fmt == "onnx":  # per-layer precision from the sensitivity ranking
@@ -73,15 +79,26 @@ class Space:
                 trial.suggest_categorical("distill_steps", [100, 300, 600])
 
     def presets(self) -> list[dict]:
-        """The presets' parameters (int8, int8-dynamic, fp16), tried first: the search starts from
-        what a user would try by hand, and the front shows whether it found better."""
+        """The presets' parameters, tried first: the search starts from what a user would try by hand,
+        and the front shows whether it found better."""
+        return list(self.named_presets().values())
+
+    def named_presets(self) -> dict[str, dict]:
+        """int8, int8-dynamic and fp16 in the target's first format, those the target runs (an MCU:
+        int8, and fp32 to compare with). Every parameter the space asks for is given, or Optuna
+        would sample the rest."""
         fmt = self.formats[0]
         keep = {"keep_float": "none"} if self.layers else {}
-        points = [{"format": fmt, "mode": "dynamic", **keep}, {"format": fmt, "mode": "fp16"}]
-        if self.static:  # every parameter the space asks for given, or Optuna samples the rest
-            rule = {"layers": "rule"} if self.search and fmt == "onnx" else {}
-            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep, **rule})
-        return [{**p, "prune": 0.0} if self.torch else p for p in points]
+        rule = {"layers": "rule"} if self.search and fmt == "onnx" else {}
+        points = {
+            "int8": {"format": fmt, "mode": "static", "calibration": "minmax", **keep, **rule},
+            "int8-dynamic": {"format": fmt, "mode": "dynamic", **keep},
+            "fp16": {"format": fmt, "mode": "fp16"},
+            "fp32": {"format": fmt, "mode": "none"},
+        }
+        wanted = ["int8", "fp32"] if self.mcu else ["int8", "int8-dynamic", "fp16"]
+        named = {k: points[k] for k in wanted if points[k]["mode"] in self.modes}
+        return {k: {**p, "prune": 0.0} if self.torch else p for k, p in named.items()}
 
 
 def space_for(model: Path, target: str, calibration: str | None) -> Space:
@@ -91,7 +108,8 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
     from ..converter.frontends import kind_of
     from ..targets.spec import get
 
-    runs = get(target).formats
+    spec = get(target)
+    runs = spec.formats
     formats = tuple(
         f for suffix, f in SUFFIX_FORMATS.items()
         if suffix in runs and importlib.util.find_spec(FORMAT_MODULES[f]) is not None
@@ -102,7 +120,7 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
     kind = kind_of(model)
     small = model_bytes(model) <= SEARCH_MAX_BYTES
     return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
-                 calibration is not None, search=small)  # fmt: skip
+                 calibration is not None, search=small, mcu=spec.is_mcu)  # fmt: skip
 
 
 def model_bytes(model: Path) -> int:
@@ -296,7 +314,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
         "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
-                  "static": space.static, "search": space.search},
+                  "static": space.static, "search": space.search, "mcu": space.mcu},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],
