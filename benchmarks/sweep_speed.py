@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="tpe")
     parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
     parser.add_argument("--skip-tune", action="store_true", help="only the sweep figures")
+    parser.add_argument("--skip-prefix", action="store_true", help="no shared-prefix (step cache) figure")
     parser.add_argument(
         "--only-prefix", action="store_true", help="only the shared-prefix (step cache) figure"
     )
