@@ -94,9 +94,14 @@ def run(handler, config, handle: TorchHandle, ctx, source, done: tuple) -> StepR
         stats["hits"].append(config.kind)
         return hit
     result = handler(config, handle, ctx)
-    publish(
-        root, key, lambda folder: _save(folder, handle, result) and not stats["stored"].append(config.kind)
-    )
+
+    def fill(folder: Path) -> bool:
+        kept = _save(folder, handle, result)
+        if kept:
+            stats["stored"].append(config.kind)
+        return kept
+
+    publish(root, key, fill)
     return result
 
 
