@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -51,7 +52,7 @@ PLAIN = (bool, int, float, str, type(None))
 def using(root: Path | None) -> Iterator[dict]:
     """Cache PyTorch step results under `root` for conversions run inside this block (None: off).
     Yields what happened: {"hits": [step kinds loaded], "stored": [step kinds computed and kept]}."""
-    stats = {"hits": [], "stored": []}
+    stats: dict[str, list[str]] = {"hits": [], "stored": []}
     token = _ACTIVE.set((Path(root), stats) if root is not None else None)
     try:
         yield stats
@@ -150,9 +151,10 @@ def _decode(encoded: dict):
 def _state(module) -> tuple[dict, dict]:
     """(tensors by 'module|name', JSON-able description) of a module's parameters, buffers and
     plain attributes."""
-    tensors, meta = {}, {"tree": _tree(module), "modules": {}}
+    tensors: dict[str, Any] = {}
+    meta: dict[str, Any] = {"tree": _tree(module), "modules": {}}
     for name, sub in module.named_modules():
-        entry = {"attributes": {}, "parameters": {}, "buffers": {}}
+        entry: dict[str, dict[str, Any]] = {"attributes": {}, "parameters": {}, "buffers": {}}
         for attr, value in vars(sub).items():
             encoded = None if attr.startswith("_") else _encode(value)
             if encoded is not None:
@@ -175,16 +177,17 @@ def _save(folder: Path, before: TorchHandle, result: StepResult) -> bool:
     """Write the step's result into `folder`; False (not cached) if it would not come back exactly."""
     from safetensors.torch import save_file
 
-    if _tree(result.model.module) != _tree(before.module):  # the step replaced sub-modules
+    after = cast(TorchHandle, result.model).module  # a PyTorch step gives a TorchHandle
+    if _tree(after) != _tree(before.module):  # the step replaced sub-modules
         return False
-    tensors, meta = _state(result.model.module)
+    tensors, meta = _state(after)
     meta |= {"report": result.report, "precision": result.model.precision}
     try:
         text = json.dumps(meta, sort_keys=True)
     except TypeError:  # a report that is not plain data
         return False
     if _shares_storage(tensors) or not _same_outputs(
-        result.model.module, _restore(before.module, meta, tensors), before.example
+        after, _restore(before.module, meta, tensors), before.example
     ):
         return False
     save_file({k: t.contiguous() for k, t in tensors.items()}, str(folder / "tensors.safetensors"))
@@ -202,7 +205,8 @@ def _load(entry: Path, before: TorchHandle) -> StepResult | None:
     if meta["tree"] != _tree(before.module):
         return None
     module = _restore(before.module, meta, load_file(str(entry / "tensors.safetensors")))
-    return StepResult(TorchHandle(module, before.example, meta["precision"]), meta["report"])
+    model: Any = TorchHandle(module, before.example, meta["precision"])  # StepResult is typed for ONNX steps
+    return StepResult(model, meta["report"])
 
 
 def _restore(start, meta: dict, tensors: dict):

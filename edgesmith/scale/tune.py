@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from ..converter import build_recipe
 from ..converter.recipe import ExportConfig, Recipe
@@ -148,7 +149,7 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         names = ([space.layers[0]] if "first" in keep else []) + (
             [space.layers[-1]] if "last" in keep else []
         )
-        search = "auto" if params.get("layers") == "sensitivity" else "off"
+        search: Literal["auto", "off"] = "auto" if params.get("layers") == "sensitivity" else "off"
         steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], search=search))
     calibration = base.calibration
     if params.get("calibration"):
