@@ -5,7 +5,9 @@
    time), then the same sweep again into a new folder with the cache warm (goal: >= 10x faster).
    Ray's start is timed apart: a sweep pays it once, and a cluster pays it never. A third sweep
    without the cache on the same (now warm) workers shows the cost of further batches.
-2. `tune` on models/mnist_cnn.onnx for rpi4 (~12 trials): the Pareto front against the presets
+2. The step cache: 3 conversions of models/mnist_cnn.pt2 sharing their pruning and distillation,
+   without a cache, with a cold cache, and again (warm).
+3. `tune` on models/mnist_cnn.onnx for rpi4 (~12 trials): the Pareto front against the presets
    int8, fp16 and int8-dynamic converted the same way; does one front point dominate every preset?
 
     .venv/bin/python benchmarks/sweep_speed.py [--trials 12] [--json results.json]
@@ -79,6 +81,66 @@ def sweeps(work: Path) -> dict:
         "ratio_warm_workers_vs_serial": round(again["wall_s"] / serial, 2),
         "warm_cache_s": warm["wall_s"], "speedup_warm_vs_cold": round(cold["wall_s"] / warm["wall_s"], 1),
         "warm_artifacts_identical": identical,
+        "why": {"cold": task_seconds(cold["results"]), "warm_workers": task_seconds(again["results"])},
+    }  # fmt: skip
+
+
+def task_seconds(records: list[dict]) -> dict:
+    """Where a sweep's time goes: each worker's first task (it imports the frameworks) against the
+    others, and the sum of the tasks' own times (more than the serial loop's: the workers competed)."""
+    firsts, others, seen = [], [], set()
+    for r in sorted(records, key=lambda r: r["started"]):
+        (others if r["pid"] in seen else firsts).append(r["seconds"])
+        seen.add(r["pid"])
+    return {"workers": len(seen), "first_task_s": [round(x, 1) for x in firsts],
+            "other_tasks_mean_s": round(sum(others) / max(1, len(others)), 2),
+            "sum_of_tasks_s": round(sum(r["seconds"] for r in records), 1)}  # fmt: skip
+
+
+def shared_prefix(work: Path) -> dict:
+    """What trials sharing a prefix of steps save (the PyTorch step cache): models/mnist_cnn.pt2 with the
+    same pruning (50 % of the MACs) and distillation (100 steps), then dynamic INT8, fp16 or no
+    quantization: one after another through `run_task` (no Ray) without a cache, then with a cold
+    cache (the first conversion computes the steps, the others load them), then again into new
+    folders (whole conversions from the cache: a warm re-run)."""
+    from dataclasses import replace
+
+    from edgesmith.converter import build_recipe
+    from edgesmith.converter.steps.distill import DistillConfig
+    from edgesmith.converter.steps.prune import PruneConfig
+    from edgesmith.converter.steps.quantize import QuantizeConfig
+    from edgesmith.scale.sweep import Task, run_task
+
+    model = MODEL.with_suffix(".pt2")
+    base = build_recipe(None, "fp32", str(CALIBRATION), str(EVAL), model=str(model))
+    prefix = [PruneConfig(target_macs=0.5), DistillConfig(epochs=1, min_steps=100, lr=2e-3)]
+    recipes = {mode: replace(base, steps=prefix + ([QuantizeConfig(mode=mode)] if mode else []))
+               for mode in ("dynamic", "fp16", None)}  # fmt: skip
+
+    def run_all(name: str, cache: Path | None) -> tuple[float, list[dict]]:
+        started, records = time.perf_counter(), []
+        for mode, recipe in recipes.items():
+            task = Task(str(model), str(mode), recipe.to_dict(), None, str(work / name / str(mode)))
+            records.append(run_task(task, str(cache) if cache else None))
+            assert records[-1]["status"] == "ok", records[-1]
+        return time.perf_counter() - started, records
+
+    plain, plain_records = run_all("prefix-no-cache", None)
+    cold, cold_records = run_all("prefix-cold-cache", work / "prefix-cache")
+    warm, warm_records = run_all("prefix-warm-cache", work / "prefix-cache")
+    identical = (
+        [a["sha256"] for r in plain_records for a in r["artifacts"]]
+        == [a["sha256"] for r in cold_records for a in r["artifacts"]]
+        == [a["sha256"] for r in warm_records for a in r["artifacts"]]
+    )
+    return {
+        "conversions": len(recipes), "no_cache_s": round(plain, 1), "step_cache_cold_s": round(cold, 1),
+        "ratio_step_cache_vs_no_cache": round(cold / plain, 2),
+        "per_conversion_s": {"no_cache": [r["seconds"] for r in plain_records],
+                             "step_cache": [r["seconds"] for r in cold_records]},
+        "steps_from_the_cache": [r["steps_cached"] for r in cold_records],
+        "warm_rerun_s": round(warm, 2), "speedup_warm_rerun_vs_no_cache": round(plain / warm, 1),
+        "artifacts_identical": identical,
     }  # fmt: skip
 
 
@@ -131,14 +193,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="tpe")
     parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
+    parser.add_argument("--skip-tune", action="store_true", help="only the sweep figures")
+    parser.add_argument("--skip-prefix", action="store_true", help="no shared-prefix (step cache) figure")
+    parser.add_argument(
+        "--only-prefix", action="store_true", help="only the shared-prefix (step cache) figure"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sweep-speed-") as tmp:
         work = Path(tmp)
         os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # a cold cache, inherited by the workers
         result = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg()}
-        if not args.skip_sweep:
+        if not args.skip_prefix:
+            result["shared_prefix"] = shared_prefix(work)
+        if not args.skip_sweep and not args.only_prefix:
             result["sweep"] = sweeps(work)
-        result["tune"] = tune_vs_presets(work, args.trials, args.sampler)
+        if not args.skip_tune and not args.only_prefix:
+            result["tune"] = tune_vs_presets(work, args.trials, args.sampler)
         result["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2, default=str)
     print(text)

@@ -329,6 +329,12 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     assert (pruned.steps[0].target_macs, pruned.steps[1].min_steps) == (0.7, 300)
     assert (step.mode, again.calibration.method, step.exclude) == ("static", "percentile",
                                                                    ["^node_conv2d$", "^node_linear$"])  # fmt: skip
+    assert step.search == "off" and space.search  # a small CNN: the sensitivity search is on offer
+    ranked = recipe_for({**params, "keep_float": "none", "layers": "sensitivity"}, base, space)
+    assert ranked.steps[0].search == "auto"  # the converter keeps the most sensitive layers float
+    assert recipe_for(space.presets()[0], base, space).steps[0].search == "off"  # int8 is int8, no search
+    mcu = space_for(MODEL, "stm32f746", str(CALIBRATION))  # TFLite Micro: no hybrid or fp16 kernels
+    assert mcu.modes == ["static", "none"] and list(mcu.named_presets()) == ["int8", "fp32"]
 
 
 @pytest.mark.slow
@@ -348,3 +354,24 @@ def test_tune_finds_a_front_whose_recipes_replay_byte_for_byte(cluster, tmp_path
                                 "--out", str(replay), "--quiet"], env=env, capture_output=True, text=True)  # fmt: skip
     assert converted.returncode == 0, converted.stderr
     assert _artifacts(Path(best["folder"])) == _artifacts(replay)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: ONNX Runtime's default is one thread anyway")
+def test_a_sweep_worker_runs_its_kernels_on_its_share_of_the_cores(monkeypatch):
+    """Two workers on two cores, each with ONNX Runtime's default (a thread per core), would fight over
+    both cores: a worker's environment sets one thread, and every session edgesmith opens obeys it."""
+    from edgesmith.runtime import load
+    from edgesmith.scale.sweep import thread_limits
+
+    def threads_started_by_a_session():
+        before = len(os.listdir("/proc/self/task"))
+        session = load(MODEL)
+        return len(os.listdir("/proc/self/task")) - before, session
+
+    monkeypatch.delenv("EDGESMITH_THREADS", raising=False)
+    assert threads_started_by_a_session()[0] >= 1  # ONNX Runtime's pool: a thread per further core
+    env = thread_limits(1)
+    assert env["OMP_NUM_THREADS"] == env["EDGESMITH_THREADS"] == "1"  # torch reads OMP_NUM_THREADS
+    monkeypatch.setenv("EDGESMITH_THREADS", env["EDGESMITH_THREADS"])
+    started, session = threads_started_by_a_session()
+    assert (started, session.threads) == (0, 1)

@@ -90,9 +90,8 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     handle, before = TorchHandle(source.module, source.example), _state_hash(source.module)
     reports: list[StepRecord] = []
     for i, config in enumerate(steps):
-        # HANDLERS is typed ModelHandle -> ModelHandle; the PyTorch steps take and give a TorchHandle
-        result = HANDLERS[type(config)](config, handle, ctx)  # type: ignore[arg-type]
-        handle = result.model  # type: ignore[assignment]
+        result = _run_torch_step(config, handle, ctx, source, tuple(steps[:i]))
+        handle = result.model
         # each step's result is exported, so the report can show what every step bought
         folder = ctx.workdir / f"after-{i + 1}-{config.kind}"
         folder.mkdir()
@@ -104,6 +103,14 @@ def _torch_stage(steps: list, source, ctx: StepContext):
         raise RuntimeError("internal error: a PyTorch step modified the original module")
     onnx = ModelHandle(changed.onnx.path, handle.precision)
     return dataclasses.replace(changed, onnx=onnx), ctx, reports
+
+
+def _run_torch_step(config, handle, ctx: StepContext, source, done: tuple):
+    """One PyTorch step, or its result from the step cache when a sweep or tune turned that on (`done`:
+    the steps before it, part of the key). See step_cache.py."""
+    from . import step_cache
+
+    return step_cache.run(HANDLERS[type(config)], config, handle, ctx, source, done)
 
 
 def _state_hash(module) -> str:

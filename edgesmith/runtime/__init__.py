@@ -25,7 +25,8 @@ def load(
 ) -> Session:
     """Open a model file with a backend (`"auto"` picks the first installed one that reads it).
 
-    `threads`: intra-op threads (None: the backend's default). `exact`: no reduced-precision execution
+    `threads`: intra-op threads (None: $EDGESMITH_THREADS, which a process sharing the cores with
+    others sets, e.g. a `sweep` worker; else the backend's default, all cores). `exact`: no reduced-precision execution
     (a backend that would run float32 layers in bf16 or fp16 for speed runs them in float32); the
     verifier uses it. Other keyword options go to the backend.
     """
@@ -50,4 +51,15 @@ def load(
     module = backends.get(backend)
     if not module.available():
         raise MissingExtra(module.EXTRA, why=f"the '{backend}' backend")
-    return module.open(path, threads, exact=exact, **options)
+    return module.open(path, threads or default_threads(), exact=exact, **options)
+
+
+THREADS_ENV = "EDGESMITH_THREADS"
+
+
+def default_threads() -> int | None:
+    """$EDGESMITH_THREADS as a positive number, else None (the backend decides)."""
+    import os
+
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

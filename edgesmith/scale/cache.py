@@ -6,12 +6,13 @@ bytes of every data file the recipe reads (calibration, eval, a step's training 
 versions of `converter/environment.py`. Value: the output folder of a successful run, with its
 report.json holding `{out}` where the run's output folder was.
 
-Why whole conversions and not single steps: a step's output alone saves little here (verify and
-profile of every artifact cost as much as quantizing a small model), and caching at the task level
-keeps the pipeline untouched. The quantize and PyTorch steps, the expensive ones, are all inside.
+Two levels: a whole conversion that was run before is restored from here without running anything;
+a conversion that shares only its first PyTorch steps with an earlier one (a tune trial with the
+same pruning and distillation, another quantization) takes those steps' results from
+`<root>/torch-steps/` (converter/step_cache.py) and runs the rest.
 
 Safe with many writers: an entry is filled in a private temp folder in the cache and renamed into
-place with `os.replace`, which is atomic and fails when another process got there first (that
+place with `os.replace` (step_cache.publish), which is atomic and fails when another process got there first (that
 process's entry is kept: both are the same bytes). A reader only ever sees whole entries.
 """
 
@@ -22,15 +23,16 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..converter.environment import versions
 from ..converter.handle import sha256
 from ..converter.outdir import OutputDir
 from ..converter.recipe import Recipe
+from ..converter.step_cache import canonical, publish
 
 PLACEHOLDER = "{out}"  # where the output folder was, in a cached report.json
+STEPS = "torch-steps"  # the sub-folder of PyTorch step results
 
 
 def cache_dir() -> Path:
@@ -39,11 +41,6 @@ def cache_dir() -> Path:
         return Path(os.environ["EDGESMITH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "edgesmith" / "steps"
-
-
-def canonical(data) -> str:
-    """JSON with sorted keys and no spaces: equal dicts give equal text, so equal hashes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -79,19 +76,18 @@ class Cache:
 
     def store(self, key: str, out: Path) -> None:
         """Copy a finished output folder into the cache; a no-op when the entry exists already."""
-        if self.lookup(key) is not None:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", suffix=".partial", dir=self.root))
-        try:
-            shutil.copytree(out, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("report.json"))
+
+        def fill(folder: Path) -> bool:
+            shutil.copytree(out, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("report.json"))
             text = (out / "report.json").read_text().replace(f"{out}/", f"{PLACEHOLDER}/")
-            (tmp / "report.json").write_text(text)
-            os.replace(tmp, self.root / key)
-        except OSError:  # another process stored the same entry first (ENOTEMPTY), or the disk is full
-            pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (folder / "report.json").write_text(text)
+            return True
+
+        publish(self.root, key, fill)
+
+    def steps(self) -> Path:
+        """Where PyTorch step results are cached (converter/step_cache.py), beside whole conversions."""
+        return self.root / STEPS
 
     def restore(self, entry: Path, out: Path, inputs: tuple[Path, ...] = ()) -> dict:
         """Put a cached entry in place as `out`, all or nothing (the converter's own OutputDir)."""
@@ -108,8 +104,8 @@ class Cache:
 
 
 def clean_partials(root: Path) -> None:
-    """Remove temp folders that dead processes left in the cache (called rarely: by `sweep`)."""
-    for tmp in root.glob(".*.partial"):
+    """Remove temp folders that dead processes left in the cache (called by `sweep`, once)."""
+    for tmp in [*root.glob(".*.partial"), *(root / STEPS).glob(".*.partial")]:
         with contextlib.suppress(OSError):
             if tmp.stat().st_mtime < _hour_ago():
                 shutil.rmtree(tmp)

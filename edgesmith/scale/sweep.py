@@ -20,7 +20,7 @@ from ..converter import build_recipe
 from ..converter.handle import sha256
 from ..converter.recipe import Recipe
 from ..errors import EdgesmithError, InputError
-from .cache import Cache, cache_dir, recipe_hash
+from .cache import Cache, cache_dir, clean_partials, recipe_hash
 from .cache import key as cache_key
 
 MAX_RETRIES = 3  # a task whose worker died is run again up to this many times
@@ -86,10 +86,11 @@ def run_task(task: Task, cache: str | None = None) -> dict:
     line. The caller names the cache: a worker on another node has another home folder."""
     started = time.perf_counter()
     record = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
-              "recipe_sha256": task.recipe_sha256, "pid": os.getpid()}  # fmt: skip
+              "recipe_sha256": task.recipe_sha256, "pid": os.getpid(), "started": round(time.time(), 3)}  # fmt: skip
     try:
-        report, how = _converted(task, cache)
-        record |= {"status": "ok", "how": how, "artifacts": artifact_rows(report, task.target)}
+        report, how, steps_cached = _converted(task, cache)
+        record |= {"status": "ok", "how": how, "steps_cached": steps_cached,
+                   "artifacts": artifact_rows(report, task.target)}  # fmt: skip
     except EdgesmithError as exc:  # bad input or verification failed: the user's one line
         record |= {"status": "failed" if exc.exit_code == 1 else "error", "error": _one_line(exc)}
     except Exception as exc:  # a bug in edgesmith or a framework: still one line; others go on
@@ -102,26 +103,29 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _converted(task: Task, cache_root: str | None) -> tuple[dict, str]:
-    """The task's report and how it was obtained: 'resumed', 'cached' or 'converted'."""
+def _converted(task: Task, cache_root: str | None) -> tuple[dict, str, list[str]]:
+    """The task's report, how it was obtained ('resumed', 'cached' or 'converted') and the kinds of
+    the PyTorch steps whose results came from the step cache."""
     from .. import convert
+    from ..converter import step_cache
     from ..converter.pipeline import input_paths
 
     out, model = Path(task.out), Path(task.model)
     done = finished_report(out, task.recipe_sha256, model)
     if done is not None:
-        return done, "resumed"
+        return done, "resumed", []
     recipe = Recipe.from_dict(task.recipe)
     cache = Cache(Path(cache_root)) if cache_root else None
     if cache is not None:
         model_key = cache_key(model, recipe)
         entry = cache.lookup(model_key)
         if entry is not None:
-            return cache.restore(entry, out, input_paths(recipe, model)), "cached"
-    report = convert(task.model, recipe=recipe, out=out, force=True, quiet=True)
+            return cache.restore(entry, out, input_paths(recipe, model)), "cached", []
+    with step_cache.using(cache.steps() if cache is not None else None) as steps:
+        report = convert(task.model, recipe=recipe, out=out, force=True, quiet=True)
     if cache is not None:
         cache.store(model_key, out)
-    return report, "converted"
+    return report, "converted", steps["hits"]
 
 
 def finished_report(out: Path, recipe_sha: str, model: Path) -> dict | None:
@@ -145,7 +149,7 @@ def artifact_rows(report: dict, target: str | None) -> list[dict]:
         rows.append({
             "file": Path(a["path"]).name, "format": a["format"], "precision": a["precision"],
             "metric": verify.get("metric"), "score": verify.get("artifact"), "drop": verify.get("drop"),
-            "agreement": verify.get("agreement"),
+            "agreement": verify.get("agreement"), "cosine": verify.get("cosine"),
             "cosine_min": verify.get("cosine_min"), "size_bytes": a["size_bytes"], "sha256": a.get("sha256"),
             "p50_ms": (a.get("latency") or {}).get("p50_ms"),
             "target_p50_ms": (estimate or {}).get("p50_ms"),
@@ -166,10 +170,32 @@ def start_ray(address: str | None, workers: int | None):
         return ray
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:  # its nodes must import this edgesmith and see the same paths (a shared file system)
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": thread_limits(1)})  # fmt: skip
     else:
-        ray.init(num_cpus=workers or os.cpu_count() or 1, **quiet)
+        cores = os.cpu_count() or 1
+        workers = workers or cores
+        env = {"env_vars": thread_limits(max(1, cores // workers))}
+        # Ray starts its workers at niceness 15 (its control plane first); here the workers are the
+        # job, and at 15 on a machine shared with other work they got a few % of a core each
+        ray.init(num_cpus=workers, runtime_env=env, _system_config={"worker_niceness": 0}, **quiet)
     return ray
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment variables that keep each worker's kernels to `threads` threads: a task holds one
+    CPU of the cluster (or cores / workers of this machine), and two workers whose ONNX Runtime,
+    OpenVINO, torch and TensorFlow each start a thread per core would fight over the same cores."""
+    from ..runtime import THREADS_ENV
+
+    names = [
+        THREADS_ENV,
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "TF_NUM_INTRAOP_THREADS",
+    ]
+    return {name: str(threads) for name in names} | {"TF_NUM_INTEROP_THREADS": "1"}
 
 
 def run_tasks(tasks: list[Task], cache: str | None = None, on_result=None) -> list[dict]:
@@ -206,6 +232,8 @@ def sweep(tasks: list[Task], out: Path, address: str | None = None, workers: int
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     ray = start_ray(address, workers)
+    if use_cache:
+        clean_partials(cache_dir())  # what killed writers left, an hour or more ago
     records = run_tasks(tasks, str(cache_dir()) if use_cache else None, on_result)
     report = {
         "sweep": {

@@ -10,8 +10,10 @@ feasible trials is the result, each point written as a `best-N.toml` that replay
 `edgesmith convert --recipe`.
 
 The space is what a recipe can vary: the quantization mode (static/dynamic/fp16/none), the
-calibration method, keeping the first and/or last layer in float, the format the target runs and,
-for PyTorch sources, a pruning ratio with distillation steps.
+calibration method, keeping the first and/or last layer in float, per-layer precision from the
+sensitivity ranking (static INT8 to ONNX: the fewest most sensitive layers float that meet
+max_drop), the format the target runs and, for PyTorch sources, a pruning ratio with distillation
+steps.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from ..converter import build_recipe
 from ..converter.recipe import ExportConfig, Recipe
@@ -37,6 +40,10 @@ from .sweep import Task, run_task
 OBJECTIVES = {"score": "max", "latency_ms": "min", "size_kb": "min"}
 WORST = {"score": -1.0, "latency_ms": 1e9, "size_kb": 1e9}  # what an infeasible trial reports to the sampler
 SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+# The sensitivity search (converter/accuracy.py: rank the layers by SQNR, keep the fewest float that
+# meet max_drop) re-quantizes and re-verifies a model many times: seconds to a minute for a CNN of a
+# few MB, tens of minutes for a 90 MB transformer, too long for a trial.
+SEARCH_MAX_BYTES = 20 * 2**20
 FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "nncf"}  # what each needs
 
 
@@ -48,14 +55,23 @@ class Space:
     layers: tuple[str, ...]  # compute nodes of an ONNX source, first to last (for `exclude`)
     torch: bool  # a PyTorch source: pruning and distillation are open
     static: bool  # calibration data given: static INT8 is open
+    search: bool = False  # small enough for the sensitivity search per trial (see SEARCH_MAX_BYTES)
+    mcu: bool = False  # TFLite Micro runs float32 and full-integer INT8 only (no hybrid, no fp16 kernels)
+
+    @property
+    def modes(self) -> list[str]:
+        """The quantization modes the target can run; static needs calibration data."""
+        modes = ["static", "none"] if self.mcu else ["static", "dynamic", "fp16", "none"]
+        return [m for m in modes if m != "static" or self.static]
 
     def sample(self, trial) -> None:
         """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
-        trial.suggest_categorical("format", list(self.formats))
-        modes = ["static", "dynamic", "fp16", "none"] if self.static else ["dynamic", "fp16", "none"]
-        mode = trial.suggest_categorical("mode", modes)
+        fmt = trial.suggest_categorical("format", list(self.formats))
+        mode = trial.suggest_categorical("mode", self.modes)
         if mode == "static":
             trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
+            if self.search and fmt == "onnx":  # per-layer precision from the sensitivity ranking
+                trial.suggest_categorical("layers", ["rule", "sensitivity"])
         if mode in ("static", "dynamic") and self.layers:
             trial.suggest_categorical("keep_float", ["none", "first", "last", "first+last"])
         if self.torch:
@@ -64,14 +80,26 @@ class Space:
                 trial.suggest_categorical("distill_steps", [100, 300, 600])
 
     def presets(self) -> list[dict]:
-        """The presets' parameters (int8, int8-dynamic, fp16), tried first: the search starts from
-        what a user would try by hand, and the front shows whether it found better."""
+        """The presets' parameters, tried first: the search starts from what a user would try by hand,
+        and the front shows whether it found better."""
+        return list(self.named_presets().values())
+
+    def named_presets(self) -> dict[str, dict]:
+        """int8, int8-dynamic and fp16 in the target's first format, those the target runs (an MCU:
+        int8, and fp32 to compare with). Every parameter the space asks for is given, or Optuna
+        would sample the rest."""
         fmt = self.formats[0]
         keep = {"keep_float": "none"} if self.layers else {}
-        points = [{"format": fmt, "mode": "dynamic", **keep}, {"format": fmt, "mode": "fp16"}]
-        if self.static:
-            points.insert(0, {"format": fmt, "mode": "static", "calibration": "minmax", **keep})
-        return [{**p, "prune": 0.0} if self.torch else p for p in points]
+        rule = {"layers": "rule"} if self.search and fmt == "onnx" else {}
+        points = {
+            "int8": {"format": fmt, "mode": "static", "calibration": "minmax", **keep, **rule},
+            "int8-dynamic": {"format": fmt, "mode": "dynamic", **keep},
+            "fp16": {"format": fmt, "mode": "fp16"},
+            "fp32": {"format": fmt, "mode": "none"},
+        }
+        wanted = ["int8", "fp32"] if self.mcu else ["int8", "int8-dynamic", "fp16"]
+        named = {k: points[k] for k in wanted if points[k]["mode"] in self.modes}
+        return {k: {**p, "prune": 0.0} if self.torch else p for k, p in named.items()}
 
 
 def space_for(model: Path, target: str, calibration: str | None) -> Space:
@@ -81,7 +109,8 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
     from ..converter.frontends import kind_of
     from ..targets.spec import get
 
-    runs = get(target).formats
+    spec = get(target)
+    runs = spec.formats
     formats = tuple(
         f for suffix, f in SUFFIX_FORMATS.items()
         if suffix in runs and importlib.util.find_spec(FORMAT_MODULES[f]) is not None
@@ -90,8 +119,16 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
         raise InputError(f"no exporter for a format {target} runs ({', '.join(runs)}) is installed; "
                          "run `pip install 'edgesmith[all]'`")  # fmt: skip
     kind = kind_of(model)
+    small = model_bytes(model) <= SEARCH_MAX_BYTES
     return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
-                 calibration is not None)  # fmt: skip
+                 calibration is not None, search=small, mcu=spec.is_mcu)  # fmt: skip
+
+
+def model_bytes(model: Path) -> int:
+    """The model's size in bytes (a Hugging Face folder: its files')."""
+    from ..converter.handle import file_info
+
+    return file_info(model)["size_bytes"]
 
 
 def _compute_layers(model: Path) -> tuple[str, ...]:
@@ -112,7 +149,8 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         names = ([space.layers[0]] if "first" in keep else []) + (
             [space.layers[-1]] if "last" in keep else []
         )
-        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names]))
+        search: Literal["auto", "off"] = "auto" if params.get("layers") == "sensitivity" else "off"
+        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], search=search))
     calibration = base.calibration
     if params.get("calibration"):
         calibration = replace(calibration, method=params["calibration"])
@@ -127,10 +165,7 @@ def objectives(record: dict, target: str, latency_budget: float | None) -> dict:
         return {**WORST, "feasible": False}
     artifact = record["artifacts"][0]
     latency = artifact["p50_ms"] if target == "host" else artifact["target_p50_ms"]
-    score = next(
-        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
-    )
-    values = {"score": score, "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
+    values = {"score": _score(artifact), "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
     feasible = None not in values.values() and (latency_budget is None or latency <= latency_budget)
     return {**values, "feasible": feasible} if feasible else {**WORST, "feasible": False}
 
@@ -189,9 +224,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
-    base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
-                        evaluation and os.path.abspath(evaluation), model=str(model_path), targets=[target])  # fmt: skip
-    base = replace(base, verify=replace(base.verify, max_drop=max_drop))
+    base = base_recipe(model_path, target, max_drop, evaluation, calibration)
     if space.torch and not calibration:
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +238,15 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     report = _report(job, results, space, sampler, trials, time.perf_counter() - started)
     _write_outputs(out, report)
     return report
+
+
+def base_recipe(
+    model: Path, target: str, max_drop: float, evaluation: str | None, calibration: str | None
+) -> Recipe:
+    """What every trial's recipe starts from: fp32, the data, the target's cost model, the budget."""
+    base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
+                        evaluation and os.path.abspath(evaluation), model=str(model), targets=[target])  # fmt: skip
+    return replace(base, verify=replace(base.verify, max_drop=max_drop))
 
 
 def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
@@ -246,7 +288,8 @@ def _trial_entry(metrics: dict) -> dict:
     record = metrics["record"]
     entry = {k: metrics[k] for k in (*OBJECTIVES, "feasible", "params", "recipe")}
     entry |= {"status": record["status"], "error": record.get("error"), "folder": record["folder"],
-              "how": record.get("how"), "seconds": record.get("seconds")}  # fmt: skip
+              "how": record.get("how"), "steps_cached": record.get("steps_cached"),
+              "seconds": record.get("seconds")}  # fmt: skip
     if not entry["feasible"]:
         entry |= {k: None for k in OBJECTIVES}
     if record["status"] == "ok":
@@ -258,9 +301,10 @@ def _trial_entry(metrics: dict) -> dict:
 
 
 def _score(artifact: dict):
-    return next(
-        (artifact[k] for k in ("score", "agreement", "cosine_min") if artifact.get(k) is not None), None
-    )
+    """The metric objective: the task metric on labelled eval data; else, for an embedding model, the
+    mean cosine to the original's embeddings (their arg-max means nothing); else the arg-max agreement."""
+    keys = ("score", "cosine", "agreement", "cosine_min")
+    return next((artifact[k] for k in keys if artifact.get(k) is not None), None)
 
 
 def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: int, wall: float) -> dict:
@@ -270,7 +314,8 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
     return {
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
-        "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch},
+        "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
+                  "static": space.static, "search": space.search, "mcu": space.mcu},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],

