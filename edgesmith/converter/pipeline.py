@@ -15,18 +15,19 @@ import numpy as np
 from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
-from . import accuracy, exporters, fastest, input_shapes
+from . import accuracy, exporters, fastest, input_shapes, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
 from .recipe import Recipe
-from .steps import HANDLERS, StepContext
-from .steps.quantize import QuantizeConfig, quantize_precision
+from .steps import HANDLERS, ExportContext, StepContext
+from .steps.base import run_facts
+from .steps.quantize import QuantizeConfig
 
 
 def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     """(PyTorch steps, ONNX steps, the quantize step). PyTorch steps run first, on the module; quantize
-    comes last, as each exporter applies it its own way."""
+    comes last: each export applies it with its format's quantizer (converter/plan.py)."""
     steps = list(recipe.steps)
     quantize = steps.pop() if steps and isinstance(steps[-1], QuantizeConfig) else None
     if any(isinstance(s, QuantizeConfig) for s in steps):
@@ -144,7 +145,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     if model is None:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
-    frontends.kind_of(model)  # a missing file or unknown format fails before anything else
+    kind = frontends.kind_of(model)  # a missing file or unknown format fails before anything else
     if model_path is not None:
         check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
@@ -152,6 +153,8 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
                          "folder) or use --preset int8-dynamic")  # fmt: skip
+    # what no quantizer can do for an export is refused now, before the model is loaded
+    plan.exports(recipe.exports, quantize, plan.recipe_facts(recipe, model, kind, bool(steps)))
     input_hash = sha256(model_path) if model_path else None
     output = OutputDir(out, force, inputs=input_paths(recipe, model_path))
     try:
@@ -178,10 +181,10 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             stem = model_path.stem if model_path else source.onnx.path.stem
             if torch_steps:
                 _save_hf_folder(changed.module, output, f"{stem}-hf", model_path, report)
-            export_ctx = exporters.ExportContext(changed, ctx)
+            export_ctx = ExportContext(changed, ctx)
             recipe = fastest.resolve(recipe, handle, quantize, export_ctx, report)  # targets, format auto
-            for config in recipe.exports:
-                _export(config, handle, quantize, stem, output, export_ctx, report, recipe, input_hash)
+            for export_plan in plan.exports(recipe.exports, quantize, run_facts(handle, export_ctx)):
+                _export(export_plan, handle, stem, output, export_ctx, report, recipe, input_hash)
             if quantize is not None:  # one entry for the step; each artifact says how it was applied
                 first = report["artifacts"][0].get("quantization") or {}
                 engines = {a["format"]: a["engine"] for a in report["artifacts"]}
@@ -247,10 +250,10 @@ def _report(recipe: Recipe, model_path: Path | None, source, steps: list) -> dic
             "artifacts": [], "environment": versions()}  # fmt: skip
 
 
-def _export(config, handle, quantize, stem, output, ctx, report, recipe, input_hash) -> None:
-    precision = "binary" if handle.precision == "binary" else quantize_precision(quantize)
-    dest = output.staging / (config.name or f"{stem}.{precision}")
-    exported = exporters.export(config, handle, quantize, dest, ctx)
+def _export(export_plan, handle, stem, output, ctx, report, recipe, input_hash) -> None:
+    config = export_plan.export
+    dest = output.staging / (config.name or f"{stem}.{export_plan.precision}")
+    exported = plan.run(export_plan, handle, dest, ctx)
     taken = {a["path"] for a in report["artifacts"]}
     if str(exported.path) in taken:
         raise InputError(f"two exports write {exported.path.name}; give one of them a `name`")
