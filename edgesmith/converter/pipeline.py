@@ -19,6 +19,7 @@ from . import accuracy, exporters, fastest, input_shapes, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
+from .precision import BINARY
 from .recipe import Recipe
 from .steps import HANDLERS, ExportContext, StepContext
 from .steps.base import run_facts
@@ -341,7 +342,7 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
     first = report["artifacts"][0]
     if report["steps"][-1]["kind"] == "quantize":
         rows.append(measure("quantize", Path(first["path"]), first))
-    elif first["precision"] == "binary":  # the exporter packs the +-1 weights into bits
+    elif first["precision"] == BINARY:  # the exporter packs the +-1 weights into bits
         rows.append(measure("export (1-bit)", Path(first["path"]), first))
         rows[-1]["params"] = rows[-2].get("params")  # the same weights, 8 to a byte
     for before, row in zip(rows, rows[1:], strict=False):  # a TFLite artifact: the counts do not change

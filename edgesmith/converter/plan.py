@@ -143,7 +143,7 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
         handle, converted = result.model, result.report
     if quantizer is not None:
         result = quantizer.run(plan.quantize, handle, ctx)
-        if isinstance(handle, ModelHandle) and result.model.path == handle.path:
+        if isinstance(result.model, ModelHandle) and result.model.path == model.path:
             raise RuntimeError(f"quantizer '{quantizer.name}' broke its contract: it must write a new file")
         handle, quantized = result.model, result.report
     quantization = {**(quantized or {}), **(converted or {})} or None
