@@ -64,6 +64,7 @@ def test_float_and_binary_exports():
 @pytest.mark.parametrize(
     ("facts", "export", "mode", "engine", "phrase"),
     [
+        (Facts("onnx"), ExportConfig(format="onnx"), "static", "auto", "static INT8 needs calibration data"),
         (ONNX, ExportConfig(format="openvino"), "dynamic", "auto", "OpenVINO has no dynamic INT8"),
         (
             ONNX,

@@ -151,10 +151,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
     _check_step_data(torch_steps, recipe)
-    if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
-        raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
-                         "folder) or use --preset int8-dynamic")  # fmt: skip
-    # what no quantizer can do for an export is refused now, before the model is loaded
+    # what no quantizer can do for an export (or without data) is refused now, before the model is loaded
     plan.exports(recipe.exports, quantize, plan.recipe_facts(recipe, model, kind, bool(steps)))
     input_hash = sha256(model_path) if model_path else None
     output = OutputDir(out, force, inputs=input_paths(recipe, model_path))

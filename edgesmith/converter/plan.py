@@ -57,6 +57,9 @@ def recipe_facts(recipe, model: Any, kind: str, onnx_steps: bool) -> Facts:
 def exports(configs, quantize: QuantizeConfig | None, facts: Facts) -> list[ExportPlan]:
     """The plan of every export but `auto` ones (planned once resolved), in order; InputError for the
     first that cannot be made."""
+    if quantize is not None and quantize.mode == "static" and not facts.calibration:
+        raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
+                         "folder) or use --preset int8-dynamic")  # fmt: skip
     return [one(config, quantize, facts) for config in configs if config.format != AUTO]
 
 
