@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sensitivity
+from .precision import INT8
 
 PROBE = 5  # layers re-quantized alone in float to measure their metric change (the report's top 5)
 
@@ -280,7 +281,7 @@ def pipeline_search(quantize, handle, ctx, recipe, source, data, everything: boo
 
     min_cosine = recipe.verify.min_cosine
     if min_cosine is None and not any(s.kind != "quantize" for s in recipe.steps):
-        min_cosine = DEFAULT_MIN_COSINE["int8"]  # what pipeline._check_drop will hold the artifact to
+        min_cosine = DEFAULT_MIN_COSINE[INT8]  # what pipeline._check_drop will hold the artifact to
     max_drop = recipe.verify.max_drop if reference.metric else None
     latency = (
         (lambda path: profile(path, recipe.profile, source.inputs)["p50_ms"])

@@ -28,7 +28,10 @@ SUFFIX = ""
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
-def export(config, model, quantize, dest, ctx):
+KIND = None  # not a format of its own: converter/plan.py plans what it resolves to
+
+
+def convert(config, model, ctx):
     raise RuntimeError(
         "internal error: format 'auto' must be resolved (converter/fastest.resolve) before export"
     )
@@ -42,17 +45,17 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
         return recipe
     folder = ctx.step.workdir / "fastest"
     folder.mkdir(exist_ok=True)
-    from .steps.quantize import quantize_precision
+    from .precision import of_mode
 
     models = {"fp32": Path(handle.path)}
     if quantize is not None:
-        models[quantize_precision(quantize)] = _quantized_onnx(handle, quantize, folder, ctx)
+        models[of_mode(quantize.mode)] = _quantized_onnx(handle, quantize, folder, ctx)
     names = list(recipe.profile.targets) or ["host"]
     threads = recipe.profile.threads or None
     report["fastest"] = {name: compare(name, models, folder, threads) for name in names}
     if not auto:
         return recipe
-    best = fastest_at(report["fastest"][names[0]], quantize_precision(quantize))
+    best = fastest_at(report["fastest"][names[0]], of_mode(quantize.mode if quantize else None))
     exports = []
     for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
         config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config
@@ -172,11 +175,11 @@ def _row(runtime: str, precision: str, ms: float, default: bool) -> dict:
 
 
 def _quantized_onnx(handle, quantize, folder: Path, ctx) -> Path:
-    """The recipe's quantized model as the ONNX exporter writes it (calibrated on the recipe's data)."""
-    from . import exporters
+    """The recipe's quantized model as the ONNX export writes it (calibrated on the recipe's data)."""
+    from . import plan
     from .recipe import ExportConfig
 
-    return exporters.export(ExportConfig(format="onnx"), handle, quantize, folder / "candidate", ctx).path
+    return plan.export(ExportConfig(format="onnx"), handle, quantize, folder / "candidate", ctx).path
 
 
 def _openvino_ir(onnx_path: Path, xml: Path) -> Path:

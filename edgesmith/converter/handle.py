@@ -1,23 +1,37 @@
-"""What travels between steps: a model file on disk, never an in-memory global."""
+"""What travels between steps: a model in one of four kinds, each a handle type with a `kind` that
+steps and exporters declare they consume and produce (`steps/base.py`, `converter/plan.py`).
+
+ONNX is a file in the work folder; a PyTorch module, TFLite bytes and an OpenVINO model are held in
+memory between a format's converter and its quantizer, and written once, by the format's exporter.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from .precision import FP32
 
 
 @dataclass(frozen=True)
 class ModelHandle:
     """An ONNX file in the pipeline's work folder and what precision it holds."""
 
+    kind: ClassVar[str] = "onnx"
     path: Path
-    precision: str = "fp32"  # fp32 | fp16 | int8 | int8-dynamic
+    precision: str = FP32  # a name from precision.py
 
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
+
+    def output_names(self) -> list[str]:
+        """The graph's output names (what other formats name their outputs after)."""
+        import onnx
+
+        return [o.name for o in onnx.load(str(self.path), load_external_data=False).graph.output]
 
 
 @dataclass(frozen=True)
@@ -26,9 +40,32 @@ class TorchHandle:
 
     Steps never modify `module`: they return a new handle with a changed copy."""
 
+    kind: ClassVar[str] = "torch"
     module: Any  # torch.nn.Module
     example: tuple  # example inputs (numpy, batch >= 2) to trace and export with
-    precision: str = "fp32"  # "binary" once binarized: exporters then store weights as bits
+    precision: str = FP32  # "binary" once binarized: exporters then store weights as bits
+
+
+@dataclass(frozen=True)
+class TFLiteHandle:
+    """A TFLite flatbuffer between its converter and its quantizer (the TFLite exporter writes it)."""
+
+    kind: ClassVar[str] = "tflite"
+    data: bytes
+    precision: str = FP32
+    io: str = "float"  # the model's input/output type: integer I/O is set when written, unless already
+
+
+@dataclass(frozen=True)
+class OpenVINOHandle:
+    """An `openvino.Model` between `convert_model` and `save_model`, and the file it was converted from
+    (OpenVINO's node names are renumbered against it: exporters/openvino_names.py). A binarized model
+    has no `model` yet: the exporter builds its BinaryConvolution IR from `origin`, the ONNX file."""
+
+    kind: ClassVar[str] = "openvino"
+    model: Any  # openvino.Model, or None for a binarized model
+    origin: Path
+    precision: str = FP32
 
 
 def sha256(path: Path) -> str:

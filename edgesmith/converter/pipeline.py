@@ -27,18 +27,20 @@ from ..targets.records import (
     Verification,
     write_report,
 )
-from . import accuracy, exporters, fastest, input_shapes
+from . import accuracy, exporters, fastest, input_shapes, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
+from .precision import BINARY
 from .recipe import Recipe
-from .steps import HANDLERS, StepContext
-from .steps.quantize import QuantizeConfig, quantize_precision
+from .steps import HANDLERS, ExportContext, StepContext
+from .steps.base import run_facts
+from .steps.quantize import QuantizeConfig
 
 
 def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     """(PyTorch steps, ONNX steps, the quantize step). PyTorch steps run first, on the module; quantize
-    comes last, as each exporter applies it its own way."""
+    comes last: each export applies it with its format's quantizer (converter/plan.py)."""
     steps = list(recipe.steps)
     quantize = steps.pop() if steps and isinstance(steps[-1], QuantizeConfig) else None
     if any(isinstance(s, QuantizeConfig) for s in steps):
@@ -165,14 +167,13 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
     if model is None:
         raise InputError("no model given: pass MODEL or set [model] path in the recipe")
     model_path = Path(model) if isinstance(model, (str, Path)) else None
-    frontends.kind_of(model)  # a missing file or unknown format fails before anything else
+    kind = frontends.kind_of(model)  # a missing file or unknown format fails before anything else
     if model_path is not None:
         check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
     _check_step_data(torch_steps, recipe)
-    if quantize is not None and quantize.mode == "static" and not recipe.calibration.path:
-        raise InputError("static INT8 needs calibration data: pass --calibration PATH (an .npz, .npy or image "
-                         "folder) or use --preset int8-dynamic")  # fmt: skip
+    # what no quantizer can do for an export (or without data) is refused now, before the model is loaded
+    plan.exports(recipe.exports, quantize, plan.recipe_facts(recipe, model, kind, bool(steps)))
     input_hash = sha256(model_path) if model_path else None
     output = OutputDir(out, force, inputs=input_paths(recipe, model_path))
     try:
@@ -201,11 +202,11 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             hf_folder = None
             if torch_steps:
                 hf_folder = _save_hf_folder(changed.module, output, f"{stem}-hf", model_path)
-            export_ctx = exporters.ExportContext(changed, ctx)
+            export_ctx = ExportContext(changed, ctx)
             recipe = fastest.resolve(recipe, handle, quantize, export_ctx, found)  # targets, format auto
             artifacts: list[Artifact] = []
-            for config in recipe.exports:
-                artifacts.append(_export(config, handle, quantize, stem, output, export_ctx, artifacts, recipe,
+            for export_plan in plan.exports(recipe.exports, quantize, run_facts(handle, export_ctx)):
+                artifacts.append(_export(export_plan, handle, stem, output, export_ctx, artifacts, recipe,
                                          input_hash))  # fmt: skip
             report = _exported(report, artifacts, quantize is not None, found, hf_folder)
             checked_on = _verification_data(recipe, source, evaluation)
@@ -300,12 +301,12 @@ def _exported(report: Report, artifacts: list[Artifact], quantized: bool, found:
     )
 
 
-def _export(config, handle, quantize, stem, output, ctx, artifacts, recipe, input_hash) -> Artifact:
-    """Export one format into the staging folder, with its manifest; `artifacts` are the ones written
-    before (two exports may not write one file)."""
-    precision = "binary" if handle.precision == "binary" else quantize_precision(quantize)
-    dest = output.staging / (config.name or f"{stem}.{precision}")
-    exported = exporters.export(config, handle, quantize, dest, ctx)
+def _export(export_plan, handle, stem, output, ctx, artifacts, recipe, input_hash) -> Artifact:
+    """Export one format (and quantize it, as the plan says) into the staging folder, with its
+    manifest; `artifacts` are the ones written before (two exports may not write one file)."""
+    config = export_plan.export
+    dest = output.staging / (config.name or f"{stem}.{export_plan.precision}")
+    exported = plan.run(export_plan, handle, dest, ctx)
     if str(exported.path) in {a.path for a in artifacts}:
         raise InputError(f"two exports write {exported.path.name}; give one of them a `name`")
     exporters.write_manifest(
@@ -397,7 +398,7 @@ def _stages(source, report: Report, ref, evaluation, recipe: Recipe, quiet: bool
     rows += [measure(step.kind, step.stage_onnx) for step in report.steps if step.stage_onnx is not None]
     if report.steps[-1].kind == "quantize":
         rows.append(measure("quantize", Path(first.path), first.verify, first.latency))
-    elif first.precision == "binary":  # the exporter packs the +-1 weights into bits
+    elif first.precision == BINARY:  # the exporter packs the +-1 weights into bits
         packed = measure("export (1-bit)", Path(first.path), first.verify, first.latency)
         rows.append(dataclasses.replace(packed, params=rows[-1].params))  # the same weights, 8 to a byte
     for i in range(1, len(rows)):  # a TFLite artifact: the counts do not change

@@ -18,12 +18,13 @@ import numpy as np
 
 from ..runtime import load as load_session
 from .frontends import Source
+from .precision import FP16, FP32, INT8, INT8_DYNAMIC
 from .progress import bar
 
 # What an artifact must keep of the original's outputs when the recipe sets no `min_cosine`: the
 # cosine of every sample's output to the original's. Only for runs whose steps all aim to keep the
 # function (quantization, export); pruning, distillation and binarization change it on purpose.
-DEFAULT_MIN_COSINE = {"int8": 0.98, "int8-dynamic": 0.98, "fp16": 0.999, "fp32": 0.999}
+DEFAULT_MIN_COSINE = {INT8: 0.98, INT8_DYNAMIC: 0.98, FP16: 0.999, FP32: 0.999}
 
 
 @dataclass

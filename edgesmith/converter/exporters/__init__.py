@@ -1,9 +1,14 @@
-"""Exporters write the final artifacts, one module per format, each applying the recipe's precision
-with its own engine (ONNX Runtime's quantizer for ONNX; other formats bring theirs).
+"""Exporters convert the float model to a format and write the artifacts, one module per format.
+They do not quantize: converter/plan.py runs the format's quantizer (steps/, `QUANTIZERS`) between
+an exporter's `convert` and its `write`.
 
-An exporter module defines `FORMAT`, `SUFFIX` and
-`export(config, model, quantize, dest, ctx) -> Exported`, where `model` is the fp32 handle after the
-recipe's other steps and `quantize` the recipe's quantize step (None for fp32).
+An exporter module defines
+- `FORMAT`, `SUFFIX`, and `KIND`: the handle kind (handle.py) it converts to, which picks the
+  quantizers that can follow it;
+- `convert(config, model, ctx) -> StepResult`: the fp32 ONNX handle after the recipe's other steps,
+  as a float model of its `KIND` (a binarized model keeps its precision: the format stores it);
+- `write(config, model, dest, ctx, quantization) -> Exported`: the artifact, from the converted or
+  quantized handle; `quantization` is the merged report of conversion and quantizer.
 """
 
 from __future__ import annotations
@@ -12,13 +17,10 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..handle import file_info
-
-if TYPE_CHECKING:
-    from ..frontends import Source
-    from ..steps import StepContext
+from ..steps.base import ExportContext  # noqa: F401  (exporters.ExportContext, its old home)
 
 # format name -> module; adding a format is adding a module here.
 FORMATS = {
@@ -28,12 +30,6 @@ FORMATS = {
     "openvino": "edgesmith.converter.exporters.openvino_export",
     "auto": "edgesmith.converter.fastest",  # the fastest format on the first target (fastest.resolve)
 }
-
-
-@dataclass(frozen=True)
-class ExportContext:
-    source: Source
-    step: StepContext  # work folder, calibration data, quiet
 
 
 @dataclass(frozen=True)
@@ -48,10 +44,6 @@ class Exported:
 
 def module(fmt: str):
     return importlib.import_module(FORMATS[fmt])
-
-
-def export(config, model, quantize, dest: Path, ctx: ExportContext) -> Exported:
-    return module(config.format).export(config, model, quantize, dest, ctx)
 
 
 def write_manifest(artifact: Path, manifest: dict) -> Path:

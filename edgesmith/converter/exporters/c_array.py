@@ -5,7 +5,7 @@ its length; TFLM reads the flatbuffer in place, and its schema needs 16-byte ali
 buffers it maps) and the `.tflite` they hold, which stays the artifact the pipeline verifies.
 
 TFLM runs float32 and full-integer INT8 models; it has no hybrid (dynamic-range) or float16 weight
-kernels, so those precisions are refused with the fix. Full-integer models usually run with
+kernels, so the planner refuses those precisions with the fix (converter/plan.py). Full-integer models usually run with
 `io = "int8"` on a microcontroller (no float conversion at the edges).
 """
 
@@ -14,12 +14,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...errors import InputError
 from ...targets import arena as tflm_arena
+from ..handle import TFLiteHandle
+from ..steps.base import ExportContext
 from . import Exported, tflite_export
 
 FORMAT = "c-array"
 SUFFIX = ".cc"
+KIND = "tflite"  # converted and quantized as the tflite format, then spelled out in C
+convert = tflite_export.convert
 # TFLM's documentation: "The core runtime just fits in 16 KB on an Arm Cortex M3"
 # (https://ai.google.dev/edge/litert/microcontrollers/overview). Kernels come on top and depend on the ops.
 RUNTIME_FLASH_BYTES = 16 * 1024
@@ -51,14 +54,8 @@ def render(data: bytes, name: str) -> tuple[str, str]:
     return header, source
 
 
-def export(config, model, quantize, dest: Path, ctx) -> Exported:
-    mode = quantize.mode if quantize is not None else None
-    if mode in ("dynamic", "fp16"):
-        raise InputError(
-            f"TensorFlow Lite Micro has no {'hybrid INT8' if mode == 'dynamic' else 'float16'} kernels; "
-            "use --preset int8 (full-integer) or no quantization for the c-array format"
-        )
-    data, precision, report = tflite_export.build(config, model, quantize, ctx)
+def write(config, model: TFLiteHandle, dest: Path, ctx: ExportContext, quantization: dict | None) -> Exported:
+    data, report = tflite_export.finish(config, model, quantization or {})
     name = c_name(dest.name)
     tflite = dest.with_name(f"{name}_model_data.tflite")
     header, source = dest.with_name(f"{name}_model_data.h"), dest.with_name(f"{name}_model_data.cc")
@@ -67,11 +64,10 @@ def export(config, model, quantize, dest: Path, ctx) -> Exported:
     header.write_text(header_text)
     source.write_text(source_text)
     arena = tflm_arena.estimate(data)  # the planner the MCU fit uses too
-    report = dict(report)
     report["micro"] = {
         "symbol": f"g_{name}_model_data",
         "arena": arena,
         "flash_bytes_estimate": len(data) + RUNTIME_FLASH_BYTES,
         "flash": f"model {len(data)} B + TFLM core runtime {RUNTIME_FLASH_BYTES} B (kernels not included)",
     }
-    return Exported(tflite, precision, report.get("engine"), report, files=(header, source))
+    return Exported(tflite, model.precision, report.get("engine"), report, files=(header, source))

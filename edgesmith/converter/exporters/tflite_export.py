@@ -1,12 +1,14 @@
-"""TFLite export: fp32, fp16, dynamic-range INT8 or full-integer INT8 (float, int8 or uint8 I/O).
+"""TFLite export: the float `.tflite` (`convert`), quantized by the planner's TFLite quantizer, written
+with float, int8 or uint8 I/O (`write`).
 
 Which converter runs depends on where the model came from:
-- Keras: TensorFlow's converter, precision included (tflite_keras.py);
-- PyTorch (`.pt2`, modules): litert-torch on the exported program, then the AI Edge Quantizer
-  (tflite_torch.py);
+- Keras: TensorFlow's converter (steps/keras_tflite.py), which also quantizes in the same pass, so a
+  quantized Keras export skips `convert` (the planner's KERAS quantizer consumes the source);
+- PyTorch (`.pt2`, modules): litert-torch on the exported program (tflite_torch.py);
 - ONNX files, or any source after graph steps changed its ONNX: onnx2torch, then as PyTorch
   (tflite_onnx.py; the choice is argued in docs/decisions/onnx-to-tflite.md);
-- TFLite: the float file itself (tflite_frontend.py's working copy), quantized by the AI Edge Quantizer.
+- TFLite: the float file itself (tflite_frontend.py's working copy).
+Those are quantized by the AI Edge Quantizer (steps/aeq_quantize.py).
 
 Every artifact leaves with the source's input/output names as its signature keys and is checked
 against the reference model on one sample before anything is quantized. Same inputs give the same
@@ -17,19 +19,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import InputError, require
 from .. import tflite_fb
-from ..handle import ModelHandle
+from ..handle import ModelHandle, TFLiteHandle
+from ..precision import BINARY, FP32
+from ..steps.base import ExportContext, StepResult
 from . import Exported
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"
-PRECISIONS = {None: "fp32", "static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}
-
-
-def _output_names(model: ModelHandle) -> list[str]:
-    onnx = require("onnx", "convert")
-    return [o.name for o in onnx.load(str(model.path), load_external_data=False).graph.output]
+KIND = "tflite"
+LAYOUT = "as the source model (NHWC for Keras and TFLite, NCHW for PyTorch/ONNX)"
 
 
 def _torch_module(model: ModelHandle, source, workdir: Path):
@@ -41,66 +40,47 @@ def _torch_module(model: ModelHandle, source, workdir: Path):
     return tflite_onnx.to_torch(model.path, source.inputs, workdir), "onnx2torch + litert-torch"
 
 
-def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
-    """The `.tflite` bytes, their precision and the report (converter, quantizer, layout, I/O)."""
-    binary_note = None
-    if model.precision == "binary":  # no 1-bit TFLite: +-alpha weights as int8 per channel (exact, 4x)
-        from ..steps.quantize import QuantizeConfig
-        from .binary_tflite import NOTE
-        from .onnx_export import no_quantize_after_binarize
-
-        no_quantize_after_binarize(quantize)
-        # Full-integer when there is calibration data (TFLite Micro runs only that), else dynamic range.
-        mode = "static" if ctx.step.calibration() is not None else "dynamic"
-        quantize, binary_note = QuantizeConfig(mode=mode), NOTE
-    if quantize is not None and quantize.engine not in ("auto",):
-        raise InputError(
-            f"TFLite is quantized by its own converter and the AI Edge Quantizer, not engine = "
-            f"{quantize.engine!r}; set engine = 'auto', or export that engine's result as --format onnx"
-        )
-    source, mode = ctx.source, (quantize.mode if quantize is not None else None)
-    if config.io != "float" and mode != "static":
-        raise InputError(
-            f"io = '{config.io}' needs full-integer INT8 (preset int8); {PRECISIONS[mode]} models take float"
-        )
+def convert(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
+    """The float `.tflite` and the report (converter, batch). A binarized model converts like any other
+    (its +-alpha weights are float here); the planner then quantizes it to int8 (binary_tflite.py)."""
+    source = ctx.source
     inputs = [s.name for s in source.inputs]
-    outputs = None if source.kind == "tflite" else _output_names(model)  # a .tflite's are its signature's
-    calibration = ctx.step.calibration() if mode == "static" else None
     if source.kind == "keras" and model.path == source.onnx.path:
-        from . import tflite_keras
+        from ..steps.keras_tflite import convert_source
 
-        data, report = tflite_keras.convert(source.native, mode, calibration, source.inputs, config.io)
-        data = tflite_fb.rename_signature(data, inputs, outputs)
-        report = dict(report or {}, converter="tensorflow.lite")
+        data, report = convert_source(source, model, None, None, config.io)
+    elif source.kind == "tflite":  # already TFLite: the frontend's float working copy
+        data = source.native.data
+        report = {"converter": "none (a .tflite source)", "source_changes": list(source.native.changes)}
     else:
         from . import tflite_torch
 
-        if source.kind == "tflite":  # already TFLite: the frontend's float working copy
-            source.native.check_tflite(mode)
-            data, report = (
-                source.native.data,
-                {"converter": "none (a .tflite source)", "source_changes": list(source.native.changes)},
-            )
-        else:
-            module, converter = _torch_module(model, source, ctx.step.workdir)
-            data = tflite_fb.rename_signature(
-                tflite_torch.convert_fp32(module, source.inputs), inputs, outputs
-            )
-            tflite_torch.check_close(data, source.reference, source.inputs, outputs[0])
-            report = {"converter": converter, "batch": 1}
-        if mode is not None:
-            data, quant = tflite_torch.quantize(data, mode, calibration, inputs)
-            report = {**quant, **report}
-        data = tflite_fb.set_io_type(data, config.io)
+        outputs = model.output_names()
+        module, converter = _torch_module(model, source, ctx.step.workdir)
+        data = tflite_fb.rename_signature(tflite_torch.convert_fp32(module, source.inputs), inputs, outputs)
+        tflite_torch.check_close(data, source.reference, source.inputs, outputs[0])
+        report = {"converter": converter, "batch": 1}
+    if model.precision == BINARY:  # no 1-bit TFLite: +-alpha weights as int8 per channel (exact, 4x)
+        from .binary_tflite import NOTE
+
+        report["binary"] = NOTE
+    return StepResult(TFLiteHandle(data, FP32), report)
+
+
+def finish(config, model: TFLiteHandle, quantization: dict) -> tuple[bytes, dict]:
+    """The bytes to write, with the export's I/O type, and the artifact's report."""
+    data = model.data if model.io == config.io else tflite_fb.set_io_type(model.data, config.io)
+    report = dict(quantization)
+    binary = report.pop("binary", None)
     report["io"] = config.io
-    if binary_note:
-        report["binary"] = binary_note
-    report["layout"] = "as the source model (NHWC for Keras and TFLite, NCHW for PyTorch/ONNX)"
-    return data, PRECISIONS[mode], report
+    if binary:
+        report["binary"] = binary
+    report["layout"] = LAYOUT
+    return data, report
 
 
-def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
-    data, precision, report = build(config, model, quantize, ctx)
+def write(config, model: TFLiteHandle, dest: Path, ctx: ExportContext, quantization: dict | None) -> Exported:
+    data, report = finish(config, model, quantization or {})
     path = dest.with_name(dest.name + SUFFIX)
     path.write_bytes(data)
-    return Exported(path, precision, report.get("engine"), report)
+    return Exported(path, model.precision, report.get("engine"), report)

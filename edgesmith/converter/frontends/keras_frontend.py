@@ -196,4 +196,4 @@ def load(path: Path, workdir: Path):
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return [np.asarray(o) for o in flat]
 
-    return Source("keras", path, ModelHandle(out, "fp32"), session.inputs, reference, model)
+    return Source("keras", path, ModelHandle(out), session.inputs, reference, model)

@@ -43,7 +43,7 @@ def load(path: Path, workdir: Path):
     def reference(feeds):
         return list(session.run(feeds).values())
 
-    return Source("onnx", path, ModelHandle(copy, "fp32"), session.inputs, reference, notes=tuple(notes))
+    return Source("onnx", path, ModelHandle(copy), session.inputs, reference, notes=tuple(notes))
 
 
 def _read(onnx, path: Path):

@@ -150,4 +150,4 @@ def _from_program(program, kind: str, path: Path | None, workdir: Path, stem: st
         parts = [run([a[i : i + step] for a in arrays]) for i in range(0, count, step)]
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
-    return Source(kind, path, ModelHandle(out, "fp32"), session.inputs, reference, program)
+    return Source(kind, path, ModelHandle(out), session.inputs, reference, program)

@@ -2,13 +2,22 @@
 
 PyTorch-level steps (`consumes = "torch"`: prune, prune_transformer, distill, lowrank, sparsify,
 binarize) run on the module before the ONNX export; ONNX-level steps run after it; `quantize` comes
-last and each exporter applies it its own way.
+last: converter/plan.py picks, for each export, the first quantizer of `QUANTIZERS` that produces the
+export's kind, answers to the recipe's `engine` and applies its mode.
 """
 
 from __future__ import annotations
 
-from . import torch_steps  # noqa: F401  (registers the PyTorch-level handlers)
-from .base import HANDLERS, StepConfig, StepContext, StepResult, register
+from . import (
+    aeq_quantize,
+    inc_quantize,
+    keras_tflite,
+    nncf_quantize,
+    openvino_fp16,
+    quantize,
+    torch_steps,  # noqa: F401  (registers the PyTorch-level handlers)
+)
+from .base import HANDLERS, ExportContext, Facts, Quantizer, StepConfig, StepContext, StepResult, register
 from .binarize import BinarizeConfig
 from .distill import DistillConfig
 from .lowrank import LowRankConfig
@@ -30,4 +39,27 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     )
 }
 
-__all__ = ["HANDLERS", "STEP_CONFIGS", "StepConfig", "StepContext", "StepResult", "register"]
+# Quantizers, in order of preference (engine = "auto" takes the first that fits); a new engine is one
+# module with a `Quantizer` and one line here.
+QUANTIZERS: tuple[Quantizer, ...] = (
+    quantize.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16
+    nncf_quantize.ONNX,  # ONNX -> ONNX: static (engine = "nncf")
+    inc_quantize.INC,  # the PyTorch source -> ONNX: static (engine = "inc")
+    nncf_quantize.OPENVINO,  # OpenVINO -> OpenVINO: static
+    openvino_fp16.OPENVINO_FP16,  # OpenVINO -> OpenVINO: fp16 (compressed weights)
+    keras_tflite.KERAS,  # a Keras source -> TFLite: static, dynamic, fp16 (TensorFlow's converter)
+    aeq_quantize.AEQ,  # TFLite -> TFLite: static, dynamic, fp16
+)
+
+__all__ = [
+    "HANDLERS",
+    "QUANTIZERS",
+    "STEP_CONFIGS",
+    "ExportContext",
+    "Facts",
+    "Quantizer",
+    "StepConfig",
+    "StepContext",
+    "StepResult",
+    "register",
+]

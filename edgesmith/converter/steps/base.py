@@ -1,7 +1,13 @@
-"""The step contract: a config dataclass, a handler registered for it, a result with a report.
+"""The step contracts.
 
-A handler takes `(config, model, context)` and returns `StepResult(model, report)`. It must write a
-new file in `context.workdir` and leave its input file untouched; the pipeline checks both.
+A recipe step is a config dataclass and a handler registered for it: `(config, model, context) ->
+StepResult(model, report)`, on a model of the kind it `consumes` ("torch" or "onnx"), returning one of
+the same kind. It must write a new file in `context.workdir` and leave its input untouched; the
+pipeline checks both.
+
+A quantizer is the recipe's `[quantize]` applied to one format: a `Quantizer` declaration (the handle
+kind it consumes and produces, the modes and recipe `engine` names it answers to) whose `run` takes
+`(QuantizeConfig, model, ExportContext) -> StepResult`. `converter/plan.py` picks one per export.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..precision import BINARY
 from ..validate import Checked
 
 if TYPE_CHECKING:
@@ -24,12 +31,16 @@ class StepConfig(Checked):
     """A step's settings, frozen and checked when created (see validate.py for the rules)."""
 
     kind: ClassVar[str]
-    consumes: ClassVar[str] = "onnx"  # "torch": runs on the PyTorch module, before the ONNX export
+    # the handle kind (handle.py) it runs on and returns: "onnx", or "torch" for the PyTorch module,
+    # before the ONNX export
+    consumes: ClassVar[str] = "onnx"
 
 
 @dataclass(frozen=True)
 class StepResult:
-    model: ModelHandle
+    """What a step or a quantizer gives: the new model's handle, and what it did for the report."""
+
+    model: Any  # a handle (handle.py): ModelHandle, TorchHandle, TFLiteHandle or OpenVINOHandle
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,6 +52,70 @@ class StepContext:
     quiet: bool = False
     original: Any = None  # the unchanged torch module, for steps that distill from it
     devices: tuple[str, ...] = ()  # the recipe's device targets ([profile] targets): they pick INT8 types
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a format's converter and quantizer see besides the model: the source (after the PyTorch
+    steps: its module, native model, inputs, reference) and the step context (work folder, data)."""
+
+    source: Any  # frontends.Source
+    step: StepContext
+    io: str = "float"  # the export's input/output type ([[exports]] io), for converters that set it
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the planner knows about a run before (or without) loading the model."""
+
+    source_kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" (Source.kind)
+    source_path: Any = None  # the user's file, None for an in-memory module
+    onnx_steps: bool = False  # ONNX-level steps ran: quantizers of the source model no longer apply
+    binary: bool = False  # binarized: stored with 1-bit weights, never quantized after
+    calibration: bool = False  # the recipe has calibration data
+    calibration_method: str = "minmax"
+
+
+QuantizeRun = Callable[[Any, Any, ExportContext], StepResult]  # (QuantizeConfig, handle, context)
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """A quantization engine as a step for one format (see docs/adding_a_step.md).
+
+    `consumes` is the handle kind it reads: the format's float model as its exporter converted it
+    ("onnx", "openvino", "tflite"), or "source" for an engine that converts and quantizes the
+    source model itself in one pass (Neural Compressor on the PyTorch program, TensorFlow's converter
+    on Keras); those apply only while no ONNX-level step changed the model.
+    """
+
+    name: str  # as reports and messages name it
+    consumes: str  # "onnx" | "openvino" | "tflite" | "source"
+    produces: str  # "onnx" | "openvino" | "tflite": the exports of that kind can use it
+    modes: tuple[str, ...]  # quantize.mode values it applies
+    engines: tuple[str, ...]  # quantize.engine values that pick it ("auto": picked when it fits)
+    run: QuantizeRun
+    sources: tuple[str, ...] = ()  # the source kinds it takes (empty: any)
+    # refuses settings it cannot apply, in one line, before any model is loaded: (config, facts)
+    check: Callable[[Any, Facts], None] | None = None
+
+    def fits(self, mode: str, facts: Facts) -> bool:
+        """Whether it applies `mode` to this run's model (used to choose among the named engines)."""
+        source_ok = not self.sources or facts.source_kind in self.sources
+        return mode in self.modes and source_ok and not (self.consumes == "source" and facts.onnx_steps)
+
+
+def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
+    """The planner's facts from a loaded run: the source, and the fp32 ONNX handle the exports start from."""
+    source = ctx.source
+    return Facts(
+        source.kind,
+        source.path,
+        onnx_steps=model.path != source.onnx.path,
+        binary=model.precision == BINARY,
+        calibration=ctx.step.calibration() is not None,
+        calibration_method=ctx.step.calibration_config.method,
+    )
 
 
 Handler = Callable[[Any, "ModelHandle", StepContext], StepResult]

@@ -9,7 +9,7 @@ Runtime. The exporter keeps the weights in float behind QuantizeLinear -> Clip -
 
 It needs the torch model, so it applies to PyTorch sources only (a module given in Python or a
 `.pt2`), and to the model after the PyTorch-level steps (prune, lowrank ...), which is what the
-ExportContext's source holds.
+ExportContext's source holds: a quantizer that consumes the source (`INC` below) and produces ONNX.
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ import numpy as np
 from ..._quiet import quiet
 from ...errors import InputError, require
 from ..handle import ModelHandle
-from .base import StepResult
+from ..precision import INT8
+from .base import ExportContext, Facts, Quantizer, StepResult, run_facts
 
 WHY = "engine = 'inc' uses Intel Neural Compressor"
 ALGOS = {"minmax": "minmax", "entropy": "kl"}  # the recipe's calibration.method -> INC's act_algo
 
 
-def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
-    """`engine = "inc"`: `ctx` is the ExportContext (the torch source and the step context)."""
+def quantize_onnx(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
+    """`engine = "inc"`: the PyTorch source (`ctx.source`) quantized and exported to ONNX; `model` is
+    the fp32 ONNX export, whose file name the result takes."""
     source, step = ctx.source, ctx.step
-    _check(config, model, source, step.calibration_config.method)
+    check(config, run_facts(model, ctx))
     torch = require("torch", "convert-inc", WHY)
     inc = require("neural_compressor", "convert-inc", WHY)
     from neural_compressor.torch.export import export
@@ -87,28 +89,34 @@ def quantize_onnx(config, model: ModelHandle, ctx) -> StepResult:
         "calibration": {"method": algo, "samples": len(cal), "path": str(cal.path)},
         "folded_weights": folded,
     }
-    return StepResult(ModelHandle(out, "int8"), report)
+    return StepResult(ModelHandle(out, INT8), report)
 
 
-def _check(config, model: ModelHandle, source, method: str) -> None:
-    if source.kind not in ("torch", "pt2"):
+def check(config, facts: Facts) -> None:
+    """What INC cannot do, refused before any model is loaded."""
+    if facts.source_kind not in SOURCES:
         raise InputError(
-            f"engine 'inc' quantizes PyTorch models (PT2E); this source is {source.kind} "
-            f"({source.path or 'in memory'}): use engine = 'onnxruntime' or 'nncf'"
+            f"engine 'inc' quantizes PyTorch models (PT2E); this source is {facts.source_kind} "
+            f"({facts.source_path or 'in memory'}): use engine = 'onnxruntime' or 'nncf'"
         )
-    if model.path != source.onnx.path:  # ONNX-level steps ran: INC would quantize the model without them
+    if facts.onnx_steps:  # INC would quantize the model without them
         raise InputError(
             "engine 'inc' quantizes the PyTorch model, so it cannot follow ONNX-level steps; "
             "use engine = 'onnxruntime' or 'nncf'"
         )
     if config.mode != "static":
         raise InputError(f"engine 'inc' quantizes static INT8 only, not mode = {config.mode!r}")
+    method = facts.calibration_method
     if method not in ALGOS:
         raise InputError(f"engine 'inc' calibrates with {sorted(ALGOS)}, not calibration.method = {method!r}")
     unsupported = [n for n, on in (("exclude", config.exclude), ("op_types", config.op_types),
                                    ("format = 'qoperator'", config.format != "qdq")) if on]  # fmt: skip
     if unsupported:
         raise InputError(f"engine 'inc' does not take quantize.{unsupported[0]}; use engine = 'onnxruntime'")
+
+
+SOURCES = ("torch", "pt2")
+INC = Quantizer("neural-compressor", "source", "onnx", ("static",), ("inc",), quantize_onnx, SOURCES, check)
 
 
 def _fold_weights(proto) -> int:

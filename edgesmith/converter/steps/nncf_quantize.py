@@ -1,5 +1,5 @@
-"""Static INT8 with NNCF's post-training `quantize`: OpenVINO IR (its native engine) and, with
-`engine = "nncf"`, ONNX.
+"""Static INT8 with NNCF's post-training `quantize`: the quantizer of OpenVINO IR (its native engine)
+and, with `engine = "nncf"`, of ONNX (`OPENVINO` and `ONNX` below, listed in steps/__init__.py).
 
 The calibration data is the recipe's, the same batches ONNX Runtime's quantizer sees, fed to NNCF one
 sample at a time: NNCF averages per-item activation ranges (`MEAN_MINMAX` by default) and warns that
@@ -24,8 +24,9 @@ from contextlib import redirect_stdout
 from typing import Any
 
 from ...errors import InputError, require
-from ..handle import ModelHandle
-from .base import StepContext, StepResult
+from ..handle import ModelHandle, OpenVINOHandle
+from ..precision import INT8
+from .base import ExportContext, Facts, Quantizer, StepContext, StepResult
 from .quantize import is_transformer
 
 PRESET = "performance"
@@ -46,6 +47,15 @@ class Samples:
         return self._source.samples()
 
 
+def check(config, facts: Facts | None = None) -> None:
+    """NNCF's post-training quantization is static INT8: refuse the other modes before any work."""
+    if config.mode != "static":
+        raise InputError(
+            f"NNCF quantizes static INT8 only, not mode = {config.mode!r}; use --preset int8 (static, "
+            "calibrated) or engine = 'onnxruntime' for ONNX"
+        )
+
+
 def _estimators(nncf, method: str):
     """The AdvancedQuantizationParameters for the recipe's calibration method."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -60,11 +70,7 @@ def _estimators(nncf, method: str):
 
 def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
     """NNCF static INT8 of an in-memory model (`openvino.Model` or `onnx.ModelProto`)."""
-    if config.mode != "static":
-        raise InputError(
-            f"NNCF quantizes static INT8 only, not mode = {config.mode!r}; use --preset int8 (static, "
-            "calibrated) or engine = 'onnxruntime' for ONNX"
-        )
+    check(config)
     nncf = require("nncf", "convert-openvino", "NNCF quantizes OpenVINO and ONNX models")
     nncf.set_log_level(logging.ERROR)
     cal = ctx.calibration()
@@ -113,4 +119,21 @@ def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:
     quantized.ir_version = min(quantized.ir_version, proto.ir_version)
     out = ctx.workdir / f"{model.path.stem}.nncf-int8.onnx"
     onnx.save(quantized, str(out))
-    return StepResult(ModelHandle(out, "int8"), report | {"format": "qdq"})
+    return StepResult(ModelHandle(out, INT8), report | {"format": "qdq"})
+
+
+def quantize_openvino(config, model: OpenVINOHandle, ctx: ExportContext) -> StepResult:
+    """The OpenVINO export's INT8: NNCF on the converted `openvino.Model` (FakeQuantize ops, which
+    OpenVINO's CPU plugin runs with INT8 kernels)."""
+    quantized, report = quantize_model(model.model, config, ctx.step)
+    return StepResult(OpenVINOHandle(quantized, model.origin, INT8), report)
+
+
+def _quantize_onnx_export(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
+    return quantize_onnx(config, model, ctx.step)
+
+
+OPENVINO = Quantizer(
+    "nncf", "openvino", "openvino", ("static",), ("auto", "nncf"), quantize_openvino, check=check
+)
+ONNX = Quantizer("nncf", "onnx", "onnx", ("static",), ("nncf",), _quantize_onnx_export, check=check)

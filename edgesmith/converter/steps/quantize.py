@@ -1,4 +1,6 @@
-"""`quantize`: INT8 static (calibrated), INT8 dynamic or FP16, with ONNX Runtime's quantization tools.
+"""`quantize`: the recipe's `[quantize]` settings, and ONNX Runtime's quantizer (INT8 static, INT8
+dynamic or FP16 of an ONNX model), the quantizer `converter/plan.py` picks for ONNX exports by default.
+Other formats and engines have their own quantizer modules (`QUANTIZERS` in steps/__init__.py).
 
 Static INT8 is QDQ with per-channel weights. The activation/weight types follow the CPU that will run
 the model (see int8_types.py) and the report says which were chosen and why.
@@ -14,9 +16,10 @@ from typing import ClassVar, Literal
 
 from ...errors import require
 from ..handle import ModelHandle
+from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
 from . import int8_types, qdq_tidy
-from .base import StepConfig, StepContext, StepResult, register
+from .base import ExportContext, Quantizer, StepConfig, StepContext, StepResult, register
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -33,7 +36,8 @@ class QuantizeConfig(StepConfig):
     op_types: list[str] | None = spec(None, nonempty=True)  # None: ONNX Runtime's default set
     exclude: list[str] = spec(default_factory=list, regex=True)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
-    # auto: ONNX Runtime for ONNX, NNCF for OpenVINO
+    # auto: ONNX Runtime for ONNX, NNCF for OpenVINO, the AI Edge Quantizer (TensorFlow's converter for
+    # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS
     engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
     # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
@@ -107,7 +111,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         )
         report.update(weights=config.weights, activations="uint8 (computed at run time)")
         _check_loads(out)
-        return StepResult(ModelHandle(out, "int8-dynamic"), report | {"excluded_nodes": excluded})
+        return StepResult(ModelHandle(out, INT8_DYNAMIC), report | {"excluded_nodes": excluded})
 
     op_types, why = _static_op_types(source_path, config.op_types)
     if why:
@@ -153,7 +157,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         excluded_nodes=excluded,
         preprocessed=config.preprocess,
     )
-    return StepResult(ModelHandle(out, "int8"), report)
+    return StepResult(ModelHandle(out, INT8), report)
 
 
 def _check_loads(path) -> None:
@@ -285,13 +289,20 @@ def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
     out = ctx.workdir / f"{model.path.stem}.fp16.onnx"
     onnx.save(fp16, str(out))
     return StepResult(
-        ModelHandle(out, "fp16"),
+        ModelHandle(out, FP16),
         {"mode": "fp16", "engine": "onnxruntime.transformers", "io_types": "float32 (kept)"},
     )
 
 
 def quantize_precision(quantize: QuantizeConfig | None) -> str:
     """The precision name an artifact quantized by `quantize` carries (fp32 without a quantize step)."""
-    if quantize is None:
-        return "fp32"
-    return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
+    return of_mode(quantize.mode if quantize is not None else None)
+
+
+def _quantize_export(config: QuantizeConfig, model: ModelHandle, ctx: ExportContext) -> StepResult:
+    return quantize(config, model, ctx.step)
+
+
+ONNXRUNTIME = Quantizer(
+    "onnxruntime", "onnx", "onnx", ("static", "dynamic", "fp16"), ("auto", "onnxruntime"), _quantize_export
+)

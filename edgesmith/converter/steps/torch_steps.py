@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..handle import TorchHandle
+from ..precision import BINARY
 from .base import StepContext, StepResult, register
 from .binarize import BinarizeConfig, binarize_module, load_training_data
 from .distill import DistillConfig, distill_module
@@ -122,7 +123,7 @@ def binarize(config: BinarizeConfig, model: TorchHandle, ctx: StepContext) -> St
     else:
         x, y = calibration_inputs(ctx, "binarize"), None
     module, report = binarize_module(model.module, config, x, y, teacher=ctx.original, quiet=ctx.quiet)
-    return StepResult(TorchHandle(freeze(module), model.example, "binary"), report)
+    return StepResult(TorchHandle(freeze(module), model.example, BINARY), report)
 
 
 @register(LowRankConfig)
