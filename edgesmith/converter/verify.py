@@ -22,7 +22,8 @@ from .progress import bar
 # What an artifact must keep of the original's outputs when the recipe sets no `min_cosine`: the
 # cosine of every sample's output to the original's. Only for runs whose steps all aim to keep the
 # function (quantization, export); pruning, distillation and binarization change it on purpose.
-DEFAULT_MIN_COSINE = {"int8": 0.98, "int8-dynamic": 0.98, "fp16": 0.999, "fp32": 0.999}
+DEFAULT_MIN_COSINE = {"int8": 0.98, "int8-dynamic": 0.98, "fp16": 0.999, "fp32": 0.999,
+                      "int8-weight-only": 0.99, "int4-weight-only": 0.98}  # fmt: skip
 
 
 @dataclass

@@ -7,7 +7,8 @@ The fp32 ONNX handle goes through `openvino.convert_model`, then by precision:
   decompresses them at load time and computes in its inference precision.
 - int8: NNCF's `quantize` on the OpenVINO model with the recipe's calibration data
   (steps/nncf_quantize.py); OpenVINO's CPU plugin runs the FakeQuantize graph with INT8 kernels.
-- dynamic INT8 (weights-only INT8 with activations quantized at run time) is an ONNX Runtime
+- weight-only INT8/INT4: NNCF's `compress_weights` (steps/weight_only.py), no calibration data.
+- dynamic INT8 (INT8 weights with activations quantized at run time) is an ONNX Runtime
   feature with no OpenVINO counterpart: refused, with the static preset as the fix.
 
 The same inputs give byte-identical files. Conversion and NNCF compute the same graph every time,
@@ -76,6 +77,12 @@ def export(config, model: ModelHandle, quantize, dest: Path, ctx) -> Exported:
         precision, engine = "fp16", "openvino"
         report = {"mode": "fp16", "engine": "openvino", "weights": "float16 (compressed IR)",
                   "io_types": "float32 (kept)"}  # fmt: skip
+    elif quantize is not None and quantize.mode == "weight-only":
+        from ..steps.quantize import quantize_precision
+        from ..steps.weight_only import compress_openvino
+
+        ov_model, report = compress_openvino(ov_model, quantize)
+        precision, engine = quantize_precision(quantize), "nncf"
     elif quantize is not None:
         from ..steps.nncf_quantize import quantize_model
 

@@ -44,6 +44,10 @@ def _torch_module(model: ModelHandle, source, workdir: Path):
 def build(config, model: ModelHandle, quantize, ctx) -> tuple[bytes, str, dict]:
     """The `.tflite` bytes, their precision and the report (converter, quantizer, layout, I/O)."""
     binary_note = None
+    if quantize is not None and quantize.mode == "weight-only":
+        from ..steps.weight_only import TFLITE_FIX
+
+        raise InputError(TFLITE_FIX)
     if model.precision == "binary":  # no 1-bit TFLite: +-alpha weights as int8 per channel (exact, 4x)
         from ..steps.quantize import QuantizeConfig
         from .binary_tflite import NOTE

@@ -24,7 +24,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 @dataclass(frozen=True)
 class QuantizeConfig(StepConfig):
     kind: ClassVar[str] = "quantize"
-    mode: Literal["static", "dynamic", "fp16"] = "static"
+    mode: Literal["static", "dynamic", "fp16", "weight-only"] = "static"
     per_channel: bool = True
     format: Literal["qdq", "qoperator"] = "qdq"
     activations: Literal["auto", "int8", "uint8"] = "auto"  # auto: from the target's CPU
@@ -38,6 +38,9 @@ class QuantizeConfig(StepConfig):
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
     # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
     search: Literal["auto", "off"] = "off"
+    # weight-only: the weights' width and how many input channels share a scale (steps/weight_only.py)
+    bits: Literal[4, 8] = 8
+    block_size: Literal[16, 32, 64, 128, 256] = 128
 
 
 def _qtype(q, name: str):
@@ -91,6 +94,10 @@ def _stride(batches: int, most: int = 4) -> int:
 def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> StepResult:
     if config.mode == "fp16":
         return _fp16(model, ctx)
+    if config.mode == "weight-only":
+        from .weight_only import quantize_onnx
+
+        return quantize_onnx(config, model, ctx, _excluded(model.path, config.exclude))
     q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
     report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
     source_path = prepared(model.path, ctx.workdir, config.preprocess)
@@ -294,4 +301,6 @@ def quantize_precision(quantize: QuantizeConfig | None) -> str:
     """The precision name an artifact quantized by `quantize` carries (fp32 without a quantize step)."""
     if quantize is None:
         return "fp32"
+    if quantize.mode == "weight-only":
+        return f"int{quantize.bits}-weight-only"
     return {"static": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}[quantize.mode]
