@@ -124,8 +124,20 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     calib = ctx.calibration_config
     from ..progress import bar
 
+    options = {
+        "ActivationSymmetric": types.symmetric_activations,
+        # Ranges are collected a few batches at a time: bounded memory. (Not
+        # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
+        "CalibStridedMinMax": _stride(cal.num_batches()),
+        "CalibPercentile": calib.percentile,
+    }
+    cache = _calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal))
     # ONNX Runtime prints its own chatter to stdout, which belongs to `--json` output: keep it out.
     with bar(len(cal), "calibrating", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
+        if not cache.is_file():  # the same ranges as ONNX Runtime's, in bounded memory
+            from ..calibration import write_cache
+
+            write_cache(source_path, op_types, METHODS[calib.method], options, cal, cache, progress)
         q.quantize_static(
             str(source_path),
             str(out),
@@ -138,14 +150,8 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             nodes_to_exclude=excluded,
             reduce_range=types.reduce_range,
             calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
-            extra_options={
-                "ActivationSymmetric": types.symmetric_activations,
-                # Ranges are collected a few batches at a time: bounded memory. (Not
-                # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
-                "CalibStridedMinMax": _stride(cal.num_batches()),
-                "CalibPercentile": calib.percentile,
-            },
-            calibration_cache_path=_calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal)),
+            extra_options=options,
+            calibration_cache_path=cache,
         )
     onnx = require("onnx", "convert")
     model_proto = onnx.load(str(out))
