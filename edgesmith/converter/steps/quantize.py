@@ -41,6 +41,9 @@ class QuantizeConfig(StepConfig):
     # weight-only: the weights' width and how many input channels share a scale (steps/weight_only.py)
     bits: Literal[4, 8] = 8
     block_size: Literal[16, 32, 64, 128, 256] = 128
+    # PTQ recovery (NNCF; steps/recovery.py). None: the engine's default
+    bias_correction: Literal["fast", "full", "off"] | None = None
+    smooth_quant: float | None = spec(None, ge=0, le=1)  # SmoothQuant's alpha on MatMuls; 0: off
 
 
 def _qtype(q, name: str):
@@ -99,6 +102,9 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
 
         return quantize_onnx(config, model, ctx, _excluded(model.path, config.exclude))
     q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
+    from .recovery import check_onnxruntime
+
+    check_onnxruntime(config)
     report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
     source_path = prepared(model.path, ctx.workdir, config.preprocess)
     excluded = _excluded(source_path, config.exclude)
