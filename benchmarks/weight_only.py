@@ -142,6 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=1379)
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--runtimes", nargs="+", default=["onnxruntime", "openvino"])
     ap.add_argument("--work", type=Path, default=None, help="keep the models here (reused by the next run)")
     args = ap.parse_args()
     tokenize = hf_frontend.tokenizer_for(MODEL)
@@ -152,10 +153,9 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         fp32 = fp32_onnx(work)
         results = {}
-        for runtime, paths in (
-            ("onnxruntime", onnx_variants(fp32, work)),
-            ("openvino", openvino_variants(fp32, work)),
-        ):
+        variants = {"onnxruntime": onnx_variants, "openvino": openvino_variants}
+        for runtime in args.runtimes:
+            paths = variants[runtime](fp32, work)
             runners, rows = {}, {}
             for key, path, precision in configurations(runtime, paths):
                 embed = embedder(path, precision)

@@ -132,8 +132,9 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
 
     options = {
         "ActivationSymmetric": types.symmetric_activations,
-        # Ranges are collected a few batches at a time: bounded memory. (Not
-        # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
+        # The ranges come from calibration.write_cache (bounded memory, same ranges); this stride only
+        # applies if ONNX Runtime calibrates by itself. (Not CalibMaxIntermediateOutputs: ONNX
+        # Runtime 1.31 drops data with it.)
         "CalibStridedMinMax": _stride(cal.num_batches()),
         "CalibPercentile": calib.percentile,
     }
