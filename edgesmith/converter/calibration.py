@@ -56,6 +56,10 @@ def write_cache(model_path: Path, op_types, method: str, options: dict, source, 
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
     calib_options = {"percentile": options["CalibPercentile"]} if "CalibPercentile" in options else {}
+    if not op_types:  # quantize_static's default: every op it can quantize (QOperator or QDQ)
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
         calibrator = create_calibrator(
             Path(model_path),
