@@ -153,12 +153,18 @@ def measure(model: Path, data: Path, work: Path, method: str, samples: int, when
 
 
 def qparams(path: str) -> dict[str, np.ndarray]:
+    """Every scale and zero point of the (Q/DQ) model, by initializer name."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(path)
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-            if t.name.endswith(("_scale", "_zero_point"))}  # fmt: skip
+    names = {
+        i
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for i in n.input[1:]
+    }
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
 
 
 def compare(before: str, after: str) -> str:
@@ -166,8 +172,9 @@ def compare(before: str, after: str) -> str:
     if a.keys() != b.keys():
         return "different tensors"
     same = sum(np.array_equal(a[k], b[k]) for k in a)
+    scales = [k for k in a if a[k].dtype == np.float32]
     worst = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]) / np.maximum(np.abs(a[k]), 1e-12)))
-                for k in a if k.endswith("_scale"))  # fmt: skip
+                for k in scales)  # fmt: skip
     return f"{same}/{len(a)} identical, worst scale diff {worst:.2%}"
 
 
