@@ -148,7 +148,8 @@ def measure(model: Path, data: Path, work: Path, method: str, samples: int, when
     args = [sys.executable, "-c", CHILD, str(model), str(data), str(folder), method, str(samples), when]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1]}
+        lines = done.stderr.strip().splitlines()  # empty: killed by a signal (the OOM killer)
+        return {"error": lines[-1] if lines else f"killed (exit {done.returncode})"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
