@@ -96,6 +96,8 @@ exclude = []
 preprocess = true
 engine = "auto"
 search = "off"
+bits = 8
+block_size = 128
 
 [verify]
 batch_size = 64
@@ -135,7 +137,7 @@ BAD_VALUES = [
     ({"exports": [{"format": "onx"}]}, "exports[0].format = 'onx' is not valid; expected one of 'onnx'"),
     ({"exports": [{"name": "../../escape"}]}, "exports[0].name = '../../escape' is not valid; expected a file name"),
     ({"steps": [{"kind": "quantize", "exclude": ["^fc", "("]}]}, "steps[0].exclude[1] = '(' is not a valid regex (missing )"),
-    ({"steps": [{"kind": "quantize", "mode": "statc"}]}, "steps[0].mode = 'statc' is not valid; expected one of 'static', 'dynamic', 'fp16' (did you mean 'static'?)"),
+    ({"steps": [{"kind": "quantize", "mode": "statc"}]}, "steps[0].mode = 'statc' is not valid; expected one of 'static', 'dynamic', 'fp16', 'weight-only' (did you mean 'static'?)"),
     ({"steps": [{"kind": "prune", "ratios": {"conv[": 0.5}}]}, "steps[0].ratios key = 'conv[' is not a valid regex"),
     ({"steps": [{"kind": "prune", "ratios": {"conv": 1.5}}]}, "steps[0].ratios['conv'] = 1.5 must be a number between 0 and 1 (exclusive)"),
     ({"steps": [{"kind": "distill", "losses": []}]}, "steps[0].losses = [] must be a non-empty list"),

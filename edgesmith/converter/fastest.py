@@ -49,13 +49,15 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
 
     models = {"fp32": Path(handle.path)}
     if quantize is not None:
-        models[of_mode(quantize.mode)] = _quantized_onnx(handle, quantize, folder, ctx)
+        models[of_mode(quantize.mode, quantize.bits)] = _quantized_onnx(handle, quantize, folder, ctx)
     names = list(recipe.profile.targets) or ["host"]
     threads = recipe.profile.threads or None
     report["fastest"] = {name: compare(name, models, folder, threads) for name in names}
     if not auto:
         return recipe
-    best = fastest_at(report["fastest"][names[0]], of_mode(quantize.mode if quantize else None))
+    best = fastest_at(
+        report["fastest"][names[0]], of_mode(quantize.mode, quantize.bits) if quantize else of_mode(None)
+    )
     exports = []
     for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
         config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config

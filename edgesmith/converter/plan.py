@@ -29,6 +29,7 @@ from .precision import BINARY, of_mode
 from .steps import QUANTIZERS
 from .steps.base import ExportContext, Facts, Quantizer, run_facts
 from .steps.quantize import QuantizeConfig
+from .steps.weight_only import TFLITE_FIX
 
 AUTO = "auto"  # `format = "auto"`: resolved by converter/fastest.py before it is planned
 
@@ -83,7 +84,8 @@ def one(config, quantize: QuantizeConfig | None, facts: Facts) -> ExportPlan:
         raise InputError(
             f"io = '{config.io}' needs full-integer INT8 (preset int8); {of_mode(mode)} models take float"
         )
-    return ExportPlan(config, quantizer, quantize, BINARY if facts.binary else of_mode(mode))
+    bits = quantize.bits if quantize is not None else 8
+    return ExportPlan(config, quantizer, quantize, BINARY if facts.binary else of_mode(mode, bits))
 
 
 def _format_limits(config, kind: str, quantize: QuantizeConfig | None) -> None:
@@ -99,6 +101,8 @@ def _format_limits(config, kind: str, quantize: QuantizeConfig | None) -> None:
             "OpenVINO has no dynamic INT8: use --preset int8 (static INT8, calibrated with --calibration) "
             "for the openvino format, or export dynamic INT8 as --format onnx"
         )
+    if kind == "tflite" and mode == "weight-only":
+        raise InputError(TFLITE_FIX)
     if config.format == "c-array" and mode in ("dynamic", "fp16"):
         raise InputError(
             f"TensorFlow Lite Micro has no {'hybrid INT8' if mode == 'dynamic' else 'float16'} kernels; "
@@ -129,7 +133,7 @@ def _quantizer(fmt: str, kind: str, quantize: QuantizeConfig, facts: Facts) -> Q
         chosen.check(quantize, facts)
     if not chosen.fits(quantize.mode, facts):
         raise InputError(
-            f"{chosen.name} cannot make a {of_mode(quantize.mode)} {fmt} of this {facts.source_kind} model; "
+            f"{chosen.name} cannot make a {of_mode(quantize.mode, quantize.bits)} {fmt} of this {facts.source_kind} model; "
             "set quantize.engine = 'auto' or choose another --format"
         )
     return chosen

@@ -8,6 +8,7 @@ OpenVINO quantizer the recipe asks for, and `write` saves the IR at the handle's
   FP16 IR; the CPU plugin decompresses them at load time and computes in its inference precision.
 - int8: NNCF's `quantize` on the OpenVINO model with the recipe's calibration data
   (steps/nncf_quantize.py); OpenVINO's CPU plugin runs the FakeQuantize graph with INT8 kernels.
+- weight-only INT8/INT4: NNCF's `compress_weights` (steps/weight_only.py), no calibration data.
 - dynamic INT8 (weights-only INT8 with activations quantized at run time) is an ONNX Runtime
   feature with no OpenVINO counterpart: the planner refuses it, with the static preset as the fix.
 

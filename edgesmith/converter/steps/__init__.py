@@ -16,6 +16,7 @@ from . import (
     openvino_fp16,
     quantize,
     torch_steps,  # noqa: F401  (registers the PyTorch-level handlers)
+    weight_only,
 )
 from .base import HANDLERS, ExportContext, Facts, Quantizer, StepConfig, StepContext, StepResult, register
 from .binarize import BinarizeConfig
@@ -43,10 +44,12 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
 # module with a `Quantizer` and one line here.
 QUANTIZERS: tuple[Quantizer, ...] = (
     quantize.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16
+    weight_only.ONNX,  # ONNX -> ONNX: weight-only INT8/INT4 (ONNX Runtime's MatMulNBits)
     nncf_quantize.ONNX,  # ONNX -> ONNX: static (engine = "nncf")
     inc_quantize.INC,  # the PyTorch source -> ONNX: static (engine = "inc")
     nncf_quantize.OPENVINO,  # OpenVINO -> OpenVINO: static
     openvino_fp16.OPENVINO_FP16,  # OpenVINO -> OpenVINO: fp16 (compressed weights)
+    weight_only.OPENVINO,  # OpenVINO -> OpenVINO: weight-only INT8/INT4 (NNCF compress_weights)
     keras_tflite.KERAS,  # a Keras source -> TFLite: static, dynamic, fp16 (TensorFlow's converter)
     aeq_quantize.AEQ,  # TFLite -> TFLite: static, dynamic, fp16
 )

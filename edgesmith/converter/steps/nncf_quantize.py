@@ -30,7 +30,6 @@ from .base import ExportContext, Facts, Quantizer, StepContext, StepResult
 from .quantize import is_transformer
 
 PRESET = "performance"
-FAST_BIAS_CORRECTION = True
 
 
 class Samples:
@@ -78,6 +77,9 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH")
     advanced, method = _estimators(nncf, ctx.calibration_config.method)
     transformer = is_transformer(model)
+    from .recovery import nncf_arguments
+
+    fast_bias_correction, advanced, recovery = nncf_arguments(config, advanced, transformer)
     ignored = nncf.IgnoredScope(patterns=list(config.exclude), validate=False) if config.exclude else None
     from ..progress import bar
 
@@ -89,7 +91,7 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
             preset=getattr(nncf.QuantizationPreset, PRESET.upper()),
             target_device=nncf.TargetDevice.CPU,
             subset_size=cal.num_samples(),
-            fast_bias_correction=FAST_BIAS_CORRECTION,
+            fast_bias_correction=fast_bias_correction,
             ignored_scope=ignored,
             advanced_parameters=advanced,
             # transformers: NNCF keeps Softmax, LayerNorm (MVN), GELU and the residual adds float
@@ -102,7 +104,7 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
         "nncf_version": nncf.__version__,
         "preset": PRESET,
         "target_device": "CPU",
-        "fast_bias_correction": FAST_BIAS_CORRECTION,
+        **recovery,
         "per_channel": True,  # NNCF quantizes weights per output channel on CPU
         "calibration": {"method": method, "samples": len(cal), "path": str(cal.path)},
         "excluded": list(config.exclude),

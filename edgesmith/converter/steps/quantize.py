@@ -27,7 +27,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 @dataclass(frozen=True)
 class QuantizeConfig(StepConfig):
     kind: ClassVar[str] = "quantize"
-    mode: Literal["static", "dynamic", "fp16"] = "static"
+    mode: Literal["static", "dynamic", "fp16", "weight-only"] = "static"
     per_channel: bool = True
     format: Literal["qdq", "qoperator"] = "qdq"
     activations: Literal["auto", "int8", "uint8"] = "auto"  # auto: from the target's CPU
@@ -42,6 +42,12 @@ class QuantizeConfig(StepConfig):
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
     # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
     search: Literal["auto", "off"] = "off"
+    # weight-only: the weights' width and how many input channels share a scale (steps/weight_only.py)
+    bits: Literal[4, 8] = 8
+    block_size: Literal[16, 32, 64, 128, 256] = 128
+    # PTQ recovery (NNCF; steps/recovery.py). None: the engine's default
+    bias_correction: Literal["fast", "full", "off"] | None = None
+    smooth_quant: float | None = spec(None, ge=0, le=1)  # SmoothQuant's alpha on MatMuls; 0: off
 
 
 def _qtype(q, name: str):
@@ -96,6 +102,9 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     if config.mode == "fp16":
         return _fp16(model, ctx)
     q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
+    from .recovery import check_onnxruntime
+
+    check_onnxruntime(config)
     report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
     source_path = prepared(model.path, ctx.workdir, config.preprocess)
     excluded = _excluded(source_path, config.exclude)
@@ -121,8 +130,21 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     calib = ctx.calibration_config
     from ..progress import bar
 
+    options = {
+        "ActivationSymmetric": types.symmetric_activations,
+        # The ranges come from calibration.write_cache (bounded memory, same ranges); this stride only
+        # applies if ONNX Runtime calibrates by itself. (Not CalibMaxIntermediateOutputs: ONNX
+        # Runtime 1.31 drops data with it.)
+        "CalibStridedMinMax": _stride(cal.num_batches()),
+        "CalibPercentile": calib.percentile,
+    }
+    cache = _calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal))
     # ONNX Runtime prints its own chatter to stdout, which belongs to `--json` output: keep it out.
     with bar(len(cal), "calibrating", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
+        if not cache.is_file():  # the same ranges as ONNX Runtime's, in bounded memory
+            from ..calibration import write_cache
+
+            write_cache(source_path, op_types, METHODS[calib.method], options, cal, cache, progress)
         q.quantize_static(
             str(source_path),
             str(out),
@@ -135,14 +157,8 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             nodes_to_exclude=excluded,
             reduce_range=types.reduce_range,
             calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
-            extra_options={
-                "ActivationSymmetric": types.symmetric_activations,
-                # Ranges are collected a few batches at a time: bounded memory. (Not
-                # CalibMaxIntermediateOutputs: ONNX Runtime 1.31 drops data with it.)
-                "CalibStridedMinMax": _stride(cal.num_batches()),
-                "CalibPercentile": calib.percentile,
-            },
-            calibration_cache_path=_calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal)),
+            extra_options=options,
+            calibration_cache_path=cache,
         )
     onnx = require("onnx", "convert")
     model_proto = onnx.load(str(out))
@@ -296,7 +312,9 @@ def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
 
 def quantize_precision(quantize: QuantizeConfig | None) -> str:
     """The precision name an artifact quantized by `quantize` carries (fp32 without a quantize step)."""
-    return of_mode(quantize.mode if quantize is not None else None)
+    if quantize is None:
+        return of_mode(None)
+    return of_mode(quantize.mode, quantize.bits)
 
 
 def _quantize_export(config: QuantizeConfig, model: ModelHandle, ctx: ExportContext) -> StepResult:
@@ -304,5 +322,10 @@ def _quantize_export(config: QuantizeConfig, model: ModelHandle, ctx: ExportCont
 
 
 ONNXRUNTIME = Quantizer(
-    "onnxruntime", "onnx", "onnx", ("static", "dynamic", "fp16"), ("auto", "onnxruntime"), _quantize_export
+    "onnxruntime",
+    "onnx",
+    "onnx",
+    ("static", "dynamic", "fp16", "weight-only"),
+    ("auto", "onnxruntime"),
+    _quantize_export,
 )
