@@ -321,11 +321,7 @@ def _quantize_export(config: QuantizeConfig, model: ModelHandle, ctx: ExportCont
     return quantize(config, model, ctx.step)
 
 
+# weight-only ONNX is ONNX Runtime's MatMulNBits quantizer: steps/weight_only.py
 ONNXRUNTIME = Quantizer(
-    "onnxruntime",
-    "onnx",
-    "onnx",
-    ("static", "dynamic", "fp16", "weight-only"),
-    ("auto", "onnxruntime"),
-    _quantize_export,
+    "onnxruntime", "onnx", "onnx", ("static", "dynamic", "fp16"), ("auto", "onnxruntime"), _quantize_export
 )
