@@ -58,6 +58,9 @@ class RandomSamples:
     def __len__(self) -> int:
         return self.count
 
+    def feed_size(self, feed: dict[str, np.ndarray]) -> int:
+        return len(next(iter(feed.values())))
+
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         yield from self._batches
 
@@ -85,7 +88,7 @@ def reference(source: Source, data, quiet: bool = False) -> Reference:
     with bar(len(data), "evaluating original", "sample", quiet) as progress:
         for batch in data.batches():
             outputs.append([np.asarray(o) for o in source.reference(batch)])
-            progress.update(len(next(iter(batch.values()))))
+            progress.update(data.feed_size(batch))
     first = np.concatenate([b[0] for b in outputs]) if outputs[0][0].ndim else None
     labels = getattr(data, "labels", None)
     metric = _metric(labels, first) if first is not None else None
@@ -169,7 +172,7 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     firsts = []
     with bar(len(data), f"evaluating {artifact.name}", "sample", quiet) as progress:
         for batch, want in zip(data.batches(), ref.outputs, strict=True):
-            samples = len(next(iter(batch.values())))
+            samples = data.feed_size(batch)
             got = _aligned(session.run(batch), ref.names, want)
             for stat, g, w in zip(stats, got, want, strict=True):
                 stat.add(g, w, samples)

@@ -10,6 +10,12 @@ memory).
 A model whose inputs fix the batch axis (most exported files: batch 1) is fed batches of exactly that
 size, whatever `batch_size` asks: calibration in every engine, verification and training all read
 their batches here, so each works with such models and the artifacts keep the source's signature.
+
+One rule says what a sample of an input is, read from the array's rank (`fed_whole`): an array of
+the input's rank holds rows of the batch, stacked on the model's batch axis (axis 0); an array of one
+more dimension holds each sample as the whole input the model declares, fed as it is. The second form
+is for inputs with no batch on axis 0: a recurrent state (2, batch, 128), a scalar sample rate.
+A source with such an input feeds one sample per call (its batch-row inputs one row each).
 """
 
 from __future__ import annotations
@@ -70,9 +76,26 @@ class ArraySource:
         self.count = min(total, max_samples) if max_samples else total
         if self.count == 0:
             raise InputError(f"{what} data {self.path} holds no samples; add some")
-        self.fixed_batch = model_batch(inputs)
-        if self.fixed_batch:
+        self.whole = (
+            frozenset()
+            if self._images is not None
+            else frozenset(spec.name for spec in inputs if fed_whole(spec, self._arrays[spec.name]))
+        )
+        self.fixed_batch = model_batch(tuple(s for s in inputs if s.name not in self.whole))
+        if self.whole:
+            self._fit_one_per_call()
+        elif self.fixed_batch:
             self._fit_fixed_batch()
+
+    def _fit_one_per_call(self) -> None:
+        """One sample per call when an input is fed whole (it has no batch axis to stack samples on)."""
+        if self.fixed_batch not in (None, 1):
+            raise InputError(
+                f"{self.what} data {self.path}: inputs {sorted(self.whole)} are given whole per sample, "
+                f"which feeds one sample per call, but the model's batch is fixed at {self.fixed_batch}; "
+                "give those inputs one row per sample"
+            )
+        self.batch_size = 1
 
     def _fit_fixed_batch(self) -> None:
         """Batches of the model's fixed batch size; the samples that do not fill a last batch are left out."""
@@ -148,8 +171,12 @@ class ArraySource:
             for index in range(self.num_batches(256)):
                 self.batch(index, 256)
 
+    def _size(self, batch_size: int | None) -> int:
+        """Samples per call: 1 when an input is fed whole, else `batch_size` or the source's."""
+        return 1 if self.whole else batch_size or self.batch_size
+
     def num_batches(self, batch_size: int | None = None) -> int:
-        size = batch_size or self.batch_size
+        size = self._size(batch_size)
         return -(-self.count // size)
 
     def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -164,9 +191,16 @@ class ArraySource:
             return self.batch(0, 1)[name].shape[1:]
         return tuple(self._arrays[name].shape[1:])
 
+    def feed_size(self, feed: dict[str, np.ndarray]) -> int:
+        """How many samples one feed from `batches()` holds."""
+        return 1 if self.whole else len(next(iter(feed.values())))
+
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of one sample each (NNCF and the AI Edge Quantizer calibrate per sample), or of the
         model's fixed batch when it has one."""
+        if self.whole:
+            yield from self.batches()
+            return
         step = self.fixed_batch or 1
         for batch in self.batches():
             count = len(next(iter(batch.values())))
@@ -175,11 +209,11 @@ class ArraySource:
 
     def num_samples(self) -> int:
         """How many feeds `samples()` yields."""
-        return self.count // (self.fixed_batch or 1)
+        return self.count // (1 if self.whole else self.fixed_batch or 1)
 
     def batch(self, index: int, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Batch number `index` (0-based), read from disk now."""
-        size = batch_size or self.batch_size
+        size = self._size(batch_size)
         start, stop = index * size, min((index + 1) * size, self.count)
         if self._images is not None:
             name = self.inputs[0].name
@@ -187,7 +221,10 @@ class ArraySource:
             _check_shape(self.path, self.inputs[0], batch[name])
         else:
             batch = {
-                spec.name: np.ascontiguousarray(self._arrays[spec.name][start:stop], dtype=spec.dtype)
+                spec.name: np.ascontiguousarray(
+                    self._arrays[spec.name][start if spec.name in self.whole else slice(start, stop)],
+                    dtype=spec.dtype,
+                )
                 for spec in self.inputs
             }
         for name, array in batch.items():
@@ -208,13 +245,23 @@ def model_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def fed_whole(spec: TensorSpec, array: np.ndarray) -> bool:
+    """Whether `array` (samples first) holds each sample as the whole input the model declares (one
+    dimension more than the input: fed as it is, one call per sample) rather than rows of the batch
+    (the input's rank: stacked on axis 0). The one place this is decided (module docstring)."""
+    return array.ndim == len(spec.shape) + 1
+
+
 def _check_shape(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
     want = list(spec.shape)
-    ok = array.ndim == len(want) and all(
-        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want[1:], array.shape[1:], strict=True)
+    whole = fed_whole(spec, array)
+    dims = want if whole else want[1:]
+    ok = (whole or array.ndim == len(want)) and all(
+        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(dims, array.shape[1:], strict=True)
     )
     if not ok:
         raise InputError(
-            f"{path}: samples for input '{spec.name}' have shape {list(array.shape)} but "
-            f"the model expects {want} (first axis = samples); reshape or preprocess them"
+            f"{path}: samples for input '{spec.name}' have shape {list(array.shape)} but the model expects "
+            f"{want} (first axis = samples; each sample one row of the batch, or the whole input as the "
+            "model declares it); reshape or preprocess them"
         )

@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ...errors import require
+from ...errors import InputError, require
 from ..handle import ModelHandle
 from ..validate import spec
 from . import int8_types, qdq_tidy
@@ -75,7 +75,7 @@ class _Reader:
         if index is None:
             return None
         batch = self._source.batch(index)
-        self._progress.update(len(next(iter(batch.values()))))
+        self._progress.update(self._source.feed_size(batch))
         return batch
 
     def rewind(self):
@@ -109,6 +109,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         _check_loads(out)
         return StepResult(ModelHandle(out, "int8-dynamic"), report | {"excluded_nodes": excluded})
 
+    _refuse_control_flow(model.path)
     op_types, why = _static_op_types(source_path, config.op_types)
     if why:
         report["op_types"] = {"quantized": op_types, "reason": why}
@@ -154,6 +155,23 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         preprocessed=config.preprocess,
     )
     return StepResult(ModelHandle(out, "int8"), report)
+
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def _refuse_control_flow(path) -> None:
+    """Refuse, in one line, a graph with control flow: ONNX Runtime's static INT8 calibrates and rewrites
+    the branches' subgraphs too and writes graphs it cannot load or run (silero-vad's `If` on the sample
+    rate: unsorted branch nodes, an LSTM fed 5-D). Dynamic INT8 and fp16 keep such graphs working."""
+    onnx = require("onnx", "convert")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    node = next((n for n in graph.node if n.op_type in CONTROL_FLOW), None)
+    if node is not None:
+        raise InputError(
+            f"{path.name}: static INT8 (ONNX Runtime) cannot quantize a graph with control flow (op "
+            f"'{node.op_type}', node '{node.name}'); use --preset int8-dynamic or fp16, which keep it"
+        )
 
 
 def _check_loads(path) -> None:
