@@ -114,15 +114,30 @@ def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource 
     if ver.eval:
         evaluation = ArraySource(ver.eval, source.inputs, "eval", ver.max_samples, ver.batch_size,
                                  tokenize=tokenize)  # fmt: skip
+    elif calibration is not None:
+        evaluation = _held_out(calibration, ver.max_samples or VERIFY_ON_CALIBRATION)
     return calibration, evaluation
 
 
 VERIFY_ON_CALIBRATION = 64  # samples of the calibration data that verify artifacts when no eval set is given
+HOLD_OUT_FROM = 8  # calibration sets at least this large give a quarter of their samples to verification
+
+
+def _held_out(calibration: ArraySource, most: int) -> ArraySource | None:
+    """Without an eval set, the last quarter of the calibration samples (at most `most`, whole fixed
+    batches) verify the artifacts and are not calibrated on, so the gate sees inputs the quantizer did
+    not; None (verify on the calibration samples themselves) when there are fewer than 8."""
+    step = 1 if calibration.whole else calibration.fixed_batch or 1
+    count = min(len(calibration) // 4, most) // step * step
+    if len(calibration) < HOLD_OUT_FROM or count == 0:
+        return None
+    return calibration.split_off(count, "held-out calibration")
 
 
 def _verification_data(recipe: Recipe, source, evaluation: ArraySource | None):
-    """What every artifact is compared with the original on: the eval set, else the first samples of
-    the calibration data, else seeded random inputs (a run never skips verification)."""
+    """What every artifact is compared with the original on: the eval set (or the calibration samples
+    held out from calibration, `_held_out`), else the first samples of the calibration data, else seeded
+    random inputs (a run never skips verification)."""
     if evaluation is not None:
         return evaluation
     cal, ver = recipe.calibration, recipe.verify

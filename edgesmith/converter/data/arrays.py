@@ -20,6 +20,7 @@ A source with such an input feeds one sample per call (its batch-row inputs one 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class ArraySource:
         tokenize=None,  # text models: (sentences, seq_len) -> {input name: int64 array}
     ):
         self.path = Path(path)
+        self.first = 0  # index of this source's first sample in the file or folder (see `split_off`)
         self._tokenize, self._max_samples = tokenize, max_samples
         self.inputs = inputs
         self.what = what
@@ -109,6 +111,17 @@ class ArraySource:
 
     def __len__(self) -> int:
         return self.count
+
+    def split_off(self, count: int, what: str) -> ArraySource:
+        """The last `count` samples as a source of their own named `what`; this one leaves them out.
+        (Verification holds calibration samples out this way: an artifact checked on the samples that
+        calibrated it looks better than it is on new inputs.)"""
+        other = copy.copy(self)
+        other.first, other.count, other.what = self.first + self.count - count, count, what
+        if self.labels is not None:
+            other.labels = self.labels[other.first : other.first + count]
+        self.count -= count
+        return other
 
     def _open_arrays(self) -> dict[str, np.ndarray]:
         suffix = self.path.suffix.lower()
@@ -215,6 +228,7 @@ class ArraySource:
         """Batch number `index` (0-based), read from disk now."""
         size = self._size(batch_size)
         start, stop = index * size, min((index + 1) * size, self.count)
+        start, stop = self.first + start, self.first + stop
         if self._images is not None:
             name = self.inputs[0].name
             batch = {name: np.stack([images.load_image(p, self.spec) for p in self._images[start:stop]])}
