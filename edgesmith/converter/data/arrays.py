@@ -49,7 +49,7 @@ class ArraySource:
         tokenize=None,  # text models: (sentences, seq_len) -> {input name: int64 array}
     ):
         self.path = Path(path)
-        self.first = 0  # index of this source's first sample in the file or folder (see `split_off`)
+        self._rows: np.ndarray | None = None  # which samples of the file or folder, in order (`split_off`)
         self._tokenize, self._max_samples = tokenize, max_samples
         self.inputs = inputs
         self.what = what
@@ -112,15 +112,22 @@ class ArraySource:
     def __len__(self) -> int:
         return self.count
 
-    def split_off(self, count: int, what: str) -> ArraySource:
-        """The last `count` samples as a source of their own named `what`; this one leaves them out.
-        (Verification holds calibration samples out this way: an artifact checked on the samples that
-        calibrated it looks better than it is on new inputs.)"""
+    def split_off(self, count: int, what: str, every: int = 4) -> ArraySource:
+        """`count` samples, every `every`-th (whole fixed batches), as a source of their own named `what`;
+        this one leaves them out. Verification holds calibration samples out this way: an artifact
+        checked on the samples that calibrated it looks better than it is on new inputs, and samples
+        spread over the file stand for the whole of it better than its last ones."""
+        step = 1 if self.whole else self.fixed_batch or 1
+        rows = self._rows if self._rows is not None else np.arange(self.count)
+        units = rows[: self.count // step * step].reshape(-1, step)
+        held = np.zeros(len(units), bool)
+        held[every - 1 :: every][: count // step] = True
         other = copy.copy(self)
-        other.first, other.count, other.what = self.first + self.count - count, count, what
+        other._rows, other.count, other.what = units[held].ravel(), int(held.sum()) * step, what
         if self.labels is not None:
-            other.labels = self.labels[other.first : other.first + count]
-        self.count -= count
+            other.labels = self.labels[other._rows]
+            self.labels = self.labels[units[~held].ravel()]
+        self._rows, self.count = units[~held].ravel(), self.count - other.count
         return other
 
     def _open_arrays(self) -> dict[str, np.ndarray]:
@@ -228,22 +235,24 @@ class ArraySource:
         """Batch number `index` (0-based), read from disk now."""
         size = self._size(batch_size)
         start, stop = index * size, min((index + 1) * size, self.count)
-        start, stop = self.first + start, self.first + stop
+        rows = slice(start, stop) if self._rows is None else self._rows[start:stop]
         if self._images is not None:
             name = self.inputs[0].name
-            batch = {name: np.stack([images.load_image(p, self.spec) for p in self._images[start:stop]])}
+            files = self._images[rows] if self._rows is None else [self._images[i] for i in rows]
+            batch = {name: np.stack([images.load_image(p, self.spec) for p in files])}
             _check_shape(self.path, self.inputs[0], batch[name])
         else:
             batch = {
                 spec.name: np.ascontiguousarray(
-                    self._arrays[spec.name][start if spec.name in self.whole else slice(start, stop)],
+                    self._arrays[spec.name][_first(rows) if spec.name in self.whole else rows],
                     dtype=spec.dtype,
                 )
                 for spec in self.inputs
             }
         for name, array in batch.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                bad = start + int(np.argwhere(~np.isfinite(array))[0][0])
+                at = 0 if name in self.whole else int(np.argwhere(~np.isfinite(array))[0][0])
+                bad = start + at if self._rows is None else int(rows[at])  # its index in the file
                 raise InputError(
                     f"{self.what} data {self.path}: input '{name}' has NaN or Inf at "
                     f"sample {bad}; clean or drop those samples"
@@ -257,6 +266,10 @@ def model_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
     firsts = {spec.shape[0] if spec.shape else None for spec in inputs}
     size = firsts.pop() if len(firsts) == 1 else None
     return size if isinstance(size, int) and size > 0 else None
+
+
+def _first(rows: slice | np.ndarray) -> int:
+    return rows.start if isinstance(rows, slice) else int(rows[0])
 
 
 def fed_whole(spec: TensorSpec, array: np.ndarray) -> bool:
