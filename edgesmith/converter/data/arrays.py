@@ -83,11 +83,25 @@ class ArraySource:
             if self._images is not None
             else frozenset(spec.name for spec in inputs if fed_whole(spec, self._arrays[spec.name]))
         )
+        self._check_batch_axes()
         self.fixed_batch = model_batch(tuple(s for s in inputs if s.name not in self.whole))
         if self.whole:
             self._fit_one_per_call()
         elif self.fixed_batch:
             self._fit_fixed_batch()
+
+    def _check_batch_axes(self) -> None:
+        """Inputs given as rows of the batch must all have their batch on axis 0: one with a fixed first
+        axis next to one with a dynamic batch (a state (2, batch, 128)) has none there."""
+        rows = [s for s in self.inputs if s.name not in self.whole and s.shape]
+        fixed = [s for s in rows if isinstance(s.shape[0], int) and s.shape[0] > 0]
+        if fixed and len(fixed) < len(rows):
+            spec = fixed[0]
+            raise InputError(
+                f"{self.path}: input '{spec.name}' has no batch axis first ({list(spec.shape)}, while "
+                f"other inputs have a dynamic batch); give each of its samples whole, as the model "
+                f"declares it: an array of shape [samples, {', '.join(map(str, spec.shape))}]"
+            )
 
     def _fit_one_per_call(self) -> None:
         """One sample per call when an input is fed whole (it has no batch axis to stack samples on)."""
@@ -243,9 +257,10 @@ class ArraySource:
             _check_shape(self.path, self.inputs[0], batch[name])
         else:
             batch = {
-                spec.name: np.ascontiguousarray(
+                spec.name: np.asarray(  # not ascontiguousarray: it makes a 0-d sample (a scalar input) 1-d
                     self._arrays[spec.name][_first(rows) if spec.name in self.whole else rows],
                     dtype=spec.dtype,
+                    order="C",
                 )
                 for spec in self.inputs
             }
