@@ -205,7 +205,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             ref = _verify(source, checked_on, report, quiet)
             _emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
-                _profile(source, report, recipe)
+                _profile(source, report, recipe, _one_sample(checked_on))
             if report["steps"]:
                 report["stages"] = _stages(source, report, ref, checked_on, recipe, quiet)
             _relativize(report, output.staging, output.path)
@@ -381,12 +381,18 @@ def _param_count(path: Path) -> int:
     )
 
 
-def _profile(source, report: dict, recipe: Recipe) -> None:
+def _one_sample(data) -> dict | None:
+    """One real sample of the verification data (None for random inputs), for profiling to time."""
+    samples = getattr(data, "samples", None)
+    return next(iter(samples()), None) if samples else None
+
+
+def _profile(source, report: dict, recipe: Recipe, feeds: dict | None = None) -> None:
     from .profile_step import profile
 
-    report["original_latency"] = profile(_original_file(source), recipe.profile, source.inputs)
+    report["original_latency"] = profile(_original_file(source), recipe.profile, source.inputs, feeds)
     for entry in report["artifacts"]:
-        entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs)
+        entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs, feeds)
     if recipe.profile.targets:
         from .profile_step import per_target
 
