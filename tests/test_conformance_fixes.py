@@ -104,6 +104,21 @@ def test_silero_state_and_rate_are_fed_whole_in_fp16(silero, tmp_path):
         assert abs(float(got["output"][0, 0]) - float(want["output"][0, 0])) < 1e-3
 
 
+def test_silero_v6_is_profiled_on_a_real_sample(silero, tmp_path):
+    """silero-vad 6's `If` on the sample rate: random values for `sr` take its 8 kHz branch, which fails
+    on a 16 kHz chunk; profiling times a real sample of the data instead."""
+    import edgesmith
+
+    _, _, data, _, _ = silero
+    (tmp_path / "r.toml").write_text('[profile]\nruns = 3\nwarmup = 1\n[[exports]]\nformat = "onnx"\n')
+    model = package_file("silero_vad", "data/silero_vad.onnx")
+    report = edgesmith.convert(
+        model, recipe=tmp_path / "r.toml", preset="fp16", calibration=data, out=tmp_path / "o"
+    )
+    assert report["original_latency"]["p50_ms"] > 0 and report["artifacts"][0]["latency"]["p50_ms"] > 0
+    assert report["artifacts"][0]["verify"]["cosine_min"] >= 0.999
+
+
 def test_silero_static_int8_refuses_control_flow_in_one_line(silero, tmp_path, cli):
     model, _, data, _, _ = silero
     code, _, err = cli("convert", model, "--preset", "int8", "--calibration", data, "--out", tmp_path / "o")
