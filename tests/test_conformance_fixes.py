@@ -174,3 +174,30 @@ def test_face_detector_int8_heads_leave_in_float(tmp_path):
         assert all(producer[i].op_type == "Reshape" for i in concat.input), output
     assert set(artifact["quantization"]["float_outputs"]) == {"regressors", "classificators"}
     assert artifact["verify"]["cosine_min"] >= 0.95
+
+
+# -- an artifact that raises on a real sample ---------------------------------------------------------
+
+
+def test_an_artifact_that_fails_on_a_sample_fails_verification(tmp_path):
+    """basic-pitch's INT8 TFLite raised in its Div kernel on one real input (a quantized divisor of
+    zero): that is a verification failure naming the runtime's message, not an internal error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgesmith.converter import verify
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "a.onnx")
+    samples = np.arange(8, dtype=np.float32).reshape(2, 4)  # one batch of 2: the Reshape to [1, 4] fails
+    np.save(tmp_path / "d.npy", samples)
+    data = ArraySource(tmp_path / "d.npy", (TensorSpec("x", (None, 4), np.float32),), "eval")
+    ref = verify.Reference([[samples]], ["y"], None, None, "eval")
+    result = verify.verify(tmp_path / "a.onnx", ref, data, quiet=True)
+    [output] = result["outputs"]
+    assert output["cosine"] == 0.0 and "fails on a sample the original runs" in output["error"]
+    assert "Reshape" in output["error"] or "reshape" in output["error"].lower()
+    assert verify.below_min_cosine(result, 0.98) is output

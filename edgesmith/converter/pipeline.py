@@ -479,6 +479,8 @@ def _check_drop(report: dict, recipe: Recipe) -> None:
                     "artifacts[].emulated"
                 )
         worst = below_min_cosine(result, min_cosine) if min_cosine is not None else None
+        if worst is not None and worst.get("error"):
+            raise VerificationFailed(f"{name}: output '{worst['name']}': {worst['error']}")
         if worst is not None:
             raise VerificationFailed(
                 f"{name}: output '{worst['name']}' has cosine {worst['cosine']:.4f} to the original's "
