@@ -336,7 +336,8 @@ def _stages(source, report: dict, ref, evaluation, recipe: Recipe, quiet: bool) 
         result = known.get("verify") or verify.verify(path, ref, evaluation, quiet)
         row.update(metric=result["metric"], score=result["artifact"], agreement=result.get("agreement"),
                    cosine=result.get("cosine"), cosine_min=result.get("cosine_min"))  # fmt: skip
-        if recipe.profile.enabled:
+        failed = any("error" in o for o in result.get("outputs", []))  # raised on a sample: not timed
+        if recipe.profile.enabled and not failed:
             row["p50_ms"] = (known.get("latency") or profile(path, recipe.profile, source.inputs))["p50_ms"]
         return row
 
@@ -392,6 +393,8 @@ def _profile(source, report: dict, recipe: Recipe, feeds: dict | None = None) ->
 
     report["original_latency"] = profile(_original_file(source), recipe.profile, source.inputs, feeds)
     for entry in report["artifacts"]:
+        if any("error" in o for o in (entry.get("verify") or {}).get("outputs", [])):
+            continue  # it failed verification (raised on a sample, or other shapes): the gate says so
         entry["latency"] = profile(Path(entry["path"]), recipe.profile, source.inputs, feeds)
     if recipe.profile.targets:
         from .profile_step import per_target
