@@ -40,12 +40,14 @@ def _sized(spec: TensorSpec, given: list[int] | None, datasets: list, needed: bo
     """`spec` with its dynamic non-batch axes sized by `given` or the data (all agreeing)."""
     if given:
         input_shape(spec.name, spec.shape, 1, {spec.name: given})  # its rank and fixed sizes must fit
-    if all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+    whole = any(spec.name in getattr(data, "whole", ()) for data in datasets)
+    if all(isinstance(d, int) and d > 0 for d in spec.shape[0 if whole else 1 :]):
         return spec
-    seen = {"--input-shape": tuple(given[1:])} if given else {}
-    seen |= {data.what: tuple(data.sample_shape(spec.name)) for data in datasets}
+    batch = () if whole else (spec.shape[0],)  # data fed whole sizes axis 0 too (arrays.fed_whole)
+    seen = {"--input-shape": (*batch, *given[len(batch) :])} if given else {}
+    seen |= {data.what: (*batch, *data.sample_shape(spec.name)) for data in datasets}
     if len(set(seen.values())) > 1:
-        told = ", ".join(f"{what} {list(shape)}" for what, shape in seen.items())
+        told = ", ".join(f"{what} {list(shape[len(batch) :])}" for what, shape in seen.items())
         raise InputError(
             f"input '{spec.name}' has dynamic sizes and they are given differently (per sample: {told}); "
             "give the data and --input-shape at one shape"
@@ -55,5 +57,5 @@ def _sized(spec: TensorSpec, given: list[int] | None, datasets: list, needed: bo
             input_shape(spec.name, spec.shape)
         return spec
     sizes = next(iter(seen.values()))
-    fitted = [d if isinstance(d, int) and d > 0 else n for d, n in zip(spec.shape[1:], sizes, strict=True)]
-    return dataclasses.replace(spec, shape=(spec.shape[0], *fitted))
+    fitted = [d if isinstance(d, int) and d > 0 else n for d, n in zip(spec.shape, sizes, strict=True)]
+    return dataclasses.replace(spec, shape=tuple(fitted))

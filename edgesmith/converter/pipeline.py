@@ -137,15 +137,30 @@ def _open_data(recipe: Recipe, source) -> tuple[ArraySource | None, ArraySource 
     if ver.eval:
         evaluation = ArraySource(ver.eval, source.inputs, "eval", ver.max_samples, ver.batch_size,
                                  tokenize=tokenize)  # fmt: skip
+    elif calibration is not None:
+        evaluation = _held_out(calibration, ver.max_samples or VERIFY_ON_CALIBRATION)
     return calibration, evaluation
 
 
 VERIFY_ON_CALIBRATION = 64  # samples of the calibration data that verify artifacts when no eval set is given
+HOLD_OUT_FROM = 8  # calibration sets at least this large give a quarter of their samples to verification
+
+
+def _held_out(calibration: ArraySource, most: int) -> ArraySource | None:
+    """Without an eval set, the last quarter of the calibration samples (at most `most`, whole fixed
+    batches) verify the artifacts and are not calibrated on, so the gate sees inputs the quantizer did
+    not; None (verify on the calibration samples themselves) when there are fewer than 8."""
+    step = 1 if calibration.whole else calibration.fixed_batch or 1
+    count = min(len(calibration) // 4, most) // step * step
+    if len(calibration) < HOLD_OUT_FROM or count == 0:
+        return None
+    return calibration.split_off(count, "held-out calibration")
 
 
 def _verification_data(recipe: Recipe, source, evaluation: ArraySource | None):
-    """What every artifact is compared with the original on: the eval set, else the first samples of
-    the calibration data, else seeded random inputs (a run never skips verification)."""
+    """What every artifact is compared with the original on: the eval set (or the calibration samples
+    held out from calibration, `_held_out`), else the first samples of the calibration data, else seeded
+    random inputs (a run never skips verification)."""
     if evaluation is not None:
         return evaluation
     cal, ver = recipe.calibration, recipe.verify
@@ -213,7 +228,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             report, ref = _verify(source, checked_on, report, quiet)
             report = _emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
-                report = _profile(source, report, recipe)
+                report = _profile(source, report, recipe, _one_sample(checked_on))
             if report.steps:
                 report = dataclasses.replace(
                     report, stages=_stages(source, report, ref, checked_on, recipe, quiet)
@@ -382,7 +397,7 @@ def _stages(source, report: Report, ref, evaluation, recipe: Recipe, quiet: bool
     ) -> Stage:
         result = checked or Verification.from_json(verify.verify(path, ref, evaluation, quiet))
         p50 = None
-        if recipe.profile.enabled:
+        if recipe.profile.enabled and not _raised(result):  # raised on a sample: not timed
             p50 = (latency or Latency.from_json(profile(path, recipe.profile, source.inputs))).p50_ms
         return Stage(after=name, **_graph_stats(path, source.inputs), size_bytes=path.stat().st_size,
                      metric=result.metric, score=result.artifact, agreement=result.agreement,
@@ -432,16 +447,30 @@ def _param_count(path: Path) -> int:
     )
 
 
-def _profile(source, report: Report, recipe: Recipe) -> Report:
-    """The report with host latency of the original and each artifact, and with `[profile] targets`
-    the cost model's estimate on each."""
+def _one_sample(data) -> dict | None:
+    """One real sample of the verification data (None for random inputs), for profiling to time."""
+    samples = getattr(data, "samples", None)
+    return next(iter(samples()), None) if samples else None
+
+
+def _raised(checked: Verification | None) -> bool:
+    """Whether the artifact raised on a sample the original runs (it failed verification: not timed)."""
+    return checked is not None and any(o.error for o in checked.outputs)
+
+
+def _profile(source, report: Report, recipe: Recipe, feeds: dict | None = None) -> Report:
+    """The report with host latency of the original and each artifact (on `feeds`, one real sample,
+    when there is one), and with `[profile] targets` the cost model's estimate on each."""
     from .profile_step import per_target, profile
 
     def latency(path: Path) -> Latency:
-        return Latency.from_json(profile(path, recipe.profile, source.inputs))
+        return Latency.from_json(profile(path, recipe.profile, source.inputs, feeds))
 
     original = latency(_original_file(source))
-    artifacts = tuple(dataclasses.replace(a, latency=latency(Path(a.path))) for a in report.artifacts)
+    artifacts = tuple(
+        a if _raised(a.verify) else dataclasses.replace(a, latency=latency(Path(a.path)))
+        for a in report.artifacts
+    )
     original_targets = None
     if recipe.profile.targets:
         original_targets = per_target(_original_file(source), recipe.profile, source.inputs)
@@ -539,6 +568,8 @@ def _check_drop(report: Report, recipe: Recipe) -> None:
                     "artifacts[].emulated"
                 )
         worst = result.below(min_cosine) if min_cosine is not None else None
+        if worst is not None and worst.error:
+            raise VerificationFailed(f"{name}: output '{worst.name}': {worst.error}")
         if worst is not None:
             raise VerificationFailed(
                 f"{name}: output '{worst.name}' has cosine {worst.cosine:.4f} to the original's "

@@ -10,15 +10,18 @@ from ..targets.latency import measure
 from .recipe import ProfileConfig
 
 
-def profile(path: Path, config: ProfileConfig, inputs=()) -> dict:
+def profile(path: Path, config: ProfileConfig, inputs=(), feeds: dict | None = None) -> dict:
     """Host latency at the shapes of `inputs` (the source's, dynamic axes sized: input_shapes.py), plus
-    `profile_s`: how long loading and timing took."""
+    `profile_s`: how long loading and timing took. On `feeds` (one real sample) when they name the
+    model's inputs: random values can take a branch real inputs never do (silero-vad's `If` on its
+    integer sample rate runs its 8 kHz branch on a 16 kHz chunk and fails)."""
     started = time.perf_counter()
     # exact: time what verify checked (OpenVINO would otherwise run float layers in bf16 here)
     session = load_session(path, threads=config.threads or None, exact=True)
     names = {spec.name for spec in session.inputs}  # an artifact may name its inputs its own way
     shapes = {spec.name: spec.shape for spec in inputs if spec.name in names}
-    result = measure(session, runs=config.runs, warmup=config.warmup, shapes=shapes).to_json()
+    real = feeds if feeds and set(feeds) == names else None
+    result = measure(session, real, runs=config.runs, warmup=config.warmup, shapes=shapes).to_json()
     return result | {"profile_s": round(time.perf_counter() - started, 3)}
 
 

@@ -185,6 +185,16 @@ class OutputCheck(Record):
     error: str | None = omitted_if_none()
 
 
+# An output within this of the original's everywhere matches it whatever its cosine: on samples where
+# the original's output is itself at rounding level (a text detector's probability map of a photo with
+# no text: 1e-7 everywhere), the cosine measures rounding noise, not the artifact.
+NOISE_FLOOR = 1e-5
+
+
+def _within_noise(output: OutputCheck) -> bool:
+    return output.max_abs_error is not None and output.max_abs_error <= NOISE_FLOOR
+
+
 @dataclass(frozen=True, kw_only=True)
 class Verification(Record):
     """An artifact run on the verification samples beside the original (converter/verify.verify)."""
@@ -202,8 +212,9 @@ class Verification(Record):
     drop: float | None = omitted_if_none()  # with a metric: original - artifact
 
     def below(self, limit: float) -> OutputCheck | None:
-        """The first output whose cosine to the original's is below `limit`, or None."""
-        return next((o for o in self.outputs if o.cosine < limit), None)
+        """The first output whose cosine to the original's is below `limit` (and that differs from the
+        original's by more than NOISE_FLOOR somewhere), or None."""
+        return next((o for o in self.outputs if o.cosine < limit and not _within_noise(o)), None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,10 +10,17 @@ memory).
 A model whose inputs fix the batch axis (most exported files: batch 1) is fed batches of exactly that
 size, whatever `batch_size` asks: calibration in every engine, verification and training all read
 their batches here, so each works with such models and the artifacts keep the source's signature.
+
+One rule says what a sample of an input is, read from the array's rank (`fed_whole`): an array of
+the input's rank holds rows of the batch, stacked on the model's batch axis (axis 0); an array of one
+more dimension holds each sample as the whole input the model declares, fed as it is. The second form
+is for inputs with no batch on axis 0: a recurrent state (2, batch, 128), a scalar sample rate.
+A source with such an input feeds one sample per call (its batch-row inputs one row each).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +49,7 @@ class ArraySource:
         tokenize=None,  # text models: (sentences, seq_len) -> {input name: int64 array}
     ):
         self.path = Path(path)
+        self._rows: np.ndarray | None = None  # which samples of the file or folder, in order (`split_off`)
         self._tokenize, self._max_samples = tokenize, max_samples
         self.inputs = inputs
         self.what = what
@@ -70,9 +78,40 @@ class ArraySource:
         self.count = min(total, max_samples) if max_samples else total
         if self.count == 0:
             raise InputError(f"{what} data {self.path} holds no samples; add some")
-        self.fixed_batch = model_batch(inputs)
-        if self.fixed_batch:
+        self.whole = (
+            frozenset()
+            if self._images is not None
+            else frozenset(spec.name for spec in inputs if fed_whole(spec, self._arrays[spec.name]))
+        )
+        self._check_batch_axes()
+        self.fixed_batch = model_batch(tuple(s for s in inputs if s.name not in self.whole))
+        if self.whole:
+            self._fit_one_per_call()
+        elif self.fixed_batch:
             self._fit_fixed_batch()
+
+    def _check_batch_axes(self) -> None:
+        """Inputs given as rows of the batch must all have their batch on axis 0: one with a fixed first
+        axis next to one with a dynamic batch (a state (2, batch, 128)) has none there."""
+        rows = [s for s in self.inputs if s.name not in self.whole and s.shape]
+        fixed = [s for s in rows if isinstance(s.shape[0], int) and s.shape[0] > 0]
+        if fixed and len(fixed) < len(rows):
+            spec = fixed[0]
+            raise InputError(
+                f"{self.path}: input '{spec.name}' has no batch axis first ({list(spec.shape)}, while "
+                f"other inputs have a dynamic batch); give each of its samples whole, as the model "
+                f"declares it: an array of shape [samples, {', '.join(map(str, spec.shape))}]"
+            )
+
+    def _fit_one_per_call(self) -> None:
+        """One sample per call when an input is fed whole (it has no batch axis to stack samples on)."""
+        if self.fixed_batch not in (None, 1):
+            raise InputError(
+                f"{self.what} data {self.path}: inputs {sorted(self.whole)} are given whole per sample, "
+                f"which feeds one sample per call, but the model's batch is fixed at {self.fixed_batch}; "
+                "give those inputs one row per sample"
+            )
+        self.batch_size = 1
 
     def _fit_fixed_batch(self) -> None:
         """Batches of the model's fixed batch size; the samples that do not fill a last batch are left out."""
@@ -86,6 +125,24 @@ class ArraySource:
 
     def __len__(self) -> int:
         return self.count
+
+    def split_off(self, count: int, what: str, every: int = 4) -> ArraySource:
+        """`count` samples, every `every`-th (whole fixed batches), as a source of their own named `what`;
+        this one leaves them out. Verification holds calibration samples out this way: an artifact
+        checked on the samples that calibrated it looks better than it is on new inputs, and samples
+        spread over the file stand for the whole of it better than its last ones."""
+        step = 1 if self.whole else self.fixed_batch or 1
+        rows = self._rows if self._rows is not None else np.arange(self.count)
+        units = rows[: self.count // step * step].reshape(-1, step)
+        held = np.zeros(len(units), bool)
+        held[every - 1 :: every][: count // step] = True
+        other = copy.copy(self)
+        other._rows, other.count, other.what = units[held].ravel(), int(held.sum()) * step, what
+        if self.labels is not None:
+            other.labels = self.labels[other._rows]
+            self.labels = self.labels[units[~held].ravel()]
+        self._rows, self.count = units[~held].ravel(), self.count - other.count
+        return other
 
     def _open_arrays(self) -> dict[str, np.ndarray]:
         suffix = self.path.suffix.lower()
@@ -148,8 +205,12 @@ class ArraySource:
             for index in range(self.num_batches(256)):
                 self.batch(index, 256)
 
+    def _size(self, batch_size: int | None) -> int:
+        """Samples per call: 1 when an input is fed whole, else `batch_size` or the source's."""
+        return 1 if self.whole else batch_size or self.batch_size
+
     def num_batches(self, batch_size: int | None = None) -> int:
-        size = batch_size or self.batch_size
+        size = self._size(batch_size)
         return -(-self.count // size)
 
     def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -164,9 +225,16 @@ class ArraySource:
             return self.batch(0, 1)[name].shape[1:]
         return tuple(self._arrays[name].shape[1:])
 
+    def feed_size(self, feed: dict[str, np.ndarray]) -> int:
+        """How many samples one feed from `batches()` holds."""
+        return 1 if self.whole else len(next(iter(feed.values())))
+
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of one sample each (NNCF and the AI Edge Quantizer calibrate per sample), or of the
         model's fixed batch when it has one."""
+        if self.whole:
+            yield from self.batches()
+            return
         step = self.fixed_batch or 1
         for batch in self.batches():
             count = len(next(iter(batch.values())))
@@ -175,24 +243,31 @@ class ArraySource:
 
     def num_samples(self) -> int:
         """How many feeds `samples()` yields."""
-        return self.count // (self.fixed_batch or 1)
+        return self.count // (1 if self.whole else self.fixed_batch or 1)
 
     def batch(self, index: int, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Batch number `index` (0-based), read from disk now."""
-        size = batch_size or self.batch_size
+        size = self._size(batch_size)
         start, stop = index * size, min((index + 1) * size, self.count)
+        rows = slice(start, stop) if self._rows is None else self._rows[start:stop]
         if self._images is not None:
             name = self.inputs[0].name
-            batch = {name: np.stack([images.load_image(p, self.spec) for p in self._images[start:stop]])}
+            files = self._images[rows] if self._rows is None else [self._images[i] for i in rows]
+            batch = {name: np.stack([images.load_image(p, self.spec) for p in files])}
             _check_shape(self.path, self.inputs[0], batch[name])
         else:
             batch = {
-                spec.name: np.ascontiguousarray(self._arrays[spec.name][start:stop], dtype=spec.dtype)
+                spec.name: np.asarray(  # not ascontiguousarray: it makes a 0-d sample (a scalar input) 1-d
+                    self._arrays[spec.name][_first(rows) if spec.name in self.whole else rows],
+                    dtype=spec.dtype,
+                    order="C",
+                )
                 for spec in self.inputs
             }
         for name, array in batch.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                bad = start + int(np.argwhere(~np.isfinite(array))[0][0])
+                at = 0 if name in self.whole else int(np.argwhere(~np.isfinite(array))[0][0])
+                bad = start + at if self._rows is None else int(rows[at])  # its index in the file
                 raise InputError(
                     f"{self.what} data {self.path}: input '{name}' has NaN or Inf at "
                     f"sample {bad}; clean or drop those samples"
@@ -208,13 +283,27 @@ def model_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def _first(rows: slice | np.ndarray) -> int:
+    return rows.start if isinstance(rows, slice) else int(rows[0])
+
+
+def fed_whole(spec: TensorSpec, array: np.ndarray) -> bool:
+    """Whether `array` (samples first) holds each sample as the whole input the model declares (one
+    dimension more than the input: fed as it is, one call per sample) rather than rows of the batch
+    (the input's rank: stacked on axis 0). The one place this is decided (module docstring)."""
+    return array.ndim == len(spec.shape) + 1
+
+
 def _check_shape(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
     want = list(spec.shape)
-    ok = array.ndim == len(want) and all(
-        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want[1:], array.shape[1:], strict=True)
+    whole = fed_whole(spec, array)
+    dims = want if whole else want[1:]
+    ok = (whole or array.ndim == len(want)) and all(
+        not isinstance(w, int) or w <= 0 or w == g for w, g in zip(dims, array.shape[1:], strict=True)
     )
     if not ok:
         raise InputError(
-            f"{path}: samples for input '{spec.name}' have shape {list(array.shape)} but "
-            f"the model expects {want} (first axis = samples); reshape or preprocess them"
+            f"{path}: samples for input '{spec.name}' have shape {list(array.shape)} but the model expects "
+            f"{want} (first axis = samples; each sample one row of the batch, or the whole input as the "
+            "model declares it); reshape or preprocess them"
         )

@@ -14,7 +14,7 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ...errors import require
+from ...errors import InputError, require
 from ..handle import ModelHandle
 from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
@@ -85,7 +85,7 @@ class _Reader:
         if index is None:
             return None
         batch = self._source.batch(index)
-        self._progress.update(len(next(iter(batch.values()))))
+        self._progress.update(self._source.feed_size(batch))
         return batch
 
     def rewind(self):
@@ -122,6 +122,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         _check_loads(out)
         return StepResult(ModelHandle(out, INT8_DYNAMIC), report | {"excluded_nodes": excluded})
 
+    _refuse_control_flow(model.path)
     op_types, why = _static_op_types(source_path, config.op_types)
     if why:
         report["op_types"] = {"quantized": op_types, "reason": why}
@@ -174,6 +175,23 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         preprocessed=config.preprocess,
     )
     return StepResult(ModelHandle(out, INT8), report)
+
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def _refuse_control_flow(path) -> None:
+    """Refuse, in one line, a graph with control flow: ONNX Runtime's static INT8 calibrates and rewrites
+    the branches' subgraphs too and writes graphs it cannot load or run (silero-vad's `If` on the sample
+    rate: unsorted branch nodes, an LSTM fed 5-D). Dynamic INT8 and fp16 keep such graphs working."""
+    onnx = require("onnx", "convert")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    node = next((n for n in graph.node if n.op_type in CONTROL_FLOW), None)
+    if node is not None:
+        raise InputError(
+            f"{path.name}: static INT8 (ONNX Runtime) cannot quantize a graph with control flow (op "
+            f"'{node.op_type}', node '{node.name}'); use --preset int8-dynamic or fp16, which keep it"
+        )
 
 
 def _check_loads(path) -> None:
@@ -292,12 +310,28 @@ def is_transformer(model) -> bool:
     return attention and any(n.op_type == "LayerNormalization" for n in graph.node)
 
 
+def _folded_for_fp16(path, workdir):
+    """`path` with ONNX Runtime's basic graph optimizations (constant folding, BatchNormalization folded
+    into the Conv before it): a BatchNormalization after a Conv subtracts two large, nearly equal
+    numbers, which in fp16 cancel to noise (PP-OCR's text detector: variance 1e8, cosine 0.72 to the
+    original); folded, the Conv's weights carry the scale and fp16 keeps cosine 0.99999."""
+    ort = require("onnxruntime", "convert")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(workdir / f"{path.stem}.folded.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    folded = require("onnx", "convert").load(options.optimized_model_filepath)
+    del folded.graph.value_info[:]  # ONNX Runtime's fp32 annotations; the fp16 converter re-infers them
+    return folded
+
+
 def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
     onnx = require("onnx", "convert")
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    fp32 = onnx.load(str(model.path))
+    fp32 = _folded_for_fp16(model.path, ctx.workdir)
     fp16 = convert_float_to_float16(fp32, keep_io_types=True)
     # the converter appends the Casts it adds for the float32 inputs at the end of the graph, which ONNX
     # requires in topological order (ONNX Runtime sorts it itself; onnx's checker and others refuse it)
