@@ -203,3 +203,30 @@ def test_an_artifact_that_fails_on_a_sample_fails_verification(tmp_path):
     from edgesmith.targets.records import Verification
 
     assert Verification.from_json(result).below(0.98).error == output["error"]
+
+
+def test_int64_ids_calibrate_a_tflite_model_that_takes_int32():
+    """litert-torch writes all-MiniLM-L6-v2's token-id inputs as int32 while users' data (and the
+    tokenizer) give int64: static INT8 calibration casts each sample to the signature's type instead of
+    an internal error from LiteRT ("Got value of type INT64 but expected type INT32")."""
+    pytest.importorskip("ai_edge_quantizer")
+    from edgesmith._quiet import tensorflow as quiet
+    from edgesmith.converter.steps.aeq_quantize import quantize
+
+    with quiet():
+        import keras
+        import tensorflow as tf
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((8,), dtype="int32", name="ids")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 16)(ids))
+    fp32 = tf.lite.TFLiteConverter.from_keras_model(keras.Model(ids, keras.layers.Dense(4)(pooled))).convert()
+
+    class Calibration:
+        path = "ids.npy"
+
+        def samples(self):
+            rng = np.random.default_rng(0)
+            return ({"ids": rng.integers(0, 50, (1, 8), dtype=np.int64)} for _ in range(8))
+
+    int8, report = quantize(fp32, "static", Calibration(), ["ids"])
+    assert report["calibration"]["samples"] == 8 and len(int8) < len(fp32)

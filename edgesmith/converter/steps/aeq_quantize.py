@@ -36,6 +36,22 @@ def _recipe(mode: str):
     return manager.get_quantization_recipe()
 
 
+def _input_types(interpreter, signature: str) -> dict:
+    """The signature's input dtypes: litert-torch writes int32 where the source took int64 token ids."""
+    details = interpreter.get_signature_runner(signature).get_input_details()
+    return {name: detail["dtype"] for name, detail in details.items()}
+
+
+def _cast(array, dtype):
+    """A calibration sample in the dtype the TFLite model takes (int64 ids -> int32); floats stay."""
+    import numpy as np
+
+    array = np.asarray(array)
+    if dtype is None or array.dtype == dtype or array.dtype.kind not in "iub":
+        return array
+    return array.astype(dtype)
+
+
 def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[bytes, dict]:
     """Apply `mode` (static | dynamic | fp16) to fp32 `.tflite` bytes whose signature inputs are
     `names` (the source's). Static INT8 calibrates on `calibration` (an ArraySource), one sample at a
@@ -43,13 +59,15 @@ def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[byt
     aeq = require("ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)")
     from ai_edge_litert.interpreter import Interpreter
 
-    (signature,) = Interpreter(model_content=fp32).get_signature_list()
+    interpreter = Interpreter(model_content=fp32)
+    (signature,) = interpreter.get_signature_list()
     quantizer = aeq.Quantizer(fp32, _recipe(mode))
     report: dict = {"mode": mode, "engine": "ai-edge-quantizer"}
     with quiet():
         result = None
         if mode == "static":
-            samples = [{n: feed[n] for n in names} for feed in calibration.samples()]
+            types = _input_types(interpreter, signature)
+            samples = [{n: _cast(feed[n], types.get(n)) for n in names} for feed in calibration.samples()]
             result = quantizer.calibrate({signature: samples}, num_threads=1)
             report["calibration"] = {
                 "samples": len(samples),
