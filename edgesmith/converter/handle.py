@@ -7,6 +7,7 @@ memory between a format's converter and its quantizer, and written once, by the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def sha256(path: Path) -> str:
         if file != path:
             digest.update(str(file.relative_to(path)).encode() + b"\0")
         with open(file, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            for block in iter(functools.partial(f.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 

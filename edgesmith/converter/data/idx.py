@@ -9,7 +9,10 @@ import numpy as np
 
 from ...errors import InputError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES = {
+    code: np.dtype(t)
+    for code, t in {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

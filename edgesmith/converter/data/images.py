@@ -50,7 +50,7 @@ def resolve_spec(folder: Path, spec: PreprocessConfig | None, model_input: Tenso
             raise InputError("the model's image size is dynamic: set preprocess.size = [height, width]")
         spec = dataclasses.replace(spec, size=[height, width])
     if spec.channels is None:
-        spec = dataclasses.replace(spec, channels=channels if channels in (1, 3) else 3)
+        spec = dataclasses.replace(spec, channels=1 if channels == 1 else 3)
     return spec
 
 
@@ -60,6 +60,7 @@ def load_image(path: Path, spec: PreprocessConfig) -> np.ndarray:
     try:
         with image_module.open(path) as img:
             img = img.convert("L" if spec.channels == 1 else "RGB")
+            assert spec.size is not None, "image_spec fills the size in"
             height, width = spec.size
             if img.size != (width, height):
                 img = img.resize((width, height), image_module.Resampling.BILINEAR)

@@ -130,7 +130,8 @@ def stable_tf2onnx_names(proto) -> None:
     names = [n for node in graph.node for n in (node.name, *node.input, *node.output)]
     uses = collections.Counter(n for node in graph.node for n in node.input)
     shared = {t.name for t in graph.initializer if uses[t.name] > 1}
-    taken, renames = set(names) | {t.name for t in graph.initializer}, {}
+    taken = set(names) | {t.name for t in graph.initializer}
+    renames: dict[str, str] = {}
     for name in names:
         match = re.fullmatch(r"(.*?)__\d+(.*)", name)
         if name in renames or not (match or name in shared):

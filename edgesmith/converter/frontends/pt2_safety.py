@@ -145,8 +145,8 @@ def _plain_expression(text: str) -> bool:
              and isinstance(n.func, ast.Name) and n.func.id == "Symbol"}  # fmt: skip
     named |= {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
     for node in ast.walk(tree):
-        is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
-        if is_text and (id(node) not in named or not _IDENTIFIER.fullmatch(node.value)):
+        literal = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+        if literal is not None and (id(node) not in named or not _IDENTIFIER.fullmatch(literal)):
             return False
         if not isinstance(node, _EXPRESSION_NODES):
             return False
