@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgesmith.converter.handle import ModelHandle
 from edgesmith.converter.recipe import CalibrationConfig, Recipe
 from edgesmith.converter.steps import StepContext
-from edgesmith.converter.steps.quantize import QuantizeConfig, _excluded
+from edgesmith.converter.steps.quantize import QuantizeConfig, excluded_nodes
 from edgesmith.converter.steps.weight_only import quantize_onnx
 from edgesmith.errors import InputError
 
@@ -47,7 +47,7 @@ def weight_only(model: Path, work: Path, **config):
     work.mkdir(exist_ok=True)
     ctx = StepContext(work, lambda: None, CalibrationConfig(), quiet=True)
     config = QuantizeConfig(mode="weight-only", **config)
-    return quantize_onnx(config, ModelHandle(model), ctx, _excluded(model, config.exclude))
+    return quantize_onnx(config, ModelHandle(model), ctx, excluded_nodes(model, config.exclude))
 
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:

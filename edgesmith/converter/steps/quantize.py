@@ -54,7 +54,7 @@ def _qtype(q, name: str):
     return {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}[name]
 
 
-def _excluded(model_path, patterns: list[str]) -> list[str]:
+def excluded_nodes(model_path, patterns: list[str]) -> list[str]:
     if not patterns:
         return []
     onnx = require("onnx", "convert")
@@ -107,7 +107,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     check_onnxruntime(config)
     report: dict = {"mode": config.mode, "per_channel": config.per_channel, "engine": "onnxruntime"}
     source_path = prepared(model.path, ctx.workdir, config.preprocess)
-    excluded = _excluded(source_path, config.exclude)
+    excluded = excluded_nodes(source_path, config.exclude)
     out = ctx.workdir / f"{model.path.stem}.{config.mode}-int8.onnx"
     if config.mode == "dynamic":
         q.quantize_dynamic(
@@ -119,7 +119,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             nodes_to_exclude=excluded,
         )
         report.update(weights=config.weights, activations="uint8 (computed at run time)")
-        _check_loads(out)
+        check_loads(out)
         return StepResult(ModelHandle(out, INT8_DYNAMIC), report | {"excluded_nodes": excluded})
 
     _refuse_control_flow(model.path)
@@ -165,7 +165,7 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     model_proto = onnx.load(str(out))
     tidied = qdq_tidy.tidy(model_proto, isa="x86" if types.target.startswith("x86") else "arm")
     onnx.save(model_proto, str(out))
-    _check_loads(out)
+    check_loads(out)
     report.update(
         tidied,
         format=config.format,
@@ -194,7 +194,7 @@ def _refuse_control_flow(path) -> None:
         )
 
 
-def _check_loads(path) -> None:
+def check_loads(path) -> None:
     """Fail here, with ONNX Runtime's whole reason, when its quantizer wrote a graph ONNX Runtime refuses:
     that is a quantizer bug, not a broken input, and later the artifact's load error would read as one."""
     ort = require("onnxruntime", "convert")

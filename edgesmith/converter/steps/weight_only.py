@@ -28,7 +28,7 @@ from ...errors import InputError, require
 from ..handle import ModelHandle, OpenVINOHandle
 from ..precision import of_mode
 from .base import ExportContext, Quantizer, StepContext, StepResult
-from .quantize import _check_loads, _excluded
+from .quantize import check_loads, excluded_nodes
 
 # MatMulNBits' accuracy_level 4: the kernel multiplies int8 blocks of the activations with the unpacked
 # weights (VNNI/AMX on x86). On all-MiniLM-L6-v2 it scored as the float-compute default (STS-B, 200
@@ -75,7 +75,7 @@ def quantize_onnx(config, model: ModelHandle, ctx: StepContext, excluded: list[s
         )
     out = ctx.workdir / f"{model.path.stem}.{of_mode(config.mode, config.bits)}.onnx"
     onnx.save(proto, str(out))
-    _check_loads(out)
+    check_loads(out)
     report = {
         "mode": "weight-only",
         "engine": "onnxruntime",
@@ -124,7 +124,7 @@ def _compress_export(config, model: OpenVINOHandle, ctx: ExportContext) -> StepR
 
 
 def _quantize_onnx_export(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
-    return quantize_onnx(config, model, ctx.step, _excluded(model.path, config.exclude))
+    return quantize_onnx(config, model, ctx.step, excluded_nodes(model.path, config.exclude))
 
 
 ONNX = Quantizer(
