@@ -74,9 +74,9 @@ def test_int8_io_model_takes_integers_and_its_manifest_says_how(shipped):
     assert 0 < spec["scale"] < 0.1 and manifest["quantization"]["io"] == "int8"
 
 
-def test_same_inputs_give_byte_identical_tflite(shipped, tmp_path):
+def test_same_inputs_give_byte_identical_tflite(shipped, tmp_path, mnist_eval_npz):
     out, report = shipped
-    again = convert(SHIPPED_MODEL, tmp_path)
+    again = convert(SHIPPED_MODEL, tmp_path, evaluation=mnist_eval_npz)  # the same inputs as `shipped`
     assert [a["sha256"] for a in again["artifacts"]] == [a["sha256"] for a in report["artifacts"]]
 
 
