@@ -281,7 +281,7 @@ def pipeline_search(quantize, handle, ctx, recipe, source, data, everything: boo
 
     min_cosine = recipe.verify.min_cosine
     if min_cosine is None and not any(s.kind != "quantize" for s in recipe.steps):
-        min_cosine = DEFAULT_MIN_COSINE[INT8]  # what pipeline._check_drop will hold the artifact to
+        min_cosine = DEFAULT_MIN_COSINE[INT8]  # what checks.check_gate will hold the artifact to
     max_drop = recipe.verify.max_drop if reference.metric else None
     latency = (
         (lambda path: profile(path, recipe.profile, source.inputs)["p50_ms"])

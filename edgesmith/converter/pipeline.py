@@ -10,28 +10,23 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._io import check_utf8_path, work_folder
 from ..errors import InputError, InvalidModel, VerificationFailed
 from ..runtime.session import check_feedable
 from ..targets.records import (
     Artifact,
     FileRecord,
-    Latency,
     Original,
     Report,
     SourceRecord,
-    Stage,
     StepRecord,
     Verification,
     write_report,
 )
-from . import accuracy, exporters, fastest, input_shapes, plan
+from . import accuracy, checks, exporters, fastest, input_shapes, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
-from .precision import BINARY
 from .recipe import Recipe
 from .steps import HANDLERS, ExportContext, StepContext
 from .steps.base import run_facts
@@ -226,12 +221,12 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             report = _exported(report, artifacts, quantize is not None, found, hf_folder)
             checked_on = _verification_data(recipe, source, evaluation)
             report, ref = _verify(source, checked_on, report, quiet)
-            report = _emulate_on_arm(report, recipe, checked_on)
+            report = checks.emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
-                report = _profile(source, report, recipe, _one_sample(checked_on))
+                report = checks.profile_all(source, report, recipe, checks.one_sample(checked_on))
             if report.steps:
                 report = dataclasses.replace(
-                    report, stages=_stages(source, report, ref, checked_on, recipe, quiet)
+                    report, stages=checks.stages(source, report, ref, checked_on, recipe, quiet)
                 )
             report = _relativize(report, output.staging, output.path)
             write_report(report, output.staging)
@@ -244,7 +239,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         output.discard()
         raise RuntimeError(f"internal error: {model_path} was modified during conversion")
     try:
-        _check_drop(report, recipe)
+        checks.check_gate(report, recipe)
     except VerificationFailed as exc:  # the previous output stays; this run goes beside it
         kept = output.reject()
         raise VerificationFailed(f"{exc}. {output.path} was left as it was; this run is in {kept}") from None
@@ -349,148 +344,6 @@ def _verify(source, data, report: Report, quiet: bool):
     ), ref
 
 
-def _emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
-    """A recipe with ARM targets (Raspberry Pis, phones): each ONNX/TFLite artifact also runs on ARM
-    kernels, under qemu-user (targets/emulate.py), on the first verification batch, and is compared
-    with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
-    from ..targets import spec
-
-    cpus: dict[str, str] = {}  # emulated CPU: the first target with it
-    for name in recipe.profile.targets:
-        target = spec.get(name)
-        if target.isa_family == "arm" and not target.is_mcu:
-            from ..targets import emulate
-
-            cpus.setdefault(emulate.cpu_for(target), name)
-    if not cpus:
-        return report
-    from ..errors import EdgesmithError
-    from ..runtime import load as load_session
-    from ..targets import emulate
-
-    try:
-        emulate.check_tools()
-    except EdgesmithError as exc:
-        return dataclasses.replace(report, emulation={"skipped": str(exc)})
-    feeds = next(iter(data.batches()))
-    artifacts = []
-    for entry in report.artifacts:
-        path = Path(entry.path)
-        if path.suffix in (".onnx", ".tflite"):
-            host = load_session(path, exact=True).run(feeds)
-            emulated = {name: emulate.verify(path, feeds, host, entry.precision, cpu=cpu)
-                        for cpu, name in cpus.items()}  # fmt: skip
-            entry = dataclasses.replace(entry, emulated=emulated)
-        artifacts.append(entry)
-    return dataclasses.replace(report, artifacts=tuple(artifacts))
-
-
-def _stages(source, report: Report, ref, evaluation, recipe: Recipe, quiet: bool) -> tuple[Stage, ...]:
-    """MACs, parameters, size, metric and host latency of the model before and after each step: the
-    original, each step's ONNX result, and the quantized first artifact. Metric and latency come
-    from the same code as the artifacts' (verify against the original; the recipe's [profile])."""
-    from . import verify
-    from .profile_step import profile
-
-    def measure(
-        name: str, path: Path, checked: Verification | None = None, latency: Latency | None = None
-    ) -> Stage:
-        result = checked or Verification.from_json(verify.verify(path, ref, evaluation, quiet))
-        p50 = None
-        if recipe.profile.enabled and not _raised(result):  # raised on a sample: not timed
-            p50 = (latency or Latency.from_json(profile(path, recipe.profile, source.inputs))).p50_ms
-        return Stage(after=name, **_graph_stats(path, source.inputs), size_bytes=path.stat().st_size,
-                     metric=result.metric, score=result.artifact, agreement=result.agreement,
-                     cosine=result.cosine, cosine_min=result.cosine_min, p50_ms=p50)  # fmt: skip
-
-    first = report.artifacts[0]
-    embeddings = first.verify is not None and first.verify.cosine is not None  # the original against itself
-    original = Stage(after="original", **_graph_stats(source.onnx.path, source.inputs),
-                     size_bytes=source.onnx.path.stat().st_size, metric=ref.metric, score=ref.score,
-                     cosine=1.0 if embeddings else None, cosine_min=1.0,
-                     p50_ms=report.original_latency.p50_ms if report.original_latency else None)  # fmt: skip
-    rows = [original]
-    rows += [measure(step.kind, step.stage_onnx) for step in report.steps if step.stage_onnx is not None]
-    if report.steps[-1].kind == "quantize":
-        rows.append(measure("quantize", Path(first.path), first.verify, first.latency))
-    elif first.precision == BINARY:  # the exporter packs the +-1 weights into bits
-        packed = measure("export (1-bit)", Path(first.path), first.verify, first.latency)
-        rows.append(dataclasses.replace(packed, params=rows[-1].params))  # the same weights, 8 to a byte
-    for i in range(1, len(rows)):  # a TFLite artifact: the counts do not change
-        before, row = rows[i - 1], rows[i]
-        rows[i] = dataclasses.replace(
-            row, macs=_or(row.macs, before.macs), params=_or(row.params, before.params)
-        )
-    return tuple(rows)
-
-
-def _or(value, fallback):
-    return fallback if value is None else value
-
-
-def _graph_stats(path: Path, inputs=()) -> dict:
-    """MACs (the cost model's count) and parameters (weights + biases, in elements) of an ONNX file."""
-    if path.suffix != ".onnx":
-        return {}
-    from ..targets.graph import layers
-
-    graph = layers(path, shapes={s.name: s.shape for s in inputs})
-    return {"macs": sum(layer.macs for layer in graph), "params": _param_count(path)}
-
-
-def _param_count(path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return sum(
-        int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) >= 1 and int(np.prod(t.dims)) > 1
-    )
-
-
-def _one_sample(data) -> dict | None:
-    """One real sample of the verification data (None for random inputs), for profiling to time."""
-    samples = getattr(data, "samples", None)
-    return next(iter(samples()), None) if samples else None
-
-
-def _raised(checked: Verification | None) -> bool:
-    """Whether the artifact raised on a sample the original runs (it failed verification: not timed)."""
-    return checked is not None and any(o.error for o in checked.outputs)
-
-
-def _profile(source, report: Report, recipe: Recipe, feeds: dict | None = None) -> Report:
-    """The report with host latency of the original and each artifact (on `feeds`, one real sample,
-    when there is one), and with `[profile] targets` the cost model's estimate on each."""
-    from .profile_step import per_target, profile
-
-    def latency(path: Path) -> Latency:
-        return Latency.from_json(profile(path, recipe.profile, source.inputs, feeds))
-
-    original = latency(_original_file(source))
-    artifacts = tuple(
-        a if _raised(a.verify) else dataclasses.replace(a, latency=latency(Path(a.path)))
-        for a in report.artifacts
-    )
-    original_targets = None
-    if recipe.profile.targets:
-        original_targets = per_target(_original_file(source), recipe.profile, source.inputs)
-        artifacts = tuple(
-            dataclasses.replace(a, targets=per_target(Path(a.path), recipe.profile, source.inputs))
-            for a in artifacts
-        )
-    return dataclasses.replace(
-        report, original_latency=original, artifacts=artifacts, original_targets=original_targets
-    )
-
-
-def _original_file(source) -> Path:
-    """What the original runs as here: the user's own .tflite under LiteRT (not the ONNX that tf2onnx
-    made of it for the steps), else the fp32 ONNX (the same graph as a .pt2, .keras or .onnx)."""
-    if source.kind == "tflite" and source.native is not None:
-        return source.native.path
-    return source.onnx.path
-
-
 def _html_report(output: OutputDir, recipe: Recipe) -> None:
     """report.html next to report.json; artifact paths in report.json already point at the final folder,
     so the report reads the staged copies by file name."""
@@ -538,42 +391,3 @@ def _relativize(report: Report, staging: Path, final: Path) -> Report:
         for a in report.artifacts
     )
     return dataclasses.replace(report, artifacts=artifacts)
-
-
-def _check_drop(report: Report, recipe: Recipe) -> None:
-    """Exit 1 (VerificationFailed) when an artifact's metric dropped more than `max_drop`, or one of
-    its outputs is further from the original's than `min_cosine` (default: by precision, for runs
-    that only quantize or export; see verify.DEFAULT_MIN_COSINE)."""
-    from .verify import DEFAULT_MIN_COSINE
-
-    limit = recipe.verify.max_drop
-    changes_function = any(step.kind != "quantize" for step in recipe.steps)
-    for entry in report.artifacts:
-        result, name = entry.verify, entry.name
-        if result is None:  # every artifact is verified before this check
-            raise RuntimeError(f"internal error: {name} was not verified")
-        if limit is not None and result.drop is not None and result.drop > limit:
-            raise VerificationFailed(
-                f"{name}: {result.metric} dropped {result.drop:.2f} points, more than [verify] "
-                f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
-            )
-        min_cosine = recipe.verify.min_cosine
-        if min_cosine is None and not changes_function:
-            min_cosine = DEFAULT_MIN_COSINE.get(entry.precision or "")
-        for target, emulated in (entry.emulated or {}).items():
-            if not emulated["ok"]:
-                raise VerificationFailed(
-                    f"{name}: on emulated ARM ({target}, {emulated['device'].get('cpu', 'aarch64')}) its outputs "
-                    f"differ from this host's beyond the {entry.precision} tolerance; see report.json "
-                    "artifacts[].emulated"
-                )
-        worst = result.below(min_cosine) if min_cosine is not None else None
-        if worst is not None and worst.error:
-            raise VerificationFailed(f"{name}: output '{worst.name}': {worst.error}")
-        if worst is not None:
-            raise VerificationFailed(
-                f"{name}: output '{worst.name}' has cosine {worst.cosine:.4f} to the original's "
-                f"(on {result.samples} samples of {result.data}), below [verify] min_cosine = "
-                f"{min_cosine}; keep sensitive layers in float (quantize.exclude), try another "
-                "calibration.method, or set [verify] min_cosine if this is expected"
-            )
