@@ -158,14 +158,24 @@ def original_file(source) -> Path:
     return source.onnx.path
 
 
+def cosine_bar(recipe: Recipe, precision: str) -> float | None:
+    """The min cosine an artifact of `precision` is held to: [verify] min_cosine, else the default by
+    precision (verify.DEFAULT_MIN_COSINE) for runs whose steps only quantize or export; pruning,
+    distillation and binarization change the function on purpose, so they get no default bar."""
+    from .verify import DEFAULT_MIN_COSINE
+
+    if recipe.verify.min_cosine is not None:
+        return recipe.verify.min_cosine
+    if any(step.kind != "quantize" for step in recipe.steps):
+        return None
+    return DEFAULT_MIN_COSINE.get(precision)
+
+
 def check_gate(report: Report, recipe: Recipe) -> None:
     """Exit 1 (VerificationFailed) when an artifact's metric dropped more than `max_drop`, or one of
     its outputs is further from the original's than `min_cosine` (default: by precision, for runs
     that only quantize or export; see verify.DEFAULT_MIN_COSINE)."""
-    from .verify import DEFAULT_MIN_COSINE
-
     limit = recipe.verify.max_drop
-    changes_function = any(step.kind != "quantize" for step in recipe.steps)
     for entry in report.artifacts:
         result, name = entry.verify, entry.name
         if result is None:  # every artifact is verified before this check
@@ -175,9 +185,7 @@ def check_gate(report: Report, recipe: Recipe) -> None:
                 f"{name}: {result.metric} dropped {result.drop:.2f} points, more than [verify] "
                 f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
             )
-        min_cosine = recipe.verify.min_cosine
-        if min_cosine is None and not changes_function:
-            min_cosine = DEFAULT_MIN_COSINE.get(entry.precision or "")
+        min_cosine = cosine_bar(recipe, entry.precision or "")
         for target, emulated in (entry.emulated or {}).items():
             if not emulated["ok"]:
                 raise VerificationFailed(

@@ -29,7 +29,7 @@ from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
 from .recipe import Recipe
 from .steps import HANDLERS, ExportContext, StepContext
-from .steps.base import run_facts
+from .steps.base import Gate, run_facts
 from .steps.quantize import QuantizeConfig
 
 
@@ -206,21 +206,21 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
                 step_reports.append(step_report)
             report = _report(recipe, model_path, source, step_reports)
             found: dict = {}  # what the accuracy search and the fastest-format comparison add
-            quantize = accuracy.meet_budget(quantize, handle, ctx, recipe, source,
-                                            _verification_data(recipe, source, evaluation), found)  # fmt: skip
+            checked_on = _verification_data(recipe, source, evaluation)
+            quantize = accuracy.meet_budget(quantize, handle, ctx, recipe, source, checked_on, found)
             stem = model_path.stem if model_path else source.onnx.path.stem
             hf_folder = None
             if torch_steps:
                 hf_folder = _save_hf_folder(changed.module, output, f"{stem}-hf", model_path)
-            export_ctx = ExportContext(changed, ctx)
+            reference = _Reference(source, checked_on, quiet)
+            export_ctx = ExportContext(changed, ctx, gate=_gate(recipe, reference, checked_on))
             recipe = fastest.resolve(recipe, handle, quantize, export_ctx, found)  # targets, format auto
             artifacts: list[Artifact] = []
             for export_plan in plan.exports(recipe.exports, quantize, run_facts(handle, export_ctx)):
                 artifacts.append(_export(export_plan, handle, stem, output, export_ctx, artifacts, recipe,
                                          input_hash))  # fmt: skip
             report = _exported(report, artifacts, quantize is not None, found, hf_folder)
-            checked_on = _verification_data(recipe, source, evaluation)
-            report, ref = _verify(source, checked_on, report, quiet)
+            report, ref = _verify(source, checked_on, report, reference(), quiet)
             report = checks.emulate_on_arm(report, recipe, checked_on)
             if recipe.profile.enabled:
                 report = checks.profile_all(source, report, recipe, checks.one_sample(checked_on))
@@ -328,12 +328,37 @@ def _export(export_plan, handle, stem, output, ctx, artifacts, recipe, input_has
                     quantization=exported.quantization or None)  # fmt: skip
 
 
-def _verify(source, data, report: Report, quiet: bool):
-    """Every artifact against the original on `data`: (the report with `verify` on each artifact, the
-    first one's as the report's, and the original's metric; the original's outputs)."""
+class _Reference:
+    """The original's outputs on the verification data, computed at the first call (by a quantizer's
+    gate, or by verification after the exports) and kept."""
+
+    def __init__(self, source, data, quiet: bool):
+        self.source, self.data, self.quiet = source, data, quiet
+        self.value: Any = None  # verify.Reference
+
+    def __call__(self):
+        from . import verify
+
+        if self.value is None:
+            self.value = verify.reference(self.source, self.data, self.quiet)
+        return self.value
+
+
+def _gate(recipe: Recipe, reference: _Reference, data) -> Gate:
+    """The verification gate as quantizers can apply it to their candidates (steps/base.Gate)."""
     from . import verify
 
-    ref = verify.reference(source, data, quiet)
+    def measure(path: Path) -> Verification:
+        return Verification.from_json(verify.verify(path, reference(), data, quiet=True))
+
+    return Gate(measure, lambda precision: checks.cosine_bar(recipe, precision), recipe.verify.max_drop)
+
+
+def _verify(source, data, report: Report, ref, quiet: bool):
+    """Every artifact against the original on `data` (`ref`: the original's outputs on it): (the report
+    with `verify` on each artifact, the first one's as the report's, and the original's metric; `ref`)."""
+    from . import verify
+
     artifacts = tuple(
         dataclasses.replace(a, verify=Verification.from_json(verify.verify(Path(a.path), ref, data, quiet)))
         for a in report.artifacts

@@ -55,13 +55,45 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """The verification gate (checks.check_gate) as a quantizer can apply it to its own candidates
+    before one is written, e.g. to keep sensitive layers in float until a candidate passes.
+
+    `measure(path)` runs a model file (.onnx, .xml or .tflite) on the run's verification samples and
+    compares it with the original: a targets.records.Verification (per-output cosine, metric, drop).
+    `min_cosine(precision)` is the bar an artifact of that precision is held to (None: no cosine bar).
+    """
+
+    measure: Callable[[Path], Any]  # -> targets.records.Verification
+    min_cosine: Callable[[str], float | None]
+    max_drop: float | None = None  # metric points, with labelled eval data
+
+    def failure(self, path: Path, precision: str) -> str | None:
+        """Why the candidate at `path` would fail the gate (one line), or None when it passes."""
+        result = self.measure(path)
+        if self.max_drop is not None and result.drop is not None and result.drop > self.max_drop:
+            return f"{result.metric} dropped {result.drop:.2f} points"
+        bar = self.min_cosine(precision)
+        worst = result.below(bar) if bar is not None else None
+        if worst is None:
+            return None
+        return (
+            f"output '{worst.name}': {worst.error}"
+            if worst.error
+            else (f"output '{worst.name}' has cosine {worst.cosine:.4f} < {bar}")
+        )
+
+
+@dataclass(frozen=True)
 class ExportContext:
     """What a format's converter and quantizer see besides the model: the source (after the PyTorch
-    steps: its module, native model, inputs, reference) and the step context (work folder, data)."""
+    steps: its module, native model, inputs, reference), the step context (work folder, data) and the
+    verification gate the artifact will be held to."""
 
     source: Any  # frontends.Source
     step: StepContext
     io: str = "float"  # the export's input/output type ([[exports]] io), for converters that set it
+    gate: Gate | None = None  # None outside a pipeline run (e.g. tests calling a quantizer directly)
 
 
 @dataclass(frozen=True)
