@@ -68,12 +68,16 @@ class Gate:
     min_cosine: Callable[[str], float | None]
     max_drop: float | None = None  # metric points, with labelled eval data
 
-    def failure(self, path: Path, precision: str) -> str | None:
-        """Why the candidate at `path` would fail the gate (one line), or None when it passes."""
+    def failure(self, path: Path, precision: str, margin: float = 0.0) -> str | None:
+        """Why the candidate at `path` would fail the gate (one line), or None when it passes.
+        `margin`: a stricter cosine bar (bar + margin, at most 1) for a quantizer choosing among
+        candidates, so that the one it keeps also holds on samples the gate did not see."""
         result = self.measure(path)
         if self.max_drop is not None and result.drop is not None and result.drop > self.max_drop:
             return f"{result.metric} dropped {result.drop:.2f} points"
         bar = self.min_cosine(precision)
+        if bar is not None:
+            bar = min(1.0, bar + margin)
         worst = result.below(bar) if bar is not None else None
         if worst is None:
             return None
