@@ -50,7 +50,7 @@ class Run:
     model: str
     preset: str
     format: str
-    status: str  # yes | refused | CRASH | prepare-failed
+    status: str  # yes | stopped (exit 1 at the verification gate) | refused | CRASH | prepare-failed
     exit_code: int | None = None
     message: str = ""  # refusal or crash line
     min_cosine: float | None = None
@@ -126,13 +126,18 @@ def convert(model: str, info: dict, preset: str, fmt: str, workdir: Path, timeou
     run.stderr_lines = len(stderr.splitlines())
     run.traceback = "Traceback (most recent call last)" in stderr
     written = artifacts(out, fmt) if out.is_dir() else []
+    rejected = out.with_name(out.name + ".rejected")  # exit 1: the run that failed its gate is kept there
+    if code == 1 and not written and rejected.is_dir():
+        written = artifacts(rejected, fmt)
     if code is None:
         run.status, run.message = "CRASH", f"timeout after {timeout:.0f} s"
     elif code == 2 and not run.traceback:
         run.status, run.message = "refused", last_line(stderr)
-    elif code in (0, 1) and written and not run.traceback:
-        run.status = "yes"  # 1: converted, but edgesmith's own verification gate failed
-        run.message = "" if code == 0 else "exit 1 (verification gate): " + last_line(stderr)
+    elif code == 0 and written and not run.traceback:
+        run.status, run.message = "yes", ""
+    elif code == 1 and written and not run.traceback:
+        # converted, but edgesmith's own verification gate stopped it in one line (artifact in DIR.rejected)
+        run.status, run.message = "stopped", "exit 1 (verification gate): " + last_line(stderr)
     else:
         run.status, run.message = "CRASH", last_line(stderr)
     if written:
@@ -155,9 +160,8 @@ def runs_for(args) -> list[tuple[str, str]]:
 
 
 def fmt_row(r: Run, root: Path) -> str:
-    converted = {"yes": "yes", "refused": "refused", "CRASH": f"CRASH({r.exit_code})", "prepare-failed": "-"}[
-        r.status
-    ]
+    converted = {"yes": "yes", "stopped": "stopped (exit 1)", "refused": "refused",
+                 "CRASH": f"CRASH({r.exit_code})", "prepare-failed": "-"}[r.status]  # fmt: skip
     cos = f"{r.min_cosine:.4f}" if r.min_cosine is not None else ("cmp-err" if r.compare_error else "-")
     size = f"{r.size_ratio:.2f}" if r.size_ratio is not None else "-"
     note = shorten(r.message or r.compare_error, root).replace("|", "/")
@@ -170,6 +174,7 @@ def summary(runs: list[Run]) -> dict:
         "runs": len(runs),
         "converted": sum(r.status == "yes" for r in runs),
         "matching": sum(r.matching for r in runs),
+        "stopped": sum(r.status == "stopped" for r in runs),
         "refused": sum(r.status == "refused" for r in runs),
         "crashed": sum(r.status in ("CRASH", "prepare-failed") for r in runs),
         "converted_pct": round(100 * sum(r.status == "yes" for r in runs) / n, 1),
@@ -195,7 +200,8 @@ def print_summary(runs: list[Run]) -> dict:
     print(
         f"\n{totals['runs']} runs: converted {totals['converted']} ({totals['converted_pct']}%), "
         f"converted and matching (min cosine >= {MIN_COSINE}) {totals['matching']} ({totals['matching_pct']}%), "
-        f"refused {totals['refused']}, crashed {totals['crashed']}; CPU {cpu_name()}"
+        f"stopped at the verification gate (exit 1) {totals['stopped']}, refused {totals['refused']}, "
+        f"crashed {totals['crashed']}; CPU {cpu_name()}"
     )
     return totals
 
@@ -205,6 +211,9 @@ def load_runs(path: Path) -> tuple[list[Run], Path]:
     saved = json.loads(path.read_text())
     fields = set(Run.__dataclass_fields__)
     runs = [Run(**{k: v for k, v in r.items() if k in fields}) for r in saved["runs"]]
+    for r in runs:  # files written before "stopped" existed counted a gate stop (exit 1) as CRASH
+        if r.status == "CRASH" and r.exit_code == 1 and not r.traceback and "min_cosine" in (r.message or ""):
+            r.status = "stopped"
     return runs, Path(saved["work"])
 
 
