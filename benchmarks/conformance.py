@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -228,38 +229,52 @@ def print_changes(runs: list[Run], baseline: Path) -> None:
             print(f"  {r.model} {r.preset} {r.format}: {was} -> {r.status} {r.min_cosine}")
 
 
-def run_all(args, names: list[str], root: Path) -> tuple[list[Run], dict]:
-    """Prepare each model, then convert and compare it for each preset and format; one row each."""
+def prepare_all(args, names: list[str], root: Path, combos) -> tuple[dict, dict, list[Run]]:
+    """Each model's inputs, prepared one after another: (the prepared.json of each, what the report
+    says of it, a prepare-failed row for each run of a model whose preparation failed)."""
     n_cal, n_eval = (16, 8) if args.quick else (32, 16)
-    combos = runs_for(args)
-    log(f"conformance: {len(names)} models x {len(combos)} runs, work folder {root}, CPU {cpu_name()}")
-    print(HEADER + "\n|" + "---|" * 9, flush=True)
-    runs: list[Run] = []
-    prepared = {}
+    infos, prepared, failed = {}, {}, []
     for name in names:
         workdir = root / name
         start = time.perf_counter()
         result = child(["--_prepare", name, str(workdir), str(n_cal), str(n_eval)], args.timeout)
         if result is None or result.returncode != 0:
             why = "timeout" if result is None else last_line(result.stderr)
-            for preset, fmt in combos:
-                runs.append(
-                    Run(name, preset, fmt, "prepare-failed", message=f"preparing the inputs failed: {why}")
-                )
-                print(fmt_row(runs[-1], root), flush=True)
+            failed += [Run(name, preset, fmt, "prepare-failed", message=f"preparing the inputs failed: {why}")
+                       for preset, fmt in combos]  # fmt: skip
             continue
-        info = json.loads((workdir / "prepared.json").read_text())
-        prepared[name] = {"source": MODELS[name][0], "kind": MODELS[name][1], "inputs": info["inputs_note"],
-                          "eval_samples": info["eval_samples"], "prepare_s": round(time.perf_counter() - start, 1)}  # fmt: skip
-        for preset, fmt in combos:
-            try:
-                run = convert(name, info, preset, fmt, workdir, args.timeout)
-            except Exception as exc:  # the harness itself must not stop the other runs
-                run = Run(
-                    name, preset, fmt, "CRASH", message=f"conformance harness: {type(exc).__name__}: {exc}"
-                )
-            runs.append(run)
-            print(fmt_row(run, root), flush=True)
+        infos[name] = json.loads((workdir / "prepared.json").read_text())
+        prepared[name] = {"source": MODELS[name][0], "kind": MODELS[name][1], "inputs": infos[name]["inputs_note"],
+                          "eval_samples": infos[name]["eval_samples"], "prepare_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return infos, prepared, failed
+
+
+def convert_safely(name: str, info: dict, preset: str, fmt: str, root: Path, timeout: float) -> Run:
+    try:
+        return convert(name, info, preset, fmt, root / name, timeout)
+    except Exception as exc:  # the harness itself must not stop the other runs
+        return Run(name, preset, fmt, "CRASH", message=f"conformance harness: {type(exc).__name__}: {exc}")
+
+
+def run_all(args, names: list[str], root: Path, save) -> tuple[list[Run], dict]:
+    """Prepare each model, then convert and compare it for each preset and format (`--jobs` runs at a
+    time); one row each, printed as it ends; `save(runs, prepared)` after every row, so a run that is
+    stopped early still leaves its rows."""
+    combos = runs_for(args)
+    log(f"conformance: {len(names)} models x {len(combos)} runs, work folder {root}, CPU {cpu_name()}")
+    infos, prepared, runs = prepare_all(args, names, root, combos)
+    print(HEADER + "\n|" + "---|" * 9, flush=True)
+    for run in runs:
+        print(fmt_row(run, root), flush=True)
+    todo = [(name, preset, fmt) for name in names if name in infos for preset, fmt in combos]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(convert_safely, n, infos[n], p, f, root, args.timeout) for n, p, f in todo]
+        for future in as_completed(futures):
+            runs.append(future.result())
+            print(fmt_row(runs[-1], root), flush=True)
+            save(runs, prepared)
+    order = {key: i for i, key in enumerate(todo)}
+    runs.sort(key=lambda r: order.get((r.model, r.preset, r.format), -1))
     return runs, prepared
 
 
@@ -270,6 +285,12 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", help="comma-separated subset of int8,fp16,int8-dynamic,fp32")
     parser.add_argument("--quick", action="store_true", help="issue 10's five runs per model, fewer samples")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per convert run (default 900)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="convert runs at a time (default 1; seconds per run are then not comparable)",
+    )
     parser.add_argument("--json", type=Path, help="also write the runs and the summary to this JSON file")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     parser.add_argument(
@@ -292,15 +313,19 @@ def main(argv=None) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = args.keep or Path(tempfile.mkdtemp(prefix="edgesmith-conformance-"))
-    runs, prepared = run_all(args, names, root)
-    totals = print_summary(runs)
+
+    def save(runs: list[Run], prepared: dict) -> None:
+        if args.json:
+            rows = [asdict(r) | {"matching": r.matching} for r in runs]
+            args.json.write_text(json.dumps({"summary": summary(runs), "min_cosine": MIN_COSINE, "cpu": cpu_name(),
+                                             "quick": args.quick, "jobs": args.jobs, "work": str(root),
+                                             "models": prepared, "runs": rows}, indent=1))  # fmt: skip
+
+    runs, prepared = run_all(args, names, root, save)
+    save(runs, prepared)
+    print_summary(runs)
     if args.baseline:
         print_changes(runs, args.baseline)
-    if args.json:
-        rows = [asdict(r) | {"matching": r.matching} for r in runs]
-        args.json.write_text(json.dumps({"summary": totals, "min_cosine": MIN_COSINE, "cpu": cpu_name(),
-                                         "quick": args.quick, "work": str(root), "models": prepared,
-                                         "runs": rows}, indent=1))  # fmt: skip
     return 0
 
 
