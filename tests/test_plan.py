@@ -1,13 +1,18 @@
 """The export planner (converter/plan.py): which quantizer makes each export, refusals before any model
-is loaded, and a new quantizer being one declaration in the registry."""
+is loaded, a new quantizer being one file and one registry line, and the kinds steps and quantizers
+declare they produce, checked when they run."""
 
 import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 from edgesmith.converter import plan
-from edgesmith.converter.recipe import ExportConfig
-from edgesmith.converter.steps import QUANTIZERS, Quantizer
+from edgesmith.converter.handle import TFLiteHandle, TorchHandle
+from edgesmith.converter.pipeline import run
+from edgesmith.converter.recipe import ExportConfig, ProfileConfig, Recipe
+from edgesmith.converter.steps import HANDLERS, QUANTIZERS, Quantizer, StepConfig, StepResult, engine_names
 from edgesmith.converter.steps.base import Facts
 from edgesmith.converter.steps.quantize import QuantizeConfig
 from edgesmith.errors import InputError
@@ -151,3 +156,89 @@ def test_a_new_quantizer_is_one_registry_entry(monkeypatch, tmp_path):
     assert "MatMulInteger" in ops and "ConvInteger" not in ops  # only the dense layers quantized
     outputs = artifact["verify"]["outputs"]  # its outputs against the original's, on the same inputs
     assert outputs and min(o["cosine"] for o in outputs) >= 0.98
+
+
+def test_a_new_engine_is_one_file_and_one_registry_line(tmp_path, mnist_test):
+    """tests/extra_quantizer.py is a whole engine. Appended to QUANTIZERS, its name becomes a valid
+    `quantize.engine` (the validator's choices come from the registry), the planner picks it by that
+    name, and the artifact it makes reloads and classifies real MNIST digits like the float model."""
+    import extra_quantizer
+
+    from edgesmith import convert, runtime
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'[[steps]]\nkind = "quantize"\nmode = "dynamic"\nengine = "{extra_quantizer.ENGINE}"\n'
+        '[[exports]]\nformat = "onnx"\n[profile]\nenabled = false\n'
+    )
+    with pytest.raises(InputError) as unknown:  # not registered yet: one line naming the known engines
+        Recipe.load(recipe)
+    message = "steps[0].engine = 'ort-per-tensor' is not valid; expected one of 'auto', 'onnxruntime', 'nncf', 'inc'"
+    assert str(unknown.value).endswith(message) and "\n" not in str(unknown.value)
+    QUANTIZERS.append(extra_quantizer.PER_TENSOR)
+    try:
+        assert engine_names()[-1] == extra_quantizer.ENGINE
+        report = convert(SHIPPED_MODEL, recipe=recipe, out=tmp_path / "out")
+    finally:
+        QUANTIZERS.remove(extra_quantizer.PER_TENSOR)
+    assert extra_quantizer.ENGINE not in engine_names()
+    (artifact,) = report["artifacts"]
+    assert artifact["engine"] == extra_quantizer.ENGINE and artifact["precision"] == "int8-dynamic"
+    assert artifact["quantization"]["weights"] == "int8, one scale per tensor"
+    import onnx
+
+    model = onnx.load(artifact["path"])
+    assert {"ConvInteger", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    weight_scales = [i for i in model.graph.initializer if i.name.endswith("_scale")]
+    assert weight_scales and all(list(i.dims) in ([], [1]) for i in weight_scales)  # per tensor
+    images, labels = mnist_test[0][:2000], mnist_test[1][:2000]
+    quantized = runtime.load(artifact["path"], backend="ort").run({"input": images})
+    original = runtime.load(SHIPPED_MODEL, backend="ort").run({"input": images})
+    (q,), (f,) = quantized.values(), original.values()
+    assert (q.argmax(1) == f.argmax(1)).mean() >= 0.99
+    assert (q.argmax(1) == labels).mean() >= (f.argmax(1) == labels).mean() - 0.01
+
+
+@dataclass(frozen=True)
+class _OnnxStep(StepConfig):
+    kind: ClassVar[str] = "test-onnx-step"  # consumes and (by default) produces "onnx"
+
+
+@dataclass(frozen=True)
+class _TorchToOnnx(StepConfig):
+    kind: ClassVar[str] = "test-torch-to-onnx"
+    consumes: ClassVar[str] = "torch"
+    produces: ClassVar[str] = "onnx"
+
+
+def _float_only(tmp_path, *steps) -> tuple[Recipe, object]:
+    return Recipe(steps=list(steps), profile=ProfileConfig(enabled=False)), tmp_path / "out"
+
+
+def test_a_step_declares_what_it_produces(tmp_path, monkeypatch):
+    """A step that returns another kind than it declares is an internal error, named when it returns;
+    a declaration the pipeline cannot chain (a PyTorch step producing ONNX) before any model is loaded.
+    Neither leaves an output folder."""
+    assert _OnnxStep.produces == "onnx" and _TorchToOnnx.produces == "onnx"
+    monkeypatch.setitem(HANDLERS, _OnnxStep, lambda config, model, ctx: StepResult(TorchHandle(None, ())))
+    recipe, out = _float_only(tmp_path, _OnnxStep())
+    with pytest.raises(
+        RuntimeError, match="step 'test-onnx-step' declares it produces onnx but returned torch"
+    ):
+        run(recipe, SHIPPED_MODEL, out)
+    assert not out.exists()
+    recipe, out = _float_only(tmp_path, _TorchToOnnx())
+    with pytest.raises(RuntimeError, match="step 'test-torch-to-onnx' consumes torch and produces onnx"):
+        run(recipe, SHIPPED_MODEL, out)
+    assert not out.exists()
+
+
+def test_a_quantizer_returning_another_kind_is_an_internal_error(tmp_path, monkeypatch):
+    liar = Quantizer(
+        "liar", "onnx", "onnx", ("dynamic",), ("auto",), lambda c, m, x: StepResult(TFLiteHandle(b""))
+    )
+    monkeypatch.setattr(plan, "QUANTIZERS", (liar, *QUANTIZERS))
+    recipe = Recipe(steps=[QuantizeConfig(mode="dynamic")], profile=ProfileConfig(enabled=False))
+    with pytest.raises(RuntimeError, match="quantizer 'liar' declares it produces onnx but returned tflite"):
+        run(recipe, SHIPPED_MODEL, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

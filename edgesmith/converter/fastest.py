@@ -22,6 +22,11 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from ..runtime.backends.openvino_backend import OpenVINOSession
+    from ..runtime.session import Session
 
 FORMAT = "auto"  # `exports.format = "auto"` passes the recipe's format check; resolve() replaces it
 SUFFIX = ""
@@ -107,7 +112,7 @@ def _measured(models: dict[str, Path], folder: Path, threads: int | None, skippe
     appended to `skipped`."""
     from ..runtime import backends, load
 
-    sessions = []
+    sessions: list[tuple[dict[str, Any], Session]] = []
     for precision, path in models.items():
         sessions.append(({"runtime": "onnxruntime", "precision": precision, "default": precision == "fp32"},
                          load(path, backend="ort", threads=threads)))  # fmt: skip
@@ -121,7 +126,7 @@ def _measured(models: dict[str, Path], folder: Path, threads: int | None, skippe
             skipped.append(f"openvino {precision}: {error_line(exc)}")
             continue
         if precision == "fp32":
-            auto = load(xml, backend="openvino", threads=threads)
+            auto = cast("OpenVINOSession", load(xml, backend="openvino", threads=threads))
             label = f"{auto.precision} (default)" if auto.precision != "f32" else "f32"
             sessions.append(({"runtime": "openvino", "precision": label, "default": True}, auto))
             if auto.precision != "f32":

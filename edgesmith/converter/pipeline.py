@@ -29,7 +29,7 @@ from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
 from .recipe import Recipe
 from .steps import HANDLERS, ExportContext, StepContext
-from .steps.base import Gate, run_facts
+from .steps.base import Gate, returned, run_facts
 from .steps.quantize import QuantizeConfig
 
 
@@ -40,6 +40,12 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     quantize = steps.pop() if steps and isinstance(steps[-1], QuantizeConfig) else None
     if any(isinstance(s, QuantizeConfig) for s in steps):
         raise InputError("a recipe may have one quantize step, and it must be the last step")
+    for step in steps:  # a developer's declaration, not the user's recipe: an internal error
+        if step.produces != step.consumes:
+            raise RuntimeError(
+                f"internal error: step '{step.kind}' consumes {step.consumes} and produces {step.produces}; "
+                "the pipeline runs PyTorch steps, exports once, then runs ONNX steps (docs/adding_a_step.md)"
+            )
     kinds = [s.consumes for s in steps]
     first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
     if "torch" in kinds[first_onnx:]:
@@ -107,7 +113,8 @@ def _run_torch_step(config, handle, ctx: StepContext, source, done: tuple):
     the steps before it, part of the key). See step_cache.py."""
     from . import step_cache
 
-    return step_cache.run(HANDLERS[type(config)], config, handle, ctx, source, done)
+    result = step_cache.run(HANDLERS[type(config)], config, handle, ctx, source, done)
+    return returned(f"step '{config.kind}'", config.produces, result)
 
 
 def _state_hash(module) -> str:
@@ -268,7 +275,7 @@ def _save_hf_folder(module, output: OutputDir, name: str, model_path: Path | Non
 
 def _apply(config, handle: ModelHandle, ctx: StepContext) -> tuple[ModelHandle, StepRecord]:
     before = sha256(handle.path)
-    result = HANDLERS[type(config)](config, handle, ctx)
+    result = returned(f"step '{config.kind}'", config.produces, HANDLERS[type(config)](config, handle, ctx))
     if sha256(handle.path) != before or result.model.path == handle.path:
         raise RuntimeError(f"step '{config.kind}' broke its contract: it must write a new file")
     sizes = {"size_before": handle.size_bytes, "size_after": result.model.size_bytes}

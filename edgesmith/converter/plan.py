@@ -27,7 +27,7 @@ from . import exporters
 from .handle import ModelHandle
 from .precision import BINARY, of_mode
 from .steps import QUANTIZERS
-from .steps.base import ExportContext, Facts, Quantizer, run_facts
+from .steps.base import ExportContext, Facts, Quantizer, returned, run_facts
 from .steps.quantize import QuantizeConfig
 from .steps.weight_only import TFLITE_FIX
 
@@ -149,7 +149,9 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
         result = exporter.convert(plan.export, model, ctx)
         handle, converted = result.model, result.report
     if quantizer is not None:
-        result = quantizer.run(plan.quantize, handle, ctx)
+        result = returned(
+            f"quantizer '{quantizer.name}'", quantizer.produces, quantizer.run(plan.quantize, handle, ctx)
+        )
         if isinstance(result.model, ModelHandle) and result.model.path == model.path:
             raise RuntimeError(f"quantizer '{quantizer.name}' broke its contract: it must write a new file")
         handle, quantized = result.model, result.report

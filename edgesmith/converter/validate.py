@@ -84,7 +84,7 @@ def where_of(obj: Any) -> str:
 def check(obj: Any, where: str | None = None) -> None:
     """Raise InputError for the first field of dataclass `obj` whose value breaks its type or rules."""
     where = where or where_of(obj)
-    hints = _hints(type(obj))
+    hints = _hints(obj.__class__)
     for f in dataclasses.fields(obj):
         if f.init:
             value = getattr(obj, f.name)
@@ -151,7 +151,7 @@ def _value(where: str, value: Any, tp: Any, rules: dict, example: Any = None) ->
         return _sequence(where, value, tp, args[0], rules, example)
     if origin is dict:
         return _table(where, value, tp, args[1], rules, example)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, tp):
             raise _wrong_type(where, value, tp, example)
         return None
@@ -367,6 +367,6 @@ def _config_type(tp: Any) -> type | None:
     """The config class a field holds (`PreprocessConfig | None` -> PreprocessConfig), else None."""
     union = typing.get_origin(tp) in (Union, types.UnionType)
     for candidate in typing.get_args(tp) if union else (tp,):
-        if dataclasses.is_dataclass(candidate):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
             return candidate
     return None

@@ -6,6 +6,7 @@ Needs numpy plus one backend (`pip install edgesmith[ort]`); never torch, Tensor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .._io import check_utf8_path
 from ..errors import InputError, MissingExtra, closest
@@ -21,7 +22,7 @@ def available_backends() -> dict[str, bool]:
 
 
 def load(
-    path: str | Path, backend: str = "auto", threads: int | None = None, exact: bool = False, **options
+    path: str | Path, backend: str = "auto", threads: int | None = None, exact: bool = False, **options: Any
 ) -> Session:
     """Open a model file with a backend (`"auto"` picks the first installed one that reads it).
 
@@ -51,7 +52,8 @@ def load(
     module = backends.get(backend)
     if not module.available():
         raise MissingExtra(module.EXTRA, why=f"the '{backend}' backend")
-    return module.open(path, threads or default_threads(), exact=exact, **options)
+    session: Session = module.open(path, threads or default_threads(), exact=exact, **options)
+    return session
 
 
 THREADS_ENV = "EDGESMITH_THREADS"

@@ -7,13 +7,17 @@ imports its framework when a session is opened, so a device needs numpy plus one
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import InputError
+
+# what a session's `run` is: feeds by input name -> outputs by name
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class TensorSpec:
             d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(self.shape)
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None} | {"shape": list(self.shape)}
 
 
@@ -73,7 +77,7 @@ def check_feeds(session: Session, feeds: dict[str, np.ndarray]) -> None:
             )
 
 
-def check_feedable(inputs: tuple[TensorSpec, ...], path) -> None:
+def check_feedable(inputs: tuple[TensorSpec, ...], path: str | Path) -> None:
     """Raise InputError unless edgesmith can make and feed each input: numbers (not text or objects),
     and one sample that fits in this machine's memory (a model may declare any size)."""
     from .._io import NOT_NUMBERS
@@ -104,7 +108,7 @@ def _physical_memory() -> int | None:
         return None
 
 
-def run_in_chunks(run, size: int):
+def run_in_chunks(run: Run, size: int) -> Run:
     """Wrap a model with a fixed batch `size` so it takes any batch: feeds are cut into chunks of
     `size` (the last one zero-padded, its extra rows dropped after) and the outputs concatenated."""
 

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..converter import build_recipe
 from ..converter.handle import sha256
@@ -60,9 +61,10 @@ def plan(models: list[str], recipes: list[str], presets: list[str], targets: lis
     for model in models:  # a missing file or unknown format is bad input: fail before Ray starts
         kind_of(model)
     tasks = []
+    per_target: list[str | None] = [*targets] or [None]  # no target: one task without
     for model in models:
         for label, path, preset in choices:
-            for target in targets or [None]:
+            for target in per_target:
                 recipe = build_recipe(
                     path, preset, _abs(calibration), _abs(evaluation), model=os.path.abspath(model),
                     targets=[target] if target else None,
@@ -85,7 +87,7 @@ def run_task(task: Task, cache: str | None = None) -> dict:
     for no cache). Never raises for a problem of this task: the record says what went wrong, in one
     line. The caller names the cache: a worker on another node has another home folder."""
     started = time.perf_counter()
-    record = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
+    record: dict[str, Any] = {"model": task.model, "recipe": task.label, "target": task.target, "folder": task.out,
               "recipe_sha256": task.recipe_sha256, "pid": os.getpid(), "started": round(time.time(), 3)}  # fmt: skip
     try:
         report, how, steps_cached = _converted(task, cache)
@@ -204,14 +206,14 @@ def run_tasks(tasks: list[Task], cache: str | None = None, on_result=None) -> li
 
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(run_task)
     pending = {remote.remote(task, cache): i for i, task in enumerate(tasks)}
-    records: list[dict | None] = [None] * len(tasks)
+    records: dict[int, dict] = {}  # by the task's index: they finish in any order
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index = pending.pop(ready[0])
         records[index] = _record_of(ray, ready[0], tasks[index])
         if on_result is not None:
             on_result(records[index])
-    return records
+    return [records[i] for i in range(len(tasks))]
 
 
 def _record_of(ray, ref, task: Task) -> dict:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from . import power
@@ -39,7 +40,7 @@ def devices() -> dict[str, str]:
     return out
 
 
-def _adb(args: list[str], timeout: float, serial: str | None = None) -> subprocess.CompletedProcess:
+def _adb(args: list[str], timeout: float, serial: str | None = None) -> subprocess.CompletedProcess[str]:
     if shutil.which("adb") is None:
         raise InputError("`adb` is not installed; install Android platform-tools (apt-get install adb)")
     command = ["adb", *(["-s", serial] if serial else []), *args]
@@ -75,7 +76,7 @@ def check(serial: str) -> None:
                          "device (or replug it) and retry")  # fmt: skip
 
 
-def parse_benchmark_model(text: str) -> dict:
+def parse_benchmark_model(text: str) -> dict[str, Any]:
     """The timed-run statistics of `benchmark_model` output, in milliseconds.
 
     The last `count=` line is the timed run (the first is the warm-up). p50 is the median when the
@@ -118,7 +119,7 @@ class AdbBattery:
         self.serial = serial
         self.command = command or ["adb", "-s", serial, "shell"]
 
-    def _shell(self, *words: str) -> subprocess.CompletedProcess:
+    def _shell(self, *words: str) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
                 [*self.command, shlex.join(words)], capture_output=True, text=True, timeout=15
@@ -168,7 +169,7 @@ def battery_probe(serial: str, probe: str | None, command: list[str] | None = No
 
 
 def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
-            threads: int | None = None, timeout: float = 300.0, probe: str | None = None) -> dict:  # fmt: skip
+            threads: int | None = None, timeout: float = 300.0, probe: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Measure on the phone; with a battery probe, energy per inference = (mean power while the
     benchmark runs - idle power just before) x mean latency, labelled measured:android-battery."""
     artifact = Path(artifact)
@@ -199,7 +200,7 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
         done, idle_w, busy_w = _run(shell(*words), timeout, serial, battery)
         result = _runner_json(done, serial, artifact)
     _adb(shell("rm", "-rf", REMOTE), 30, serial)
-    if battery is not None:
+    if battery is not None and idle_w is not None and busy_w is not None:  # measured with the battery
         energy = power.Energy(
             max(busy_w - idle_w, 0.0) * result["mean_ms"], f"measured:{battery.name}", idle_w, busy_w
         )
@@ -211,16 +212,18 @@ def profile(serial: str, artifact: str | Path, runs: int = 50, warmup: int = 5,
     }
 
 
-def _run(args: list[str], timeout: float, serial: str, battery: AdbBattery | None):
+def _run(
+    args: list[str], timeout: float, serial: str, battery: AdbBattery | None
+) -> tuple[subprocess.CompletedProcess[str], float | None, float | None]:
     """(completed adb call, idle W, busy W); the powers are None without a battery probe."""
     if battery is None:
         return _adb(args, timeout, serial), None, None
     return power.during(battery, lambda: _adb(args, timeout, serial))
 
 
-def _runner_json(done, serial: str, artifact: Path) -> dict:
+def _runner_json(done: subprocess.CompletedProcess[str], serial: str, artifact: Path) -> dict[str, Any]:
     try:
-        data = json.loads(done.stdout.strip().splitlines()[-1])
+        data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         raise InputError(f"the runner on {serial} failed: {done.stderr.strip()[:200]}") from None
     if data.get("error") == "missing_backend":

@@ -20,9 +20,15 @@ flatbuffer is read.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .layer import Layer
 
 ALIGN = 16  # TFLM's kBufferAlignment
 # The persistent part (the arena's tail), per pointer width: 4 on a 32-bit MCU, 8 where the
@@ -60,7 +66,7 @@ def align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def greedy_plan(buffers: list[Buffer]) -> dict:
+def greedy_plan(buffers: list[Buffer]) -> dict[int | str, int]:
     """tensor -> offset, by TFLM's greedy-by-size first fit (`greedy_memory_planner.cc`).
 
     `buffers` come in the order TFLM adds them (tensor index order). TFLM fills its sort array from
@@ -69,7 +75,7 @@ def greedy_plan(buffers: list[Buffer]) -> dict:
     with two 8 KB activations the other order can leave a 3 KB gap unused (measured on TFLM)."""
     order = sorted(enumerate(buffers), key=lambda ib: (-ib[1].size, -ib[0]))
     placed: list[tuple[int, Buffer]] = []  # (offset, buffer), in offset order, ties by placement
-    offsets: dict = {}
+    offsets: dict[int | str, int] = {}
     for _, buffer in order:
         offset = 0
         for start, other in placed:
@@ -90,7 +96,7 @@ def planned_bytes(buffers: list[Buffer]) -> int:
 
 
 # -- lifetimes from cost-model layers (ONNX, or any graph.layers list) --------------------------------
-def layer_lifetimes(graph: list) -> list[Buffer]:
+def layer_lifetimes(graph: list[Layer]) -> list[Buffer]:
     """One Buffer per kernel output (graph.Layer: `outputs`, `out_bytes`, `inputs`, `in_sizes`), and one
     per graph input (read but never written: alive from step 0). Unread outputs live to the end."""
     steps = len(graph)
@@ -115,7 +121,7 @@ def layer_lifetimes(graph: list) -> list[Buffer]:
     return [Buffer(key, align(sizes[key]), first[key], last.get(key, first[key])) for key in first]
 
 
-def from_layers(graph: list) -> dict:
+def from_layers(graph: list[Layer]) -> dict[str, Any]:
     buffers = layer_lifetimes(graph)
     return {
         "planned_bytes": planned_bytes(buffers),
@@ -126,20 +132,18 @@ def from_layers(graph: list) -> dict:
 
 
 # -- lifetimes from a .tflite flatbuffer (TFLM's own rules) -----------------------------------------
-def schema():
+def schema() -> ModuleType:
     """The TFLite flatbuffer schema (generated Python), from the LiteRT wheel or TensorFlow's copy."""
     try:
-        from ai_edge_litert import schema_py_generated
+        module: ModuleType = importlib.import_module("ai_edge_litert.schema_py_generated")
     except ImportError:
         from ..errors import require
 
-        schema_py_generated = require(
-            "tensorflow.lite.python.schema_py_generated", "litert", "reading .tflite files"
-        )
-    return schema_py_generated
+        module = require("tensorflow.lite.python.schema_py_generated", "litert", "reading .tflite files")
+    return module
 
 
-def read(data: bytes):
+def read(data: bytes) -> Any:  # the schema's ModelT
     """The model as the schema's `ModelT`."""
     return schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
 
@@ -151,7 +155,7 @@ def _type_sizes() -> dict[int, int]:
     return {getattr(t, n): size for n, size in names.items() if hasattr(t, n)}
 
 
-def lifetimes(model) -> list[Buffer]:
+def lifetimes(model: Any) -> list[Buffer]:
     """One Buffer per non-constant, non-variable tensor of the main subgraph of a `ModelT`."""
     graph, sizes = model.subgraphs[0], _type_sizes()
     steps = len(graph.operators)
@@ -187,7 +191,7 @@ def lifetimes(model) -> list[Buffer]:
     return buffers
 
 
-def op_names(model) -> list[str]:
+def op_names(model: Any) -> list[str]:
     """The builtin op names of the main subgraph of a `ModelT`, in execution order."""
     s = schema()
     codes = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
@@ -195,7 +199,7 @@ def op_names(model) -> list[str]:
     return [codes.get(kinds[op.opcodeIndex], "CUSTOM") for op in model.subgraphs[0].operators]
 
 
-def persistent_bytes(model, ops: list[str], pointer_bytes: int = 4) -> int:
+def persistent_bytes(model: Any, ops: list[str], pointer_bytes: int = 4) -> int:
     """The arena's persistent part (tail) for a `ModelT`: TFLM's structs by count, per-channel
     requantization data, and the fitted per-operator and fixed parts (see the constants)."""
     graph, p = model.subgraphs[0], pointer_bytes
@@ -218,7 +222,7 @@ def persistent_bytes(model, ops: list[str], pointer_bytes: int = 4) -> int:
     )
 
 
-def estimate(data: bytes, pointer_bytes: int = 4) -> dict:
+def estimate(data: bytes, pointer_bytes: int = 4) -> dict[str, Any]:
     """The planned arena of a `.tflite`, a persistent-part estimate and their sum, in bytes.
 
     `pointer_bytes`: 4 for a 32-bit MCU (the default), 8 to compare with TFLM run on a 64-bit host."""

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .graph import Layer, layers
+from .graph import layers
+from .layer import Layer
 from .spec import OP_CLASSES, Target
 
 
@@ -37,17 +38,17 @@ class Estimate:
     macs: int
     param_bytes: int
     peak_activation_bytes: int
-    layers: list[dict] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     source: str = "estimated"
 
-    def to_json(self, per_layer: bool = True) -> dict:
+    def to_json(self, per_layer: bool = True) -> dict[str, Any]:
         out = dict(self.__dict__)
         if not per_layer:
             out.pop("layers")
         return out
 
 
-def kernel_class(layer: Layer, table: dict | None = None) -> str:
+def kernel_class(layer: Layer, table: dict[str, Any] | None = None) -> str:
     """The layer's op class, or "stem" for a convolution over fewer than 4 input channels (an RGB
     or grayscale image) when `table` (the dtype's efficiencies; None: always) has a stem entry.
     ONNX Runtime's x86 INT8 convolution runs such a layer ~20x slower per MAC than its others (the
@@ -98,7 +99,7 @@ def estimate(model: str | Path | list[Layer], target: Target, threads: int | Non
 
 def fit(
     samples: list[tuple[list[Layer], dict[str, float]]], target: Target, threads: int = 1
-) -> tuple[dict, float]:
+) -> tuple[dict[str, Any], float]:
     """Efficiencies per dtype and op class, and the per-op overhead (us), from per-layer times.
 
     `samples`: (layers, {layer name: measured ms}) per model. Each measured layer gives one equation
@@ -113,7 +114,7 @@ def fit(
 def fit_depth(
     samples: list[tuple[list[Layer], dict[str, float]]], target: Target, threads: int = 1,
     grid: tuple[float, ...] = (0, 8, 16, 32, 64, 96, 128, 192, 256),
-) -> tuple[dict, float, dict[str, float]]:  # fmt: skip
+) -> tuple[dict[str, Any], float, dict[str, float]]:  # fmt: skip
     """`fit`, with each dtype's depth constant K0 (see `Target.depth_half`) chosen from `grid` as the
     one whose least-squares fit leaves the smallest relative residual."""
     from dataclasses import replace
@@ -130,7 +131,9 @@ def fit_depth(
     return best[1], best[2], best[3]
 
 
-def _solve(samples, target: Target, threads: int) -> tuple[dict, float, float]:
+def _solve(
+    samples: list[tuple[list[Layer], dict[str, float]]], target: Target, threads: int
+) -> tuple[dict[str, Any], float, float]:
     """The least-squares fit behind `fit`: table, overhead (us) and the residual's squared norm."""
     import numpy as np
 
@@ -165,7 +168,9 @@ def _solve(samples, target: Target, threads: int) -> tuple[dict, float, float]:
     return {d: {c: v[c] for c in OP_CLASSES if c in v} for d, v in table.items()}, overhead_us, rss
 
 
-def fit_figures(figures: list[tuple[list[Layer], float, Target, int]], classes=("conv", "dwconv")) -> dict:
+def fit_figures(
+    figures: list[tuple[list[Layer], float, Target, int]], classes: tuple[str, ...] = ("conv", "dwconv")
+) -> dict[str, Any]:
     """Efficiencies from end-to-end times only (published figures), shared by every figure's target.
 
     `figures`: (layers, measured ms, target, threads). One unknown 1/efficiency per (dtype, class)
@@ -222,7 +227,7 @@ def fit_parallel(figures: list[tuple[list[Layer], float, Target, int]]) -> float
 
 
 def fit_totals(models: list[tuple[list[Layer], float]], target: Target, threads: int = 1,
-               classes=("conv", "dwconv")) -> dict:  # fmt: skip
+               classes: tuple[str, ...] = ("conv", "dwconv")) -> dict[str, Any]:  # fmt: skip
     """Efficiencies from end-to-end times only (published figures): one unknown per class in
     `classes` (the rest keep the spec's values), solved by least squares on 1/efficiency."""
     import numpy as np

@@ -31,12 +31,17 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._io import work_folder
 from ..errors import EdgesmithError
+
+if TYPE_CHECKING:
+    from .spec import Target
 
 ARCHES = ("aarch64",)
 SUITE = "bookworm"
@@ -70,7 +75,7 @@ DEVICE_FILES = ("__init__.py", "errors.py", "_io.py", "_quiet.py", "runtime")
 GUEST = Path(__file__).with_name("emulate_guest.py")
 
 
-def cpu_for(target) -> str:
+def cpu_for(target: Target) -> str:
     """The emulated core for a device spec (`spec.Target`): its own core when qemu has it
     (rpi4: cortex-a72), else the closest by ISA (armv8.2-a and later: cortex-a76, with dot product)."""
     core = target.core.lower()
@@ -132,7 +137,7 @@ def userland(cpu: str = "cortex-a72") -> tuple[Path, Path]:
     return cpu_root, folder / "site"
 
 
-def _build_once(folder: Path, build) -> None:
+def _build_once(folder: Path, build: Callable[[Path], None]) -> None:
     """`build(staging)` into a temporary folder beside `folder`, renamed into place when complete,
     unless `folder` exists: an interrupted build leaves nothing, a concurrent one loses the rename."""
     if folder.exists():
@@ -250,7 +255,7 @@ def _copy_device_package(dest: Path) -> None:
 
 def run_aarch64(
     model: Path, feeds: dict[str, np.ndarray], cpu: str = "cortex-a72", timeout: float = 900
-) -> tuple[dict[str, np.ndarray], dict]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run `model` on `feeds` with edgesmith.runtime under qemu-aarch64 emulating `cpu`.
 
     Returns the outputs and what ran them (backend and its version, machine, the guest's wall time of
@@ -278,7 +283,7 @@ def run_aarch64(
     return outputs, info | {"cpu": cpu, "wall_s": round(wall, 3)}
 
 
-def _guest_error(done: subprocess.CompletedProcess, name: str) -> Exception:
+def _guest_error(done: subprocess.CompletedProcess[str], name: str) -> Exception:
     """The guest's own one-line error (bad input: exit 2), else an internal failure with its last line."""
     lines = done.stderr.strip().splitlines()
     last = lines[-1] if lines else f"exit code {done.returncode}"
@@ -295,7 +300,7 @@ def verify(
     reference: dict[str, np.ndarray],
     precision: str,
     cpu: str = "cortex-a72",
-) -> dict:
+) -> dict[str, Any]:
     """`compare` of the emulated run of `artifact` on `feeds` with `reference` (the host's outputs),
     plus what ran it (`device`). `convert` can call this per artifact for an ARM target."""
     outputs, info = run_aarch64(artifact, feeds, cpu=cpu)
@@ -316,7 +321,7 @@ TOLERANCES = {
 TOLERANCES["int8-dynamic"] = TOLERANCES["int8"]
 
 
-def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str) -> dict:
+def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
     """Max abs error, cosine and arg-max agreement of `got` against `reference`, per output, and
     whether each is within the precision's tolerance (`ok`)."""
     tol = TOLERANCES.get(precision, TOLERANCES["int8"])

@@ -19,6 +19,7 @@ import json
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
@@ -81,7 +82,9 @@ def load_layers(path: str | Path) -> dict[str, list[Layer]]:
     }
 
 
-def target_for(fig: Figure, table: dict | None = None, parallel: float | None = None) -> spec.Target:
+def target_for(
+    fig: Figure, table: dict[str, Any] | None = None, parallel: float | None = None
+) -> spec.Target:
     """The spec describing the figure's device and stack (+ a fitted table to try)."""
     target = spec.get(fig.target)
     target = target.with_stack(fig.stack) if fig.stack in target.stacks else target
@@ -102,9 +105,9 @@ def target_for(fig: Figure, table: dict | None = None, parallel: float | None = 
 
 def fit_stacks(
     figures: list[Figure], layers: dict[str, list[Layer]]
-) -> dict[str, tuple[dict | None, float | None]]:
+) -> dict[str, tuple[dict[str, Any] | None, float | None]]:
     """Each stack's efficiency table and parallel fraction, from its fit figures only."""
-    fitted: dict[str, tuple[dict | None, float | None]] = {}
+    fitted: dict[str, tuple[dict[str, Any] | None, float | None]] = {}
     for stack in dict.fromkeys(f.stack for f in figures):
         figs = [f for f in figures if f.stack == stack]
         fit = [f for f in figs if f.role == "fit"]
@@ -125,7 +128,9 @@ def fit_stacks(
     return fitted
 
 
-def check(figures: list[Figure], layers: dict[str, list[Layer]]) -> tuple[dict, list[dict]]:
+def check(
+    figures: list[Figure], layers: dict[str, list[Layer]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fit every stack on its fit figures; one row per figure: published, estimated, error."""
     fitted = fit_stacks(figures, layers)
     rows = []
@@ -136,7 +141,7 @@ def check(figures: list[Figure], layers: dict[str, list[Layer]]) -> tuple[dict, 
     return fitted, rows
 
 
-def median_error(rows: list[dict], role: str) -> float:
+def median_error(rows: list[dict[str, Any]], role: str) -> float:
     """Median |error| of the rows of one role (`fit` includes `fit-threads`)."""
     errors = [abs(r["error"]) for r in rows if r["figure"].role.startswith(role)]
     return statistics.median(errors) if errors else float("nan")

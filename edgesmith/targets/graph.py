@@ -11,9 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from .layer import Layer
+
+# onnx is not followed by mypy (its types are Any): these names say which protobuf a value is
+Model = Any  # onnx.ModelProto
+Node = Any  # onnx.NodeProto
 
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"}
 FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant", "Identity", "Gather",
@@ -24,7 +29,7 @@ GEMMS = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "MatMulNBits"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
 
 
-def layers(path: str | Path, batch: int = 1, shapes: dict | None = None) -> list[Layer]:
+def layers(path: str | Path, batch: int = 1, shapes: dict[str, Any] | None = None) -> list[Layer]:
     """The layers of an ONNX model (TFLite: see `tflite_layers`), with a dynamic first axis set to
     `batch` and other dynamic axes sized by `shapes` ({input name: sizes}, e.g. from --input-shape);
     an axis nothing sizes is refused (`latency.input_shape`), not guessed."""
@@ -53,7 +58,7 @@ def layers(path: str | Path, batch: int = 1, shapes: dict | None = None) -> list
     return _walk(_infer_shapes(model).graph, inits)
 
 
-def _infer_shapes(model):
+def _infer_shapes(model: Model) -> Model:
     """ONNX's shape inference, then ONNX Runtime's symbolic one where that left a node output without
     a static shape: a TorchScript export of `x.chunk(2, 1)` (YOLO's C2f/C3k2 blocks) slices at
     positions computed from `Shape`, which ONNX's pass does not follow, so every layer after it had no
@@ -73,7 +78,7 @@ def _infer_shapes(model):
         return inferred
 
 
-def _static(value) -> bool:
+def _static(value: Any) -> bool:  # an onnx ValueInfoProto
     dims = value.type.tensor_type.shape.dim
     return value.type.HasField("tensor_type") and all(d.dim_value > 0 for d in dims)
 
@@ -85,7 +90,7 @@ class _Init:
     dtype: int  # onnx TensorProto data type
 
 
-def _strip_weights(model) -> dict[str, _Init]:
+def _strip_weights(model: Model) -> dict[str, _Init]:
     """Shapes and sizes of all initializers; the large ones leave the graph (as typed inputs) so
     shape inference does not copy megabytes of weights it never reads."""
     from onnx import helper
@@ -103,8 +108,9 @@ def _strip_weights(model) -> dict[str, _Init]:
     return inits
 
 
-def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
-    shapes, dtypes = {}, {}
+def _walk(graph: Any, inits: dict[str, _Init]) -> list[Layer]:  # an onnx GraphProto
+    shapes: dict[str, list[int]] = {}
+    dtypes: dict[str, int] = {}
     for v in list(graph.input) + list(graph.value_info) + list(graph.output):
         t = v.type.tensor_type
         shapes[v.name] = [d.dim_value for d in t.shape.dim]
@@ -112,7 +118,7 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
     for name, info in inits.items():
         shapes[name], dtypes[name] = list(info.shape), info.dtype
     producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[Node]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -171,7 +177,9 @@ def _walk(graph, inits: dict[str, _Init]) -> list[Layer]:
     return out
 
 
-def _between_qdq(node, inits, quantized_inputs, consumers) -> bool:
+def _between_qdq(
+    node: Node, inits: dict[str, _Init], quantized_inputs: set[str], consumers: dict[str, list[Node]]
+) -> bool:
     """An op fed only by DequantizeLinear and read only by QuantizeLinear (a QDQ pool, add, concat):
     runtimes run it on the int8 tensors (ORT's QDQ transformer, LiteRT's int8 kernels), 1 byte per
     element, as the .tflite of the same model does."""
@@ -184,17 +192,19 @@ def _between_qdq(node, inits, quantized_inputs, consumers) -> bool:
     )
 
 
-def _elems(shape) -> int:
+def _elems(shape: list[int] | None) -> int:
     return math.prod(d for d in shape if d > 0) if shape else 0
 
 
-def _init_bytes(inits, producer, name: str, int8: bool) -> int:
+def _init_bytes(inits: dict[str, _Init], producer: dict[str, Node], name: str, int8: bool) -> int:
     if name in inits:
         return inits[name].nbytes
     return inits[producer[name].input[0]].nbytes  # DequantizeLinear of a constant
 
 
-def _weight_shape(name, shapes, inits, producer):
+def _weight_shape(
+    name: str, shapes: dict[str, list[int]], inits: dict[str, _Init], producer: dict[str, Node]
+) -> list[int] | None:
     if name in inits:
         return list(inits[name].shape)
     p = producer.get(name)
@@ -203,13 +213,21 @@ def _weight_shape(name, shapes, inits, producer):
     return shapes.get(name)
 
 
-def _in_channels(node, shapes, inits, producer) -> int:
+def _in_channels(
+    node: Node, shapes: dict[str, list[int]], inits: dict[str, _Init], producer: dict[str, Node]
+) -> int:
     """Input channels per group of a convolution (its weight's second axis)."""
     w = _weight_shape(node.input[3 if node.op_type == "QLinearConv" else 1], shapes, inits, producer)
     return int(w[1]) if w and len(w) > 1 else 0
 
 
-def _macs(node, shapes, inits, producer, out_elems: int) -> tuple[int, str]:
+def _macs(
+    node: Node,
+    shapes: dict[str, list[int]],
+    inits: dict[str, _Init],
+    producer: dict[str, Node],
+    out_elems: int,
+) -> tuple[int, str]:
     op = node.op_type
     attrs = {a.name: a for a in node.attribute}
     if op in CONVS:

@@ -23,9 +23,13 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .cpu import cpu_flags
 from .spec import Target
+
+if TYPE_CHECKING:
+    from .layer import Layer
 
 VERSION = 5  # bump when the benchmark or the fit changes: old cache files are then ignored
 
@@ -69,7 +73,7 @@ def calibrated(target: Target, refresh: bool = False) -> Target:
     return apply(target, data)
 
 
-def apply(target: Target, data: dict) -> Target:
+def apply(target: Target, data: dict[str, Any]) -> Target:
     """The host spec with a calibration's peaks, efficiencies, overhead and parallel fraction."""
     return replace(
         target,
@@ -82,7 +86,7 @@ def apply(target: Target, data: dict) -> Target:
     )
 
 
-def calibrate(target: Target) -> dict:
+def calibrate(target: Target) -> dict[str, Any]:
     """Benchmark this CPU (a few seconds) and fit the host spec's numbers to it."""
     from .._io import work_folder
     from . import costmodel, graph, hostprofile
@@ -120,7 +124,9 @@ def calibrate(target: Target) -> dict:
     }
 
 
-def anchor(efficiency: dict, layers: list, measured_ms: float, target: Target) -> dict:
+def anchor(
+    efficiency: dict[str, Any], layers: list[Layer], measured_ms: float, target: Target
+) -> dict[str, Any]:
     """Scale the efficiencies of the network's dtype so its whole-network estimate is `measured_ms`:
     the per-layer profile misses what runs between kernels (ORT's executor, memory planning)."""
     from . import costmodel
@@ -188,7 +194,7 @@ def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
     return min(times) * 1e3
 
 
-def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> Path:
+def build_net(path: Path, spec: list[tuple[Any, ...]] = LAYERS, shape: tuple[int, ...] = INPUT) -> Path:
     """The fp32 calibration network (`LAYERS` on a `INPUT`-shaped input; others for tests), random
     weights, seeded: the same file every time."""
     import numpy as np
@@ -200,7 +206,7 @@ def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> P
     inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("six", 6.0))]
     x = "input"
 
-    def weight(name, shape):
+    def weight(name: str, shape: tuple[int, ...]) -> str:
         fan_in = int(np.prod(shape[1:]))
         inits.append(
             numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
@@ -243,18 +249,19 @@ def build_net(path: Path, spec: list[tuple] = LAYERS, shape: tuple = INPUT) -> P
     return path
 
 
-def quantize_net(src: Path, dest: Path, shape: tuple = INPUT) -> Path:
+def quantize_net(src: Path, dest: Path, shape: tuple[int, ...] = INPUT) -> Path:
     """The INT8 twin: ONNX Runtime's static QDQ quantizer, per-channel s8 weights, u8 activations
     (what `convert --preset int8` writes)."""
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
+    # onnxruntime is not followed by mypy: its classes are Any, and this protocol is a base class
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
             rng = np.random.default_rng(0)
             self.items = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)])
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
     logging.disable(logging.WARNING)  # its advice to pre-process a model it quantizes fine
@@ -266,7 +273,7 @@ def quantize_net(src: Path, dest: Path, shape: tuple = INPUT) -> Path:
     return dest
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -274,7 +281,7 @@ def _read(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("version") == VERSION else None
 
 
-def _write_atomic(path: Path, data: dict) -> None:
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write to a temporary file beside `path`, then rename: a reader sees the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

@@ -12,16 +12,17 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from .._io import work_folder
-from .graph import Layer
 from .latency import input_shape
+from .layer import Layer
 
 SUFFIXES = ("_kernel_time", "_nchwc", "_token", "/WithoutBiases")
 
 
 def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: int = 5,
-                   quantile: float = 0.5, shapes: dict | None = None) -> dict[str, float]:  # fmt: skip
+                   quantile: float = 0.5, shapes: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
     """Milliseconds per ORT kernel name over `runs` runs on random inputs (dynamic axes sized by
     `shapes`, see latency.input_shape): the median, or another `quantile` (a low one estimates the
     uncontended time on a shared machine)."""
@@ -57,7 +58,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
     return {name: _quantile(times[1:] or times, quantile) for name, times in per_node.items()}
 
 
-def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20, shapes: dict | None = None
+def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20, shapes: dict[str, Any] | None = None
                         ) -> dict[str, float]:  # fmt: skip
     """Median milliseconds per executed OpenVINO node (performance counters, CPU plugin), dynamic axes
     sized by `shapes`."""

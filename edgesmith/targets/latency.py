@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Measurement:
     device: str = "host"
     machine: str = platform.machine()
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -58,7 +59,10 @@ def parse_shapes(texts: list[str] | None) -> dict[str, list[int]]:
 
 
 def input_shape(
-    name: str, shape: Sequence[int | str | None], batch: int = 1, given: Mapping[str, Sequence] | None = None
+    name: str,
+    shape: Sequence[int | str | None],
+    batch: int = 1,
+    given: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[int, ...]:
     """The shape to feed input `name` at: its fixed sizes, then `given` (from --input-shape or the data),
     then `batch` for a dynamic first axis. Any other dynamic axis is refused (never guessed as 1: a
@@ -89,7 +93,7 @@ def input_shape(
     return tuple(out)
 
 
-def check_names(shapes: Mapping[str, Sequence] | None, names: Sequence[str]) -> None:
+def check_names(shapes: Mapping[str, Sequence[int]] | None, names: Sequence[str]) -> None:
     """Refuse sizes given for an input the model does not have (a typo would otherwise go unnoticed)."""
     unknown = sorted(set(shapes or {}) - set(names))
     if unknown:
@@ -98,13 +102,16 @@ def check_names(shapes: Mapping[str, Sequence] | None, names: Sequence[str]) -> 
         )
 
 
-def _dims(shape) -> str:
+def _dims(shape: Sequence[int | str | None]) -> str:
     return "x".join(str(d) if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?")
                     for d in shape)  # fmt: skip
 
 
 def random_feeds(
-    session: Session, batch: int = 1, seed: int = 0, shapes: Mapping[str, Sequence] | None = None
+    session: Session,
+    batch: int = 1,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs of the session's shapes, dynamic axes from `shapes` ({name: sizes}, e.g.
     from --input-shape), else `batch` for the first; see `input_shape`."""
@@ -137,7 +144,7 @@ def measure(
     runs: int = 100,
     warmup: int = 10,
     batch: int = 1,
-    shapes: Mapping[str, Sequence] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Measurement:
     """Time `session.run(feeds)`; random inputs of batch `batch` (and dynamic sizes from `shapes`) when
     `feeds` is None."""

@@ -13,18 +13,21 @@ structs are larger than an MCU's (the measured 64-bit total is reported beside i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from . import arena as planner
-from .graph import Layer, layers
+from .graph import layers
+from .layer import Layer
 from .spec import Target
 
 
 def arena_bytes(graph: list[Layer]) -> int:
     """TFLM's greedy plan over the kernels' activations (16-byte aligned)."""
-    return planner.from_layers(graph)["planned_bytes"]
+    planned: int = planner.from_layers(graph)["planned_bytes"]
+    return planned
 
 
-def plan(model: str | Path, graph: list[Layer]) -> dict:
+def plan(model: str | Path, graph: list[Layer]) -> dict[str, Any]:
     """The arena of `model`: TFLM's flatbuffer rules for `.tflite` (when a TFLite schema is
     installed), measured on TFLM where it is installed, else the kernels of `graph`. `arena_bytes` is
     what the fit counts."""
@@ -43,7 +46,7 @@ def plan(model: str | Path, graph: list[Layer]) -> dict:
     return out | {"arena_bytes": out["planned_bytes"]}
 
 
-def _measured(model: str | Path, estimate: dict) -> dict:
+def _measured(model: str | Path, estimate: dict[str, Any]) -> dict[str, Any]:
     """TFLM's own arena for a `.tflite` (the tflite-micro wheel), or {} where it is not installed;
     a model TFLM cannot run keeps the estimate and says why."""
     from ..errors import InputError
@@ -65,7 +68,7 @@ def _measured(model: str | Path, estimate: dict) -> dict:
     }
 
 
-def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> dict:
+def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> dict[str, Any]:
     """RAM and flash needed on `target` and whether they fit, with the margin either way."""
     graph = graph if graph is not None else layers(model)
     arena = plan(model, graph)
@@ -73,7 +76,7 @@ def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> 
     ram = arena["arena_bytes"] + target.runtime_ram_bytes
     flash = model_bytes + target.runtime_flash_bytes
     dtypes = {layer.dtype for layer in graph if layer.macs}
-    out = {
+    out: dict[str, Any] = {
         "arena_bytes": arena["arena_bytes"],
         "arena_planned_bytes": arena["planned_bytes"],
         "arena_method": arena["method"],
@@ -94,10 +97,10 @@ def fit(model: str | Path, target: Target, graph: list[Layer] | None = None) -> 
     return out
 
 
-def describe(fit_: dict, target: Target) -> str:
+def describe(fit_: dict[str, Any], target: Target) -> str:
     """'fits: RAM 120 KB of 320 KB (200 KB free), flash ...' or 'does not fit: ...'."""
 
-    def kb(n):
+    def kb(n: float) -> str:
         return f"{n / 1024:.0f} KB"
 
     ram = f"RAM {kb(fit_['ram_needed_bytes'])} of {kb(fit_['ram_bytes'])}"

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -67,7 +68,7 @@ def path_for(folder: str | Path, artifact_name: str, target: str) -> Path:
     return Path(folder) / FOLDER / f"{artifact_name}.{target}.json"
 
 
-def save(folder: str | Path, artifact: Path, target: str, result: dict) -> Path:
+def save(folder: str | Path, artifact: Path, target: str, result: dict[str, Any]) -> Path:
     """Write the record atomically (temp file, then rename); returns its path."""
     record = result | {"artifact": artifact.name, "artifact_sha256": sha256(artifact), "target": target,
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
@@ -92,7 +93,7 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def load(folder: str | Path) -> dict[tuple[str, str], dict]:
+def load(folder: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     """{(artifact name, target): record} from DIR/measurements/*.json."""
     out = {}
     for path in sorted((Path(folder) / FOLDER).glob("*.json")):
@@ -108,11 +109,11 @@ def load(folder: str | Path) -> dict[tuple[str, str], dict]:
     return out
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= 0
 
 
-def merge(estimate: dict, record: dict, artifact: Path) -> dict:
+def merge(estimate: dict[str, Any], record: dict[str, Any], artifact: Path) -> dict[str, Any]:
     """The report entry for a measured (artifact, target): the measured numbers first (`source` =
     "measured", with the device), the cost model's under `estimate` with its error in percent."""
     if artifact.is_file() and record.get("artifact_sha256") != sha256(artifact):

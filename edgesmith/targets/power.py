@@ -16,9 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .spec import Target
+
+T = TypeVar("T")
 
 MAX_HZ = 10.0
 
@@ -30,11 +35,11 @@ class Energy:
     idle_w: float | None = None
     active_w: float | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"energy_mj": round(self.energy_mj, 4), "energy_source": self.source}
 
 
-def estimate(target, latency_ms: float, threads: int | None = None) -> Energy:
+def estimate(target: Target, latency_ms: float, threads: int | None = None) -> Energy:
     """(active - idle) power of the cores in use x latency: mJ = W x ms."""
     used = min(threads or target.cores, target.cores) / target.cores
     dynamic = (target.active_w - target.idle_w) * used
@@ -84,7 +89,7 @@ def parse_pmic(text: str) -> float:
 class PiPmic:
     name = "pi5-pmic"
 
-    def __init__(self, command=("vcgencmd", "pmic_read_adc")):
+    def __init__(self, command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc")):
         self.command = list(command)
 
     def available(self) -> bool:
@@ -197,6 +202,15 @@ def csv_energy_j(path: str | Path, start: float, end: float) -> tuple[float, flo
     return integrate(samples), (samples[-1][0] - samples[0][0]) if len(samples) > 1 else 0.0
 
 
+class Reading(Protocol):
+    """A probe that reads instantaneous power (all but RAPL, which counts energy): what Sampler polls."""
+
+    def power_w(self) -> float: ...
+
+
+Probe = Rapl | PiPmic | AndroidBattery | Ina2xx
+
+
 def integrate(samples: list[tuple[float, float]]) -> float:
     """Trapezoid rule over (seconds, watts): joules."""
     return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:], strict=False))
@@ -205,7 +219,7 @@ def integrate(samples: list[tuple[float, float]]) -> float:
 class Sampler:
     """Reads `probe.power_w()` on a background thread at <= 10 Hz until stopped."""
 
-    def __init__(self, probe, hz: float = MAX_HZ):
+    def __init__(self, probe: Reading, hz: float = MAX_HZ):
         self.probe, self.period = probe, 1.0 / min(hz, MAX_HZ)
         self.samples: list[tuple[float, float]] = []
         self.error: Exception | None = None
@@ -224,7 +238,7 @@ class Sampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         if self.error is not None and exc[0] is None:
@@ -236,7 +250,7 @@ class Sampler:
         return integrate(self.samples) / seconds if seconds > 0 else self.samples[-1][1]
 
 
-def during(probe, work, idle_s: float = 1.0):
+def during(probe: Reading, work: Callable[[], T], idle_s: float = 1.0) -> tuple[T, float, float]:
     """(work(), idle W, mean W while `work` ran), for a run that cannot be split into calls (a
     benchmark tool on a phone). Energy per inference is then (busy - idle W) x the mean latency."""
     with Sampler(probe) as idle:
@@ -246,7 +260,7 @@ def during(probe, work, idle_s: float = 1.0):
     return value, idle.mean_w(), busy.mean_w()
 
 
-def measure(probe, run, runs: int, idle_s: float = 1.0) -> Energy:
+def measure(probe: Probe, run: Callable[[], object], runs: int, idle_s: float = 1.0) -> Energy:
     """Energy per call of `run()` over `runs` calls, minus the idle power measured just before."""
     if isinstance(probe, Rapl):
         before = probe.counter_uj()
@@ -285,10 +299,10 @@ def probe_name(name: str) -> str:
     return name
 
 
-def find_probe(name: str = "auto"):
+def find_probe(name: str = "auto") -> Probe | None:
     """The named probe, or the first present one for 'auto' (None when nothing is there)."""
     name = ALIASES.get(name, name)
-    probes: dict[str, Callable[[], Any]] = {"rapl": Rapl, "pi5-pmic": PiPmic, "android-battery": AndroidBattery, "ina219": Ina2xx,
+    probes: dict[str, Callable[[], Probe]] = {"rapl": Rapl, "pi5-pmic": PiPmic, "android-battery": AndroidBattery, "ina219": Ina2xx,
               "ina226": lambda: Ina2xx(chip="ina226")}  # fmt: skip
     if name == "auto":
         return next((p for p in (Rapl(), AndroidBattery(), PiPmic()) if p.available()), None)

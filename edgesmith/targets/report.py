@@ -17,7 +17,7 @@ from .records import read_report
 
 
 def target_results(path: str | Path, names: list[str], threads: int | None = None, top: int = 15,
-                   shapes: dict | None = None) -> dict:  # fmt: skip
+                   shapes: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """{target: estimate (+ energy, MCU fit, the `top` slowest layers)} for one artifact file, its dynamic
     input axes sized by `shapes` (see graph.layers)."""
     from ..errors import EdgesmithError
@@ -63,7 +63,7 @@ def host_layers(path: str | Path, top: int = 15) -> list[tuple[str, float]]:
     return sorted(matched.items(), key=lambda kv: -kv[1])[:top]
 
 
-def collect(folder: str | Path, names: list[str] | None = None) -> dict:
+def collect(folder: str | Path, names: list[str] | None = None) -> dict[str, Any]:
     """Everything the report shows. Targets: `names`, else the recipe's `[profile] targets` plus every
     target a saved measurement (DIR/measurements, see measurements.py) names."""
     from . import measurements, spec
@@ -121,10 +121,10 @@ def collect(folder: str | Path, names: list[str] | None = None) -> dict:
     return data
 
 
-def render(data: dict) -> str:
+def render(data: dict[str, Any]) -> str:
     cosine = any(a.get("cosine") is not None for a in data["artifacts"])
     metric = data.get("metric") or ("cosine to the original x 100" if cosine else "agreement %")
-    series: dict[str, list[dict]] = {}
+    series: dict[str, list[dict[str, Any]]] = {}
     host = [
         {"x": a["host_p50_ms"], "y": _y(a), "size": a["size_bytes"], "label": a["name"]}
         for a in data["artifacts"] if a["host_p50_ms"]
@@ -179,13 +179,13 @@ def render(data: dict) -> str:
     return "\n".join(parts)
 
 
-def _stages(data: dict) -> str:
+def _stages(data: dict[str, Any]) -> str:
     """What each compression step bought: the model before and after every step (convert's stages)."""
     if not data.get("stages"):
         return ""
     metric = escape(data.get("metric") or "metric")
 
-    def cell(value, fmt: str) -> str:
+    def cell(value: object, fmt: str) -> str:
         return "<td>-</td>" if value is None else f"<td>{fmt.format(value)}</td>"
 
     rows = "".join(
@@ -200,7 +200,7 @@ def _stages(data: dict) -> str:
             "</section>")  # fmt: skip
 
 
-def _sensitivity(data: dict, top: int = 15) -> str:
+def _sensitivity(data: dict[str, Any], top: int = 15) -> str:
     """The quantized tensors whose INT8 rounding costs most (converter/sensitivity.py): shortest bar
     (lowest SQNR, per channel) first."""
     rows = []
@@ -223,13 +223,16 @@ def _sensitivity(data: dict, top: int = 15) -> str:
             f"{chart}</section>")  # fmt: skip
 
 
-def _y(a: dict):
-    if a["score"] is not None:
-        return a["score"]
-    return a["agreement"] if a.get("cosine") is None else 100 * a["cosine"]
+def _y(a: dict[str, Any]) -> float:
+    score: float | None = a["score"]
+    if score is not None:
+        return score
+    agreement: float = a["agreement"]
+    cosine: float | None = a.get("cosine")
+    return agreement if cosine is None else 100 * cosine
 
 
-def _table(data: dict) -> str:
+def _table(data: dict[str, Any]) -> str:
     head = "".join(f"<th>{escape(n)}</th>" for n in data["targets"])
     rows = []
     for a in data["artifacts"]:
@@ -277,7 +280,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}sm
 
 def write(
     folder: str | Path, names: list[str] | None = None, out: str | Path | None = None
-) -> tuple[Path, dict]:
+) -> tuple[Path, dict[str, Any]]:
     """Write DIR/report.html and DIR/targets.json; returns the HTML path and the data."""
     from .measurements import atomic_write
 

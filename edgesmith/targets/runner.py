@@ -16,6 +16,13 @@ import platform
 import resource
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typed with comments: annotations would not run on the boards' Python 3.6
+    from collections.abc import Callable
+    from typing import Any, NoReturn  # noqa: F401  (used in the type comments)
+
+    Run = Callable[[], Any]
 
 MISSING_BACKEND, BAD_MODEL = 3, 4
 BACKENDS = {".onnx": [("onnxruntime", "ort")], ".tflite": [("ai_edge_litert.interpreter", "litert"),
@@ -23,11 +30,13 @@ BACKENDS = {".onnx": [("onnxruntime", "ort")], ".tflite": [("ai_edge_litert.inte
 
 
 def fail(code, **info):
+    # type: (int, **Any) -> NoReturn
     print(json.dumps(info))
     sys.exit(code)
 
 
 def open_model(path, threads):
+    # type: (str, int | None) -> tuple[str, Run]
     suffix = "." + path.rsplit(".", 1)[-1].lower()
     for module_name, name in BACKENDS.get(suffix, []):
         try:
@@ -43,6 +52,7 @@ def open_model(path, threads):
 
 
 def _feeds(np, specs):
+    # type: (Any, list[tuple[Any, list[Any], Any]]) -> dict[Any, Any]
     rng = np.random.default_rng(0)
     feeds = {}
     for name, shape, dtype in specs:
@@ -56,6 +66,7 @@ def _feeds(np, specs):
 
 
 def _ort(ort, path, threads):
+    # type: (Any, str, int | None) -> Run
     import numpy as np
 
     options = ort.SessionOptions()
@@ -70,6 +81,7 @@ def _ort(ort, path, threads):
 
 
 def _litert(module, path, threads):
+    # type: (Any, str, int | None) -> Run
     import numpy as np
 
     interpreter = module.Interpreter(model_path=path, num_threads=threads or None)
@@ -78,6 +90,7 @@ def _litert(module, path, threads):
     feeds = _feeds(np, [(d["index"], list(d["shape"]), d["dtype"]) for d in details])
 
     def run():
+        # type: () -> None
         for index, value in feeds.items():
             interpreter.set_tensor(index, value)
         interpreter.invoke()
@@ -86,6 +99,7 @@ def _litert(module, path, threads):
 
 
 def _energy(name, run, runs):
+    # type: (str, Run, int) -> dict[str, Any]
     """Energy per inference with edgesmith's probes, in a second loop after the timed one (the
     sampler thread never runs during timing). Needs the `edgesmith` files pushed beside this script."""
     import os
@@ -106,6 +120,7 @@ def _energy(name, run, runs):
 
 
 def main(argv=None):
+    # type: (list[str] | None) -> None
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("--runs", type=int, default=50)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
@@ -55,7 +56,7 @@ class Target:
     macs_per_instruction: dict[str, float] = field(default_factory=dict)  # op class -> MACs/instr
     # other kernel stacks this device is measured with (e.g. a 32-bit OS build): name -> the
     # [model] keys they replace (efficiency, macs_per_instruction, parallel_fraction, ...)
-    stacks: dict[str, dict] = field(default_factory=dict)
+    stacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # dtype -> K0: a convolution or matmul whose inner loop runs K MACs per output reaches
     # K / (K + K0) of its class's efficiency (the fixed cost of loading and storing an output tile is
     # paid every K MACs). Fitted on the host; 0 or absent = no depth effect.
@@ -126,7 +127,7 @@ class Target:
             return 1.0
         return depth / (depth + k0)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "path"}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 

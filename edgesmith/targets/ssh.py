@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import InputError
 
@@ -45,14 +45,14 @@ class SshDevice:
     retries: int = 2
     options: tuple[str, ...] = field(default=())
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for part in (self.user, self.host):
             if part is not None and (part.startswith("-") or not part):  # `ssh -oProxyCommand=...`
                 raise InputError(f"--ssh '{self.login}': a user or host may not start with '-'; "
                                  "give USER@HOST[:PORT], e.g. pi@raspberrypi.local")  # fmt: skip
 
     @classmethod
-    def parse(cls, spec: str, **kwargs) -> SshDevice:
+    def parse(cls, spec: str, **kwargs: Any) -> SshDevice:
         m = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?", spec.strip())
         if not m:
             raise InputError(f"--ssh '{spec}' is not USER@HOST[:PORT]; e.g. pi@raspberrypi.local:22")
@@ -88,7 +88,7 @@ class SshDevice:
 
     def run(
         self, words: list[str], timeout: float, prefix: str = "", what: str = ""
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[str]:
         """Run a program on the device: every word is quoted for the device's shell (ssh hands the
         remote side one string, which that shell splits and expands); `prefix` is fixed shell code."""
         return self._retry(self.argv(prefix + shlex.join(words)), timeout, what or words[0])
@@ -115,7 +115,9 @@ class SshDevice:
                              "check free space in /tmp and that `tar` is installed on the device")  # fmt: skip
         return folder
 
-    def _retry(self, args: list[str], timeout: float, what: str, stdin=None) -> subprocess.CompletedProcess:
+    def _retry(
+        self, args: list[str], timeout: float, what: str, stdin: IO[bytes] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         for attempt in range(self.retries + 1):
             if stdin is not None:
                 stdin.seek(0)
@@ -154,7 +156,7 @@ def _first(text: str) -> str:
 
 
 def profile(device: SshDevice, artifact: str | Path, runs: int = 50, warmup: int = 5, threads: int | None = None,
-            timeout: float = 300.0, probe: str | None = None) -> dict:  # fmt: skip
+            timeout: float = 300.0, probe: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run `artifact` on `device`; returns the runner's Measurement JSON plus the device address.
 
     Two SSH sessions when all goes well: copy (into a fresh /tmp/edgesmith.* folder), then run,
@@ -177,7 +179,9 @@ def profile(device: SshDevice, artifact: str | Path, runs: int = 50, warmup: int
     return _result(device, done, artifact, time.perf_counter() - started)
 
 
-def _result(device: SshDevice, done, artifact: Path, seconds: float) -> dict:
+def _result(
+    device: SshDevice, done: subprocess.CompletedProcess[str], artifact: Path, seconds: float
+) -> dict[str, Any]:
     if done.returncode == 124:  # coreutils/busybox `timeout` on the device
         raise InputError(
             f"the run on {device.address} did not finish within {seconds:.0f} s; raise --timeout or lower --runs"
@@ -188,7 +192,7 @@ def _result(device: SshDevice, done, artifact: Path, seconds: float) -> dict:
             "--remote-python PATH"
         )
     try:
-        data = json.loads(done.stdout.strip().splitlines()[-1])
+        data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         raise InputError(
             f"the runner on {device.address} failed (exit {done.returncode}: {_first(done.stderr)}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from typing import Any
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -19,7 +20,7 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step) + 2)]
 
 
-def scatter(series: dict[str, list[dict]], xlabel: str, ylabel: str, width: int = 720,
+def scatter(series: dict[str, list[dict[str, Any]]], xlabel: str, ylabel: str, width: int = 720,
             height: int = 420, title: str = "") -> str:  # fmt: skip
     """Points {x, y, size, label} per series; x on a log axis; marker area proportional to size."""
     points = [p for ps in series.values() for p in ps if p["x"] and p["x"] > 0 and p["y"] is not None]
@@ -28,19 +29,20 @@ def scatter(series: dict[str, list[dict]], xlabel: str, ylabel: str, width: int 
             f'<svg class="plot pareto" width="{width}" height="60"><text x="10" y="30">no data</text></svg>'
         )
     left, right, top, bottom = 70, 160, 30, 50
-    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    xs: list[float] = [p["x"] for p in points]
+    ys: list[float] = [p["y"] for p in points]
     x0, x1 = min(xs) / 1.5, max(xs) * 1.5
     y0, y1 = min(ys), max(ys)
     pad = max((y1 - y0) * 0.15, 0.5)
     y0, y1 = y0 - pad, y1 + pad
     smax = max(p["size"] for p in points) or 1
 
-    def px(x):
+    def px(x: float) -> float:
         return left + (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)) * (
             width - left - right
         )
 
-    def py(y):
+    def py(y: float) -> float:
         return top + (y1 - y) / (y1 - y0) * (height - top - bottom)
 
     out = [f'<svg class="plot pareto" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

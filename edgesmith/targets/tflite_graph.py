@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, require
 from .layer import Layer
@@ -68,11 +69,11 @@ def tflite_layers(path: str | Path) -> list[Layer]:
     return out
 
 
-def _nbytes(t) -> int:
+def _nbytes(t: dict[str, Any]) -> int:  # a tensor's details from the interpreter
     return math.prod(int(d) for d in t["shape"]) * t["dtype"]().itemsize if len(t["shape"]) else 0
 
 
-def _macs(name: str, out_elems: int, weight_shapes) -> tuple[int, str]:
+def _macs(name: str, out_elems: int, weight_shapes: list[Any]) -> tuple[int, str]:
     w = [int(d) for d in weight_shapes[0]] if weight_shapes else []
     if name == "CONV_2D":
         return out_elems * math.prod(w[1:]), "conv"

@@ -22,8 +22,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +52,7 @@ class Arena:
     tail: int  # persistent: tensor/node structs, kernels' op data, the allocator's own objects
     categories: dict[str, dict[str, int]]  # name -> used, requested, count
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"total_bytes": self.total, "head_bytes": self.head, "tail_bytes": self.tail,
                 "categories": self.categories, "pointer_bytes": 8 if sys.maxsize > 2**32 else 4}  # fmt: skip
 
@@ -75,7 +77,7 @@ def model_bytes(path: str | Path) -> bytes:
 
 
 @contextlib.contextmanager
-def _captured_stderr():
+def _captured_stderr() -> Iterator[list[str]]:
     """Collect what C++ code writes to file descriptor 2 (print_allocations writes there)."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -126,7 +128,7 @@ class TflmSession:
         self.arena: Arena | None = None
 
     @staticmethod
-    def _details(get, count: int) -> list[dict]:
+    def _details(get: Callable[[int], dict[str, Any]], count: int) -> list[dict[str, Any]]:
         details = []
         for i in range(count):
             d = get(i)
@@ -174,7 +176,9 @@ def _arena_size(data: bytes) -> int:
     from . import arena
 
     plan = arena.estimate(data, pointer_bytes=8)
-    return 10 * len(data) + plan["naive_bytes"] + 2 * plan["persistent_bytes_estimate"] + 65536
+    naive: int = plan["naive_bytes"]
+    persistent: int = plan["persistent_bytes_estimate"]
+    return 10 * len(data) + naive + 2 * persistent + 65536
 
 
 def _model_io(data: bytes) -> tuple[list[int], list[int]]:
@@ -184,7 +188,7 @@ def _model_io(data: bytes) -> tuple[list[int], list[int]]:
     return list(graph.inputs), list(graph.outputs)
 
 
-def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+def _to_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     dtype, shape = detail["dtype"], detail["shape"]
     if len(x) != shape[0]:  # the last chunk of a fixed batch > 1: pad with zeros
         x = np.concatenate([x, np.zeros((shape[0] - len(x), *x.shape[1:]), x.dtype)])
@@ -192,13 +196,15 @@ def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
         scale, zero_point = detail["quant"]
         info = np.iinfo(dtype)
         x = np.clip(np.rint(np.asarray(x, np.float32) / scale) + zero_point, info.min, info.max)
-    return np.ascontiguousarray(x, dtype=dtype).reshape(shape)
+    fed: np.ndarray = np.ascontiguousarray(x, dtype=dtype).reshape(shape)
+    return fed
 
 
-def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
+def _from_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if detail["quant"] and detail["dtype"].kind in "iu":
         scale, zero_point = detail["quant"]
-        return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+        real: np.ndarray = (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+        return real
     return np.array(y, copy=True)
 
 
@@ -226,7 +232,7 @@ def _allocated(session: TflmSession) -> Arena:
     return session.arena
 
 
-def compare_with_litert(model: str | Path, feeds: dict[str, np.ndarray], precision: str) -> dict:
+def compare_with_litert(model: str | Path, feeds: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
     """Run `model` on TFLM and on LiteRT (edgesmith.runtime) with the same feeds; compare the outputs
     (`emulate.compare`) and TFLM's arena with the planner's estimate for a 64-bit build."""
     from ..runtime import load

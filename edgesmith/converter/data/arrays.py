@@ -88,7 +88,7 @@ class ArraySource:
         if self.whole:
             self._fit_one_per_call()
         elif self.fixed_batch:
-            self._fit_fixed_batch()
+            self._fit_fixed_batch(self.fixed_batch)
 
     def _check_batch_axes(self) -> None:
         """Inputs given as rows of the batch must all have their batch on axis 0: one with a fixed first
@@ -113,9 +113,8 @@ class ArraySource:
             )
         self.batch_size = 1
 
-    def _fit_fixed_batch(self) -> None:
+    def _fit_fixed_batch(self, size: int) -> None:
         """Batches of the model's fixed batch size; the samples that do not fill a last batch are left out."""
-        size = self.fixed_batch
         if self.count < size:
             raise InputError(
                 f"{self.what} data {self.path} holds {self.count} samples but the model takes batches of "
@@ -252,7 +251,11 @@ class ArraySource:
         rows = slice(start, stop) if self._rows is None else self._rows[start:stop]
         if self._images is not None:
             name = self.inputs[0].name
-            files = self._images[rows] if self._rows is None else [self._images[i] for i in rows]
+            files = (
+                self._images[start:stop]
+                if self._rows is None
+                else [self._images[i] for i in self._rows[start:stop]]
+            )
             batch = {name: np.stack([images.load_image(p, self.spec) for p in files])}
             _check_shape(self.path, self.inputs[0], batch[name])
         else:
@@ -267,7 +270,7 @@ class ArraySource:
         for name, array in batch.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 at = 0 if name in self.whole else int(np.argwhere(~np.isfinite(array))[0][0])
-                bad = start + at if self._rows is None else int(rows[at])  # its index in the file
+                bad = start + at if self._rows is None else int(self._rows[start + at])  # in the file
                 raise InputError(
                     f"{self.what} data {self.path}: input '{name}' has NaN or Inf at "
                     f"sample {bad}; clean or drop those samples"

@@ -30,6 +30,7 @@ constant reads them most-significant bit first (both pinned by the tests).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from .openvino_names import stable_names
 WHY = "the binary OpenVINO export builds OpenVINO graphs"
 
 
-def _u1(ov, bits: np.ndarray, bitorder: str):
+def _u1(ov, bits: np.ndarray, bitorder: Literal["big", "little"]):
     tensor = ov.Tensor(ov.Type.u1, ov.Shape(list(bits.shape)))
     tensor.data[:] = np.packbits(bits.reshape(-1), bitorder=bitorder)
     return ov.op.Constant(tensor)
@@ -78,8 +79,7 @@ def _sign_input(data):
     return cond.input_value(0), begin, end
 
 
-def _unpacked_weight(ov, ops, weight: np.ndarray, axis: int):
-    alpha = binary_values(weight, axis)
+def _unpacked_weight(ov, ops, weight: np.ndarray, alpha: np.ndarray, axis: int):
     shape = [1] * weight.ndim
     shape[axis] = weight.shape[axis]
     bits = ops.convert(_u1(ov, weight > 0, "big"), "f32")
@@ -94,10 +94,9 @@ def _binarize(ops, x):
     return ops.fake_quantize(x, threshold, threshold, np.float32(0), np.float32(1), 2)
 
 
-def _binary_conv(ov, ops, conv, weight: np.ndarray, sign):
+def _binary_conv(ov, ops, conv, weight: np.ndarray, alpha: np.ndarray, sign):
     x, begin, end = sign
     attrs = conv.get_attributes()
-    alpha = binary_values(weight, 0)
     pads_begin = [a + b for a, b in zip(attrs["pads_begin"], begin, strict=True)]
     pads_end = [a + b for a, b in zip(attrs["pads_end"], end, strict=True)]
     binary = ops.binary_convolution(
@@ -107,7 +106,7 @@ def _binary_conv(ov, ops, conv, weight: np.ndarray, sign):
     return ops.multiply(binary, alpha.reshape(1, -1, 1, 1))
 
 
-def _binary_dense(ov, ops, op, weight: np.ndarray, axis: int, x):
+def _binary_dense(ov, ops, op, weight: np.ndarray, alpha: np.ndarray, axis: int, x):
     """A MatMul of sign(x) (N, K) as a 1x1 BinaryConvolution on (N, K, 1, 1), times alpha."""
     w = weight if axis == 0 else weight.T  # (O, K)
     o, k = w.shape
@@ -118,7 +117,7 @@ def _binary_dense(ov, ops, op, weight: np.ndarray, axis: int, x):
         _binarize(ops, x4), kernel, [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", PAD_VALUE
     )
     out = ops.reshape(binary, np.array([batch, o], np.int64), False)
-    return ops.multiply(out, binary_values(weight, axis).reshape(1, -1))
+    return ops.multiply(out, alpha.reshape(1, -1))
 
 
 def _static(parameter, batch: int) -> list[int]:
@@ -150,7 +149,9 @@ def convert(src: str | Path, dest: str | Path, batch: int = 1, min_weights: int 
         if weight is None or weight.size < min_weights or weight.dtype != np.float32:
             continue
         axis = 0 if kind == "Convolution" or op.get_attributes().get("transpose_b") else weight.ndim - 1
-        if weight.ndim != (4 if kind == "Convolution" else 2) or binary_values(weight, axis) is None:
+        # alpha per output channel: None unless every weight is +-alpha (then the layer stays float)
+        alpha = binary_values(weight, axis) if weight.ndim == (4 if kind == "Convolution" else 2) else None
+        if alpha is None:
             continue
         sign = _sign_input(op.input_value(0))
         k = weight.shape[1] if axis == 0 else weight.shape[0]
@@ -158,13 +159,13 @@ def convert(src: str | Path, dest: str | Path, batch: int = 1, min_weights: int 
             sign = None  # the CPU kernel packs input channels by 8; dense: (N, K) inputs only
         if sign is not None:
             if kind == "Convolution":
-                new = _binary_conv(ov, ops, op, weight, sign)
+                new = _binary_conv(ov, ops, op, weight, alpha, sign)
             else:
-                new = _binary_dense(ov, ops, op, weight, axis, sign[0])
+                new = _binary_dense(ov, ops, op, weight, alpha, axis, sign[0])
             new.set_friendly_name(op.get_friendly_name())
             op.output(0).replace(new.output(0))
         else:
-            op.input(1).replace_source_output(_unpacked_weight(ov, ops, weight, axis).output(0))
+            op.input(1).replace_source_output(_unpacked_weight(ov, ops, weight, alpha, axis).output(0))
         layers.append({
             "node": op.get_friendly_name(),
             "op": ("BinaryConvolution" + ("" if kind == "Convolution" else " 1x1")) if sign else f"{kind} (u1 weights)",

@@ -3,7 +3,8 @@
 PyTorch-level steps (`consumes = "torch"`: prune, prune_transformer, distill, lowrank, sparsify,
 binarize) run on the module before the ONNX export; ONNX-level steps run after it; `quantize` comes
 last: converter/plan.py picks, for each export, the first quantizer of `QUANTIZERS` that produces the
-export's kind, answers to the recipe's `engine` and applies its mode.
+export's kind, answers to the recipe's `engine` and applies its mode. The engine names a recipe may
+write are those of `QUANTIZERS` (`base.engine_names`, checked by validate.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from . import (
     torch_steps,  # noqa: F401  (registers the PyTorch-level handlers)
     weight_only,
 )
-from .base import HANDLERS, ExportContext, Facts, Quantizer, StepConfig, StepContext, StepResult, register
+from .base import (
+    HANDLERS,
+    QUANTIZERS,
+    ExportContext,
+    Facts,
+    Quantizer,
+    StepConfig,
+    StepContext,
+    StepResult,
+    engine_names,
+    register,
+)
 from .binarize import BinarizeConfig
 from .distill import DistillConfig
 from .lowrank import LowRankConfig
@@ -41,8 +53,8 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
 }
 
 # Quantizers, in order of preference (engine = "auto" takes the first that fits); a new engine is one
-# module with a `Quantizer` and one line here.
-QUANTIZERS: tuple[Quantizer, ...] = (
+# module with a `Quantizer` and one line here. Its `engines` become valid `quantize.engine` values.
+QUANTIZERS[:] = [  # the list base.py holds, which the planner and the validator read
     quantize.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16
     weight_only.ONNX,  # ONNX -> ONNX: weight-only INT8/INT4 (ONNX Runtime's MatMulNBits)
     nncf_quantize.ONNX,  # ONNX -> ONNX: static (engine = "nncf")
@@ -52,7 +64,7 @@ QUANTIZERS: tuple[Quantizer, ...] = (
     weight_only.OPENVINO,  # OpenVINO -> OpenVINO: weight-only INT8/INT4 (NNCF compress_weights)
     keras_tflite.KERAS,  # a Keras source -> TFLite: static, dynamic, fp16 (TensorFlow's converter)
     aeq_quantize.AEQ,  # TFLite -> TFLite: static, dynamic, fp16
-)
+]
 
 __all__ = [
     "HANDLERS",
@@ -64,5 +76,6 @@ __all__ = [
     "StepConfig",
     "StepContext",
     "StepResult",
+    "engine_names",
     "register",
 ]

@@ -2,12 +2,14 @@
 
 A recipe step is a config dataclass and a handler registered for it: `(config, model, context) ->
 StepResult(model, report)`, on a model of the kind it `consumes` ("torch" or "onnx"), returning one of
-the same kind. It must write a new file in `context.workdir` and leave its input untouched; the
-pipeline checks both.
+the kind it `produces` (the same kind). It must write a new file in `context.workdir` and leave its
+input untouched; the pipeline checks all three (`returned`).
 
 A quantizer is the recipe's `[quantize]` applied to one format: a `Quantizer` declaration (the handle
 kind it consumes and produces, the modes and recipe `engine` names it answers to) whose `run` takes
-`(QuantizeConfig, model, ExportContext) -> StepResult`. `converter/plan.py` picks one per export.
+`(QuantizeConfig, model, ExportContext) -> StepResult`. `QUANTIZERS` is their registry (the shipped
+ones are listed in steps/__init__.py); `converter/plan.py` picks one per export, and the recipe's
+`quantize.engine` may name any engine a registered quantizer answers to (`engine_names`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,17 @@ class StepConfig(Checked):
     """A step's settings, frozen and checked when created (see validate.py for the rules)."""
 
     kind: ClassVar[str]
-    # the handle kind (handle.py) it runs on and returns: "onnx", or "torch" for the PyTorch module,
-    # before the ONNX export
+    # the handle kind (handle.py) it runs on: "onnx", or "torch" for the PyTorch module, before the
+    # ONNX export
     consumes: ClassVar[str] = "onnx"
+    # the kind it returns; unless a step declares it, the kind it consumes (the pipeline chains steps of
+    # one kind and exports the PyTorch module to ONNX once, in between)
+    produces: ClassVar[str] = "onnx"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "produces" not in vars(cls):
+            cls.produces = cls.consumes
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,28 @@ class Quantizer:
         return mode in self.modes and source_ok and not (self.consumes == "source" and facts.onnx_steps)
 
 
+# The quantizers, in order of preference (engine = "auto" takes the first that fits): filled by
+# steps/__init__.py, one line per quantizer. A list, so that a quantizer defined elsewhere (a test) can
+# be appended, and the planner and the recipe's validation see it.
+QUANTIZERS: list[Quantizer] = []
+
+
+def engine_names() -> tuple[str, ...]:
+    """The values `quantize.engine` may take: "auto" and every engine a registered quantizer answers
+    to, in registry order (the validator's choices for QuantizeConfig.engine)."""
+    return tuple(dict.fromkeys(("auto", *(engine for q in QUANTIZERS for engine in q.engines))))
+
+
+def returned(what: str, produces: str, result: StepResult) -> StepResult:
+    """`result`, once its model is of the kind `what` (a step or a quantizer) declares it produces.
+    Another kind is an internal error, caught here rather than in the next step or exporter."""
+    kind = getattr(result.model, "kind", None)
+    if kind != produces:
+        got = kind or type(result.model).__name__
+        raise RuntimeError(f"internal error: {what} declares it produces {produces} but returned {got}")
+    return result
+
+
 def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
     """The planner's facts from a loaded run: the source, and the fp32 ONNX handle the exports start from."""
     source = ctx.source
@@ -154,7 +186,9 @@ def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
     )
 
 
-Handler = Callable[[Any, "ModelHandle", StepContext], StepResult]
+# (config, handle, context): the handle is of the kind the config `consumes` (a ModelHandle or a
+# TorchHandle), checked at run time, so its static type is Any
+Handler = Callable[[Any, Any, StepContext], StepResult]
 HANDLERS: dict[type, Handler] = {}
 
 

@@ -24,6 +24,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,9 @@ def _torch():
 
 def _sign_ste_class(approx: bool):
     torch = _torch()
+    function: Any = torch.autograd.Function  # torch is not followed by mypy: its classes are Any
 
-    class SignSTE(torch.autograd.Function):
+    class SignSTE(function):
         """sign (0 -> +1) forward; clipped identity (or ApproxSign) backward."""
 
         @staticmethod

@@ -19,7 +19,7 @@ from ..handle import ModelHandle
 from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
 from . import int8_types, qdq_tidy
-from .base import ExportContext, Quantizer, StepConfig, StepContext, StepResult, register
+from .base import ExportContext, Quantizer, StepConfig, StepContext, StepResult, engine_names, register
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -37,8 +37,9 @@ class QuantizeConfig(StepConfig):
     exclude: list[str] = spec(default_factory=list, regex=True)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO, the AI Edge Quantizer (TensorFlow's converter for
-    # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS
-    engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
+    # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS, whose engine names are
+    # the valid values
+    engine: str = spec("auto", choices=engine_names)
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
     # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
     search: Literal["auto", "off"] = "off"

@@ -20,12 +20,18 @@ three interpreter calls and a shape check (`benchmarks/litert_overhead.py`: < 1 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from ...errors import InvalidModel, MissingExtra
-from ..session import TensorSpec
+from ..session import Run, TensorSpec
+
+Detail = dict[str, Any]  # a tensor's entry in the interpreter's get_input_details()/get_output_details()
+Convert = Callable[[np.ndarray], np.ndarray]  # (de)quantizing or casting one input or output
 
 NAME = "litert"
 EXTRA = "litert"
@@ -38,7 +44,7 @@ def available() -> bool:
     return any(importlib.util.find_spec(m.split(".")[0]) is not None for m in _MODULES)
 
 
-def _interpreter_module():
+def _interpreter_module() -> ModuleType:
     for name in _MODULES:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             return importlib.import_module(name)
@@ -51,7 +57,7 @@ def version() -> str:
     return f"{top.__name__} {getattr(top, '__version__', '?')}"
 
 
-def _signature_names(interpreter) -> dict[int, str]:
+def _signature_names(interpreter: Any) -> dict[int, str]:
     """Tensor index -> signature key, when the model has one signature (else {})."""
     signatures = (
         interpreter._get_full_signature_list() if hasattr(interpreter, "_get_full_signature_list") else {}
@@ -62,31 +68,32 @@ def _signature_names(interpreter) -> dict[int, str]:
     return {index: key for part in ("inputs", "outputs") for key, index in signature.get(part, {}).items()}
 
 
-def _quant(detail) -> tuple[float, int] | None:
+def _quant(detail: Detail) -> tuple[float, int] | None:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if np.dtype(detail["dtype"]).kind in "iu" and scale:
         return float(scale), int(zero_point)
     return None
 
 
-def _spec(detail, names: dict[int, str], raw_io: bool) -> TensorSpec:
-    signature = detail.get("shape_signature", detail["shape"])
+def _spec(detail: Detail, names: dict[int, str], raw_io: bool) -> TensorSpec:
+    signature = detail["shape_signature"] if "shape_signature" in detail else detail["shape"]
     shape = tuple(int(d) if d >= 0 and (i or len(signature) < 2) else None for i, d in enumerate(signature))
     quant = _quant(detail)
     dtype = np.dtype(detail["dtype"]).name if quant is None or raw_io else "float32"
     scale, zero_point = quant if quant else (None, None)
-    return TensorSpec(names.get(detail["index"], detail["name"]), shape, dtype, scale, zero_point)
+    index = detail["index"]
+    return TensorSpec(names[index] if index in names else detail["name"], shape, dtype, scale, zero_point)
 
 
-def _quantizer(detail):
+def _quantizer(detail: Detail, quant: tuple[float, int]) -> Convert:
     """float array -> the tensor's integer type: round(x / scale) + zero_point, clipped."""
-    scale, zero_point = _quant(detail)
-    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = quant
+    dtype: np.dtype[Any] = np.dtype(detail["dtype"])
     low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
     return lambda x: np.clip(np.rint(np.asarray(x, np.float32) / scale) + zero_point, low, high).astype(dtype)
 
 
-def _caster(detail):
+def _caster(detail: Detail) -> Convert | None:
     """Integer inputs (token ids) given as int64 to a model that takes int32, as TFLite exporters
     make them: cast. Anything else passes through as it is."""
     dtype = np.dtype(detail["dtype"])
@@ -95,8 +102,8 @@ def _caster(detail):
     return lambda x: x if x.dtype == dtype else np.asarray(x).astype(dtype)
 
 
-def _dequantizer(detail):
-    scale, zero_point = _quant(detail)
+def _dequantizer(quant: tuple[float, int]) -> Convert:
+    scale, zero_point = quant
     return lambda q: (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
@@ -128,10 +135,12 @@ class LiteRTSession:
         self._resizable = all(
             -1 in d.get("shape_signature", d["shape"])[:1] for d in in_details if len(d["shape"]) >= 2
         )
+        quant_in = [_quant(d) for d in in_details]
         convert_in = [
-            _caster(d) if _quant(d) is None else None if raw_io else _quantizer(d) for d in in_details
+            _caster(d) if q is None else None if raw_io else _quantizer(d, q)
+            for d, q in zip(in_details, quant_in, strict=True)
         ]
-        convert_out = [None if raw_io or _quant(d) is None else _dequantizer(d) for d in out_details]
+        convert_out = [None if raw_io or q is None else _dequantizer(q) for q in map(_quant, out_details)]
         self._in = [
             (s.name, d["index"], c) for s, d, c in zip(self.inputs, in_details, convert_in, strict=True)
         ]
@@ -141,7 +150,7 @@ class LiteRTSession:
         self._plain = not any(convert_in + convert_out) and len(self._in) == len(self._out) == 1
         self.run = self._plain_run() if self._plain else self._run_general
 
-    def _plain_run(self):
+    def _plain_run(self) -> Run:
         """`run` for one float input and one float output: a closure over bound methods, so a call
         costs the three interpreter calls, a dict lookup and a shape comparison."""
         ((name, index, _),), ((out_name, out_index, _),) = self._in, self._out
@@ -217,7 +226,7 @@ class LiteRTSession:
         return {name: np.concatenate([p[name] for p in parts])[:total] for name, _, _ in self._out}
 
 
-def open(path: Path, threads: int | None = None, exact: bool = False, **options) -> LiteRTSession:  # noqa: A001
+def open(path: Path, threads: int | None = None, exact: bool = False, **options: Any) -> LiteRTSession:  # noqa: A001
     # `exact` needs nothing here: LiteRT's CPU kernels run float32 layers in float32 (XNNPACK
     # only uses fp16 when the model asks for it).
     return LiteRTSession(path, threads, **options)

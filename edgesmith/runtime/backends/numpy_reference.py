@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,10 @@ def available() -> bool:
 
 
 def version() -> str:
-    return "onnx " + require("onnx", EXTRA).__version__
+    return "onnx " + str(require("onnx", EXTRA).__version__)
 
 
-def _spec(value_info) -> TensorSpec:
+def _spec(value_info: Any) -> TensorSpec:  # an onnx ValueInfoProto
     from onnx import helper
 
     tensor = value_info.type.tensor_type
@@ -45,7 +46,7 @@ def _xnor_calls() -> int:
     return _COUNTS["xnor"]
 
 
-def _xnor_conv_class():
+def _xnor_conv_class() -> type:
     """ONNX's reference Conv, except that a binary layer (inputs all +-1, weights +-alpha_c per output
     channel, no groups or dilation) is computed with the XNOR-popcount kernel on packed words: the
     independent yardstick the bit-packed ONNX and OpenVINO BinaryConvolution exports are tested
@@ -54,11 +55,14 @@ def _xnor_conv_class():
 
     from .xnor import binary_conv2d
 
-    class Conv(ReferenceConv):  # the evaluator matches new ops by class name
+    # onnx is not followed by mypy: its classes are Any, and this one must be subclassed
+    class Conv(ReferenceConv):  # type: ignore[misc]  # the evaluator matches new ops by class name
         op_domain = ""
 
-        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
-                 pads=None, strides=None):  # fmt: skip
+        def _run(self, X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None, auto_pad: str | None = None,
+                 dilations: list[int] | None = None, group: int | None = None,
+                 kernel_shape: list[int] | None = None, pads: list[int] | None = None,
+                 strides: list[int] | None = None) -> tuple[np.ndarray]:  # fmt: skip
             alpha = np.abs(W.reshape(len(W), -1)[:, 0]) if W.ndim == 4 else None
             binary = (
                 alpha is not None and (group or 1) == 1 and all(d == 1 for d in dilations or [1])
@@ -66,10 +70,12 @@ def _xnor_conv_class():
                 and np.all(np.abs(X) == 1) and np.all(np.abs(W) == alpha[:, None, None, None])
             )  # fmt: skip
             if not binary:
-                return super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
-                                    kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+                result: tuple[np.ndarray] = super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                                                         kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+                return result
             _COUNTS["xnor"] += 1
-            return (binary_conv2d(X, W, alpha, B, stride=tuple(strides or (1, 1))),)
+            sh, sw = strides or (1, 1)
+            return (binary_conv2d(X, W, alpha, B, stride=(sh, sw)),)
 
     return Conv
 
@@ -99,5 +105,5 @@ class ReferenceSession:
         return dict(zip(self._names, self._evaluator.run(self._names, feeds), strict=True))
 
 
-def open(path: Path, threads: int | None = None, exact: bool = False, **options) -> ReferenceSession:  # noqa: A001
+def open(path: Path, threads: int | None = None, exact: bool = False, **options: Any) -> ReferenceSession:  # noqa: A001
     return ReferenceSession(path, threads, **options)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...errors import InputError, InvalidModel, require
-from ..session import TensorSpec, run_in_chunks
+from ..session import Run, TensorSpec, run_in_chunks
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -29,10 +30,10 @@ def available() -> bool:
 
 
 def version() -> str:
-    return require("openvino", EXTRA).__version__
+    return str(require("openvino", EXTRA).__version__)
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port: Any) -> TensorSpec:  # an openvino Output
     shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
     return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
 
@@ -44,7 +45,7 @@ def error_line(exc: Exception) -> str:
     return (useful or lines or [type(exc).__name__])[-1][:160]
 
 
-def _read(core, xml: Path):
+def _read(core: Any, xml: Path) -> Any:  # openvino.Core -> openvino.Model
     weights = xml.with_suffix(".bin")
     if not weights.is_file():
         raise InputError(
@@ -101,14 +102,16 @@ class OpenVINOSession:
             self.outputs = tuple(dataclasses.replace(s, shape=(None, *s.shape[1:])) for s in self.outputs)
 
 
-def _shareable(array) -> np.ndarray:
+def _shareable(array: np.ndarray) -> np.ndarray:
     """An array OpenVINO can wrap without a copy: C-contiguous and writeable (a read-only memory-mapped
     .npy slice is copied: `Tensor(shared_memory=True)` refuses it)."""
-    array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()
+    contiguous = np.ascontiguousarray(array)
+    return contiguous if contiguous.flags.writeable else contiguous.copy()
 
 
-def _runner(tensor, request, inputs, outputs):
+def _runner(
+    tensor: Any, request: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> Run:  # openvino.Tensor, an InferRequest
     """`run` as a closure over the request's methods. Inputs are wrapped without a copy
     (`shared_memory=True`; any batch size, the request reads them during the call); outputs are
     copied out of the request's buffers so they stay valid after the next call. This is about
@@ -137,7 +140,7 @@ def _runner(tensor, request, inputs, outputs):
     return run
 
 
-def open(path: Path, threads: int | None = None, exact: bool = False, **options) -> OpenVINOSession:  # noqa: A001
+def open(path: Path, threads: int | None = None, exact: bool = False, **options: Any) -> OpenVINOSession:  # noqa: A001
     precision = options.pop("precision", None)
     if exact:
         if precision not in (None, "f32"):

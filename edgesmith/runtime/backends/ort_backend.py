@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,10 @@ def available() -> bool:
 
 
 def version() -> str:
-    return require("onnxruntime", EXTRA).__version__
+    return str(require("onnxruntime", EXTRA).__version__)
 
 
-def _spec(arg) -> TensorSpec:
+def _spec(arg: Any) -> TensorSpec:  # an onnxruntime.NodeArg
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
     return TensorSpec(arg.name, shape, DTYPES.get(arg.type, arg.type))
 
@@ -81,6 +82,6 @@ class OrtSession:
         return dict(zip(self._names, self._run(self._names, feeds), strict=False))
 
 
-def open(path: Path, threads: int | None = None, exact: bool = False, **options) -> OrtSession:  # noqa: A001
+def open(path: Path, threads: int | None = None, exact: bool = False, **options: Any) -> OrtSession:  # noqa: A001
     # `exact` needs nothing here: ONNX Runtime's CPU provider runs float32 layers in float32.
     return OrtSession(path, threads, **options)

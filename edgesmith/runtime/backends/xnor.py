@@ -10,9 +10,15 @@ integer times alpha_c (plus bias), as in the exported graphs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 PAD_VALUE = 1.0  # binary convs pad with +1 (see converter/steps/binary_layers.py)
+Pair = tuple[int, int]  # (height, width) of a stride or a padding
 
 
 def pack_signs(values: np.ndarray) -> np.ndarray:
@@ -33,23 +39,27 @@ def xnor_dot(x_words: np.ndarray, w_words: np.ndarray, k: int) -> np.ndarray:
     return k - 2 * mismatches
 
 
-def binary_dense(x: np.ndarray, weight: np.ndarray, alpha=None, bias=None) -> np.ndarray:
+def binary_dense(
+    x: np.ndarray, weight: np.ndarray, alpha: ArrayLike | None = None, bias: ArrayLike | None = None
+) -> np.ndarray:
     """Linear layer on sign(x) with sign(weight) (O, K), scaled by alpha (O,), plus bias (O,)."""
     out = xnor_dot(pack_signs(x), pack_signs(weight), x.shape[-1]).astype(np.float32)
     return _affine(out, alpha, bias, axis=1)
 
 
-def _patches(x: np.ndarray, kh: int, kw: int, stride, padding, pad_value: float) -> np.ndarray:
+def _patches(x: np.ndarray, kh: int, kw: int, stride: Pair, padding: Pair, pad_value: float) -> np.ndarray:
     """(N, C, H, W) -> (N, OH, OW, C*kh*kw) sliding windows, padded with `pad_value`."""
     (sh, sw), (ph, pw) = stride, padding
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     n, c, oh, ow = windows.shape[:4]
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh, ow, c * kh * kw)
+    patches: np.ndarray = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh, ow, c * kh * kw)
+    return patches
 
 
 def binary_conv2d(
-    x: np.ndarray, weight: np.ndarray, alpha=None, bias=None, stride=(1, 1), padding=(0, 0),
+    x: np.ndarray, weight: np.ndarray, alpha: ArrayLike | None = None, bias: ArrayLike | None = None,
+    stride: Pair = (1, 1), padding: Pair = (0, 0),
     pad_value: float = PAD_VALUE,
 ) -> np.ndarray:  # fmt: skip
     """Conv2d (groups 1, dilation 1) of sign(x) (N, C, H, W) with sign(weight) (O, C, kh, kw), the
@@ -63,7 +73,7 @@ def binary_conv2d(
     return _affine(out, alpha, bias, axis=1)
 
 
-def _affine(out: np.ndarray, alpha, bias, axis: int) -> np.ndarray:
+def _affine(out: np.ndarray, alpha: ArrayLike | None, bias: ArrayLike | None, axis: int) -> np.ndarray:
     shape = [1] * out.ndim
     shape[axis] = out.shape[axis]
     if alpha is not None:
