@@ -343,9 +343,15 @@ def test_fastest_on_a_device_is_the_cost_model_per_precision(net_pair, tmp_path)
     rpi5 = spec.get("rpi5")
     for precision, path in net_pair.items():
         assert by_precision[precision]["ms"] == pytest.approx(costmodel.estimate(path, rpi5).p50_ms, abs=1e-3)
-        assert (
-            by_precision[precision]["runtime"] == "litert" and by_precision[precision]["format"] == "tflite"
+        # issue 15: it estimates the ONNX graph (a QDQ file for int8) with the stack's kernels; the
+        # label names that, not "litert int8 (tflite)", and `exports` the format a device runs
+        row = by_precision[precision]
+        assert (row["runtime"], row["format"], row["graph"]) == (
+            "cost model (xnnpack-arm64)",
+            "onnx",
+            path.name,
         )
+        assert row["exports"] == "tflite" and path.name in fastest.label(row)
     assert result["default"]["precision"] == "fp32" and result["source"].startswith("estimated")
 
 
