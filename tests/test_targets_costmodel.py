@@ -337,6 +337,11 @@ def test_fastest_measures_every_runtime_and_precision_here(net_pair, tmp_path):
     for row in rows:  # speed-ups are against the default, not against ONNX Runtime fp32
         assert row["speedup_vs_default"] == pytest.approx(default["ms"] / row["ms"], abs=0.01)
     assert fastest.fastest_at(result, "int8")["precision"] == "int8"
+    # each row names the file it timed: the ONNX file, or the OpenVINO IR made from it
+    assert {r["graph"].split(" ")[0] for r in rows if r["runtime"] == "onnxruntime"} == {
+        "net.onnx",
+        "net_int8.onnx",
+    }
 
 
 def test_fastest_on_a_device_is_the_cost_model_per_precision(net_pair, tmp_path):
