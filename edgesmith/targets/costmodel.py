@@ -2,7 +2,8 @@
 
 For each layer (see `graph.py`): compute time = MACs / (attainable MACs/s x the efficiency of the
 kernel stack for that op class), memory time = bytes touched / sustained bandwidth; the layer takes
-the larger of the two plus a fixed per-op overhead (dispatch, requantization, thread sync).
+the larger of the two plus a fixed per-op overhead (dispatch, requantization, thread sync); the
+model adds a fixed per-inference overhead (the host's runtime entry and I/O binding; 0 on devices).
 
 The attainable rate is a property of the core AND the stack: `clock x min(macs_per_cycle[dtype],
 issue_width x macs_per_instruction[class])`. The first term is the vector units' peak (the core's
@@ -49,13 +50,25 @@ class Estimate:
 
 
 def kernel_class(layer: Layer, table: dict[str, Any] | None = None) -> str:
-    """The layer's op class, or "stem" for a convolution over fewer than 4 input channels (an RGB
-    or grayscale image) when `table` (the dtype's efficiencies; None: always) has a stem entry.
-    ONNX Runtime's x86 INT8 convolution runs such a layer ~20x slower per MAC than its others (the
-    u8 dot-product instructions take 4 channels at a time); tables without the entry treat it as conv.
+    """The layer's op class, refined where `table` (the dtype's efficiencies; None: always) has an
+    entry for it, as a calibrated host table does; tables without the entry treat both as conv:
+
+    - "stem": a convolution over fewer than 4 input channels (an RGB or grayscale image). ONNX
+      Runtime's x86 INT8 convolution runs it ~20x slower per MAC than its others (the u8
+      dot-product instructions take 4 channels at a time).
+    - "pointwise": a 1x1 convolution (its depth is its input channels). ONNX Runtime's x86 fp32
+      runs it with another kernel than its 3x3 convolutions (NCHWc pointwise vs direct): 55 against
+      69 GMAC/s on MobileNet v1 and ResNet-18 on one AMX Xeon core.
     """
-    narrow = layer.op_class == "conv" and 0 < layer.in_channels < 4
-    return "stem" if narrow and (table is None or "stem" in table) else layer.op_class
+    if layer.op_class != "conv":
+        return layer.op_class
+    if 0 < layer.in_channels < 4:
+        refined = "stem"
+    elif layer.depth and layer.depth == layer.in_channels:
+        refined = "pointwise"
+    else:
+        return "conv"
+    return refined if table is None or refined in table else "conv"
 
 
 def layer_ms(layer: Layer, target: Target, threads: int = 1) -> float:
@@ -89,7 +102,7 @@ def estimate(model: str | Path | list[Layer], target: Target, threads: int | Non
     return Estimate(
         target=target.name,
         threads=min(threads, target.cores),
-        p50_ms=sum(r["ms"] for r in rows),
+        p50_ms=sum(r["ms"] for r in rows) + target.run_overhead_us * 1e-3,
         macs=sum(layer.macs for layer in graph),
         param_bytes=sum(layer.param_bytes for layer in graph),
         peak_activation_bytes=max((layer.in_bytes + layer.out_bytes for layer in graph), default=0),
@@ -116,19 +129,30 @@ def fit_depth(
     grid: tuple[float, ...] = (0, 8, 16, 32, 64, 96, 128, 192, 256),
 ) -> tuple[dict[str, Any], float, dict[str, float]]:  # fmt: skip
     """`fit`, with each dtype's depth constant K0 (see `Target.depth_half`) chosen from `grid` as the
-    one whose least-squares fit leaves the smallest relative residual."""
+    one whose least-squares fit leaves the smallest relative residual; and, for a dtype whose stems
+    come in two depths or more (a 3x3 and a 7x7 RGB stem), the stems' own K0 ("int8.stem") from
+    `grid` and its doubles (a stem's per-output cost can be larger than any other kernel's). One
+    constant at a time, the others held, twice over: each is identified by its own layers."""
     from dataclasses import replace
-    from itertools import product
 
     dtypes = sorted({lay.dtype for graph, _ in samples for lay in graph if lay.macs})
-    best = None
-    for k0s in product(grid, repeat=len(dtypes)):
-        depth_half = {d: float(k) for d, k in zip(dtypes, k0s, strict=True) if k}
-        table, overhead, residual = _solve(samples, replace(target, depth_half=depth_half), threads)
-        if best is None or residual < best[0] - 1e-9:
-            best = (residual, table, overhead, depth_half)
-    assert best is not None  # the grid is never empty
-    return best[1], best[2], best[3]
+    keys = [(d, grid) for d in dtypes]
+    for dtype in dtypes:
+        stems = {lay.depth for graph, _ in samples for lay in graph
+                 if lay.dtype == dtype and lay.macs and kernel_class(lay) == "stem"}  # fmt: skip
+        if len(stems) > 1:
+            keys.append((f"{dtype}.stem", tuple(sorted({*grid, *(2 * g for g in grid)}))))
+    depth_half: dict[str, float] = {}
+    best = (*_solve(samples, target, threads), depth_half)
+    for _ in range(2):
+        for key, values in keys:
+            for k in values:
+                trial = {**best[3], key: float(k)}
+                table, overhead, residual = _solve(samples, replace(target, depth_half=trial), threads)
+                if residual < best[2] - 1e-9:
+                    best = (table, overhead, residual, trial)
+    chosen = {k: v for k, v in best[3].items() if v or "." in k}  # a stem's 0 overrides its dtype's K0
+    return best[0], best[1], chosen
 
 
 def _solve(

@@ -3,9 +3,10 @@
 `host.toml`'s efficiencies were fitted on one machine; on another CPU (an AMX Xeon instead of a
 Zen 4 EPYC) the same table was +58..+101% off. So at first use `calibrated(target)` builds two
 small networks that hold the kernels real models are made of (3x3 and 1x1 convolutions at 56x56 ..
-7x7, depthwise convolutions, a residual add, pooling, a fully-connected layer), one fp32 and one
-INT8 (QDQ, as `convert --preset int8` writes it), profiles them per layer with ONNX Runtime at one
-thread, and fits the efficiencies and the per-op overhead with `costmodel.fit`. The parallel fraction
+7x7, depthwise convolutions, a residual add, pooling, a fully-connected layer) and a 7x7 RGB stem,
+each as fp32 and as INT8 (QDQ, as `convert --preset int8` writes it), profiles them per layer with
+ONNX Runtime at one thread, and fits the efficiencies, the depth constants (`costmodel.fit_depth`)
+and the per-op and per-run overheads (chains of 1 and 40 tiny convolutions). The parallel fraction
 comes from timing the fp32 network at one thread and at all cores. Peaks are read from the CPU flags
 (AVX-512: 32 fp32 MACs/cycle, VNNI: 4x that for INT8), so the efficiencies stay near 1.
 
@@ -31,7 +32,7 @@ from .spec import Target
 if TYPE_CHECKING:
     from .layer import Layer
 
-VERSION = 5  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 8  # bump when the benchmark or the fit changes: old cache files are then ignored
 
 # (kind, input channels, output channels, stride) at the spatial size reached so far: an RGB stem,
 # two shallow 1x1 convolutions (16 and 32 deep), then a MobileNetV2 / ResNet mix from 56x56 down to
@@ -45,6 +46,10 @@ LAYERS = [
     ("conv3", 960, 256, 1), ("gap",), ("gemm", 256, 1000),
 ]  # fmt: skip
 INPUT = (1, 3, 112, 112)
+# A ResNet-style 7x7 RGB stem on the same input: with the network's 3x3 stem, two stem depths (27 and
+# 147 MACs per output), so the stems' own depth constant can be fitted (ORT's x86 INT8 stem: 18
+# GMAC/s at depth 27, 53 at depth 147 on an AMX Xeon).
+STEM = [("conv7", 3, 64, 2)]
 TINY = [("conv1", 8, 8, 1)] * 40  # 40 kernels of 64 MACs per pixel on 4x4: per-op dispatch cost
 
 
@@ -80,6 +85,7 @@ def apply(target: Target, data: dict[str, Any]) -> Target:
         macs_per_cycle=dict(data["macs_per_cycle"]),
         efficiency={d: dict(t) for d, t in data["efficiency"].items()},
         op_overhead_us=float(data["op_overhead_us"]),
+        run_overhead_us=float(data["run_overhead_us"]),
         parallel_fraction=float(data["parallel_fraction"]),
         depth_half={d: float(k) for d, k in data.get("depth_half", {}).items()},
         fitted=f"calibrated on this CPU ({data['cpu']}, {data['date']}; {cache_path().name})",
@@ -96,17 +102,17 @@ def calibrate(target: Target) -> dict[str, Any]:
     with work_folder("hostcal") as tmp:
         fp32 = build_net(Path(tmp) / "cal_fp32.onnx")
         int8 = quantize_net(fp32, Path(tmp) / "cal_int8.onnx")
+        stem = build_net(Path(tmp) / "stem_fp32.onnx", STEM)
         samples = []
-        for path in (fp32, int8):
+        for path in (fp32, int8, stem, quantize_net(stem, Path(tmp) / "stem_int8.onnx")):
             layers = graph.layers(path)
             times = hostprofile.ort_node_times(path, threads=1, runs=15, warmup=3, quantile=0.2)
             samples.append((layers, hostprofile.match(layers, times)))
         efficiency, _, depth_half = costmodel.fit_depth(samples, target, threads=1)
-        # the fit's intercept soaks up whatever small kernels cost beyond their MACs; a chain of tiny
-        # convolutions measures the dispatch cost itself, which is what small models pay per layer
-        overhead = round(cpu_ms(build_net(Path(tmp) / "tiny.onnx", TINY, (1, 8, 4, 4))) * 1e3 / len(TINY), 2)
-        target = replace(target, efficiency=efficiency, op_overhead_us=overhead, depth_half=depth_half)
-        for path, (layers, _) in zip((fp32, int8), samples, strict=True):
+        overhead, per_run = dispatch_costs(Path(tmp))
+        target = replace(target, efficiency=efficiency, op_overhead_us=overhead, depth_half=depth_half,
+                         run_overhead_us=per_run)  # fmt: skip
+        for path, (layers, _) in zip((fp32, int8), samples[:2], strict=True):
             efficiency = anchor(efficiency, layers, cpu_ms(path), target)
             target = replace(target, efficiency=efficiency)
         parallel = parallel_fraction(fp32, target.cores, target.parallel_fraction)
@@ -118,10 +124,23 @@ def calibrate(target: Target) -> dict[str, Any]:
         "efficiency": efficiency,
         "depth_half": depth_half,
         "op_overhead_us": overhead,
+        "run_overhead_us": per_run,
         "parallel_fraction": parallel,
         "seconds": round(time.perf_counter() - started, 2),
         "version": VERSION,
     }
+
+
+def dispatch_costs(folder: Path) -> tuple[float, float]:
+    """(per-op, per-run) overhead in us, from chains of 1 and of 40 tiny convolutions.
+
+    The fit's intercept soaks up whatever small kernels cost beyond their MACs; the chains measure
+    the dispatch cost itself, which small models pay per layer, and what one `run` costs beyond its
+    kernels (most of a 3-layer model's 20 us on this Xeon)."""
+    one = cpu_ms(build_net(folder / "tiny1.onnx", TINY[:1], (1, 8, 4, 4)), runs=30) * 1e3
+    chain = cpu_ms(build_net(folder / "tiny.onnx", TINY, (1, 8, 4, 4)), runs=30) * 1e3
+    per_op = max(chain - one, 0.0) / (len(TINY) - 1)
+    return round(per_op, 2), round(max(one - per_op, 0.0), 2)
 
 
 def anchor(
@@ -138,24 +157,32 @@ def anchor(
     return table
 
 
-def cpu_ms(path: Path, runs: int = 15) -> float:
-    """Median CPU milliseconds of one single-thread run: on a machine shared with other jobs, CPU time
-    leaves out the time the process waited for a core, which wall time does not."""
-    import statistics
+def cpu_ms(path: Path, runs: int = 15, quantile: float = 0.2) -> float:
+    """Single-thread CPU milliseconds of one run, the `quantile` over `runs` samples (after warm-up).
 
+    CPU time of the calling thread (ONNX Runtime at one thread runs there): on a machine shared with
+    other jobs it leaves out the waits for a core, which wall time does not. A busy sibling
+    hyperthread or a shared cache still slows a run down, and contention only adds time, so a low
+    quantile is closer to the uncontended time than the median. Reading a thread's CPU clock is a
+    system call (~10-20 us in a VM, as long as a small model's whole run), so a sample times as many
+    runs as take ~2 ms and divides."""
     from ..runtime import load
+    from .hostprofile import quantile_of
     from .latency import random_feeds
 
     session = load(path, backend="ort", threads=1)
     feeds = random_feeds(session)
+    start = time.perf_counter()
     for _ in range(3):
         session.run(feeds)
+    repeat = max(1, int(0.002 / max((time.perf_counter() - start) / 3, 1e-6)))
     times = []
     for _ in range(runs):
-        start = time.process_time()
-        session.run(feeds)
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1e3
+        start = time.thread_time()
+        for _ in range(repeat):
+            session.run(feeds)
+        times.append((time.thread_time() - start) / repeat)
+    return quantile_of(times, quantile) * 1e3
 
 
 def peak_macs_per_cycle(flags: frozenset[str]) -> dict[str, float]:
@@ -215,14 +242,14 @@ def build_net(path: Path, spec: list[tuple[Any, ...]] = LAYERS, shape: tuple[int
 
     for i, (kind, *args) in enumerate(spec):
         out = f"t{i}"
-        if kind in ("conv3", "conv1", "dw"):
+        if kind.startswith("conv") or kind == "dw":  # conv1, conv3, conv7: the kernel size
             cin, cout, stride = args
-            k, group = (3, cin) if kind == "dw" else ((3, 1) if kind == "conv3" else (1, 1))
+            k, group = (3, cin) if kind == "dw" else (int(kind[4:]), 1)
             w = weight(f"w{i}", (cout, cin // group, k, k))
             b = weight(f"b{i}", (cout,))
             nodes.append(helper.make_node("Conv", [x, w, b], [f"c{i}"], f"conv{i}", kernel_shape=[k, k],
                                           pads=[k // 2] * 4, strides=[stride] * 2, group=group))  # fmt: skip
-            if kind == "conv3":  # ResNet-style ReLU; MobileNet-style ReLU6 (Clip) on the others
+            if k > 1 and kind != "dw":  # ResNet-style ReLU; MobileNet-style ReLU6 (Clip) on the others
                 nodes.append(helper.make_node("Relu", [f"c{i}"], [out], f"relu{i}"))
             else:
                 nodes.append(helper.make_node("Clip", [f"c{i}", "zero", "six"], [out], f"relu6_{i}"))

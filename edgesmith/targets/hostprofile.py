@@ -55,7 +55,7 @@ def ort_node_times(path: str | Path, threads: int = 1, runs: int = 20, warmup: i
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_node[event["name"]].append(event["dur"] / 1000.0)
-    return {name: _quantile(times[1:] or times, quantile) for name, times in per_node.items()}
+    return {name: quantile_of(times[1:] or times, quantile) for name, times in per_node.items()}
 
 
 def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20, shapes: dict[str, Any] | None = None
@@ -86,7 +86,7 @@ def openvino_node_times(path: str | Path, threads: int = 1, runs: int = 20, shap
     return {name: statistics.median(times[3:] or times) for name, times in per_node.items()}
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile_of(values: list[float], q: float) -> float:
     if q == 0.5:
         return statistics.median(values)
     ordered = sorted(values)

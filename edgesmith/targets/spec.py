@@ -19,7 +19,12 @@ from ..errors import InputError, closest
 
 SPECS = Path(__file__).with_name("specs")
 KINDS = ("host", "linux", "android", "mcu")
-OP_CLASSES = ("conv", "stem", "dwconv", "gemm", "pool", "elementwise", "other")
+OP_CLASSES = ("conv", "stem", "pointwise", "dwconv", "gemm", "pool", "elementwise", "other")
+CONV_KINDS = (
+    "conv",
+    "stem",
+    "pointwise",
+)  # a calibrated table's refinements of conv (costmodel.kernel_class)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class Target:
     efficiency: dict[str, dict[str, float]]  # dtype -> op class -> fraction of peak
     op_overhead_us: float  # fixed cost per executed operator (dispatch, requantize, sync)
     parallel_fraction: float  # Amdahl p for intra-op threads
+    # fixed cost per inference, whatever the model (the runtime's entry, binding inputs and outputs):
+    # measured by the host calibration, where it is most of a small model's time; 0 elsewhere
+    run_overhead_us: float = 0.0
     runtime_ram_bytes: int = 0  # MCU: interpreter + stack; 0 elsewhere
     runtime_flash_bytes: int = 0
     fitted: str = ""  # which measurements the efficiencies were fitted to
@@ -59,7 +67,8 @@ class Target:
     stacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # dtype -> K0: a convolution or matmul whose inner loop runs K MACs per output reaches
     # K / (K + K0) of its class's efficiency (the fixed cost of loading and storing an output tile is
-    # paid every K MACs). Fitted on the host; 0 or absent = no depth effect.
+    # paid every K MACs). "dtype.stem" -> the stems' own K0 (ORT's x86 INT8 stem pays ~4x the
+    # per-output cost of its other convolutions). Fitted on the host; 0 or absent = no depth effect.
     depth_half: dict[str, float] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
@@ -82,7 +91,7 @@ class Target:
 
     def macs_per_cycle_for(self, dtype: str, op_class: str | None = None) -> float:
         per_cycle = self.macs_per_cycle.get(dtype) or self.macs_per_cycle["fp32"]
-        density = self.macs_per_instruction.get("conv" if op_class == "stem" else op_class or "", 0.0)
+        density = self.macs_per_instruction.get("conv" if op_class in CONV_KINDS else op_class or "", 0.0)
         if self.issue_width and density:
             per_cycle = min(per_cycle, self.issue_width * density)
         return per_cycle
@@ -116,14 +125,14 @@ class Target:
 
     def eff(self, dtype: str, op_class: str) -> float:
         table = self.efficiency.get(dtype) or self.efficiency["fp32"]
-        if op_class == "stem" and "stem" not in table:
-            op_class = "conv"  # only a calibrated table knows its stem kernels apart
+        if op_class in CONV_KINDS and op_class not in table:
+            op_class = "conv"  # only a calibrated table knows stems and 1x1 kernels apart
         return table.get(op_class, table.get("other", 0.1))
 
     def depth_factor(self, dtype: str, op_class: str, depth: int) -> float:
         """The share of the class's efficiency a kernel with `depth` MACs per output reaches."""
-        k0 = self.depth_half.get(dtype, 0.0)
-        if not k0 or not depth or op_class not in ("conv", "stem", "gemm"):
+        k0 = self.depth_half.get(f"{dtype}.{op_class}", self.depth_half.get(dtype, 0.0))
+        if not k0 or not depth or op_class not in (*CONV_KINDS, "gemm"):
             return 1.0
         return depth / (depth + k0)
 
@@ -160,6 +169,7 @@ def _parse(path: Path) -> Target:
             efficiency={d: dict(t) for d, t in model["efficiency"].items()},
             op_overhead_us=float(model["op_overhead_us"]),
             parallel_fraction=float(model.get("parallel_fraction", 0.9)),
+            run_overhead_us=float(model.get("run_overhead_us", 0.0)),
             runtime_ram_bytes=int(rt.get("runtime_ram_kb", 0) * 1024),
             runtime_flash_bytes=int(rt.get("runtime_flash_kb", 0) * 1024),
             fitted=model.get("fitted", ""),
