@@ -1,7 +1,7 @@
 """Bake constant shape arguments into onnx2torch's shape-taking modules, so torch.export can trace them.
 
-onnx2torch passes an ONNX op's shape-like inputs (Reshape's shape, Pad's pads, Slice's starts/ends)
-as tensors and reads their values in `forward`. Under torch.export those tensors are fake, and
+onnx2torch passes an ONNX op's shape-like inputs (Reshape's shape, Pad's pads, Slice's starts/ends,
+Resize's scales and sizes) as tensors and reads their values in `forward`. Under torch.export those tensors are fake, and
 reading one is a data-dependent guard that fails the export. Once the model is static and its
 constants folded (tflite_onnx.py), these arguments are initializers: this pass hands them to the
 module as plain values instead, which the modules read the same way.
@@ -29,6 +29,9 @@ class _Const(np.ndarray):
 
     def numpy(self):
         return np.asarray(self)
+
+    def nelement(self):
+        return self.size
 
 
 def _value(tensor):
@@ -92,7 +95,7 @@ def _modules():
     return Reshape, Pad, Baked
 
 
-BAKED = ("OnnxSlice",)
+BAKED = ("OnnxSlice", "OnnxResize")  # Resize reads its roi, scales and sizes with .tolist()
 
 
 def bake_constants(module):

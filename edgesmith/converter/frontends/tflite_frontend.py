@@ -226,7 +226,8 @@ def load(path: Path, workdir: Path):
 
     # Without an ONNX the handle holds the working copy: the exporters read `native` for a tflite
     # source, and the onnx exporter refuses with `onnx_error` (check_onnx) before touching the handle.
-    return Source("tflite", path, ModelHandle(onnx or copy), _inputs(session, onnx), reference, native)
+    handle, inputs = ModelHandle(onnx or copy), _inputs(session, onnx)
+    return Source("tflite", path, handle, inputs, reference, native, notes=tuple(changes))
 
 
 def _inputs(session, onnx: Path | None):
