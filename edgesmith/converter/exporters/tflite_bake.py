@@ -82,17 +82,27 @@ def _modules():
             return x
 
     class Baked(torch.nn.Module):
-        """Calls `inner` with the constant arguments filled in and the graph's tensors in between."""
+        """Calls `inner` with the constant arguments filled in and the graph's tensors in between
+        (onnx2torch passes some by keyword: Resize's `sizes` when `scales` is empty)."""
 
-        def __init__(self, inner, template):
+        def __init__(self, inner, template, keywords):
             super().__init__()
-            self.inner, self.template = inner, template
+            self.inner, self.template, self.keywords = inner, template, keywords
 
-        def forward(self, *dynamic):
+        def forward(self, *dynamic, **named):
             values = iter(dynamic)
-            return self.inner(*[next(values) if v is _DYNAMIC else v for v in self.template])
+            args = [next(values) if v is _DYNAMIC else v for v in self.template]
+            return self.inner(*args, **self.keywords, **named)
 
     return Reshape, Pad, Baked
+
+
+def _is_attr(arg) -> bool:
+    return getattr(arg, "op", None) == "get_attr"
+
+
+def _attr(module, arg):
+    return functools.reduce(getattr, arg.target.split("."), module)
 
 
 BAKED = ("OnnxSlice", "OnnxResize")  # Resize reads its roi, scales and sizes with .tolist()
@@ -108,12 +118,12 @@ def bake_constants(module):
         kind = type(module.get_submodule(node.target)).__name__
         if kind not in (*BAKED, "OnnxReshape", "OnnxPadDynamic"):
             continue
-        constant = [i > 0 and getattr(a, "op", None) == "get_attr" for i, a in enumerate(node.args)]
-        if not any(constant):
+        constant = [i > 0 and _is_attr(a) for i, a in enumerate(node.args)]
+        keywords = {k: _value(_attr(module, a)) for k, a in node.kwargs.items() if _is_attr(a)}
+        if not any(constant) and not (keywords and kind in BAKED):
             continue
         values = [
-            _value(functools.reduce(getattr, a.target.split("."), module)) if c else _DYNAMIC
-            for a, c in zip(node.args, constant, strict=True)
+            _value(_attr(module, a)) if c else _DYNAMIC for a, c in zip(node.args, constant, strict=True)
         ]
         if kind == "OnnxReshape":
             if not constant[1]:
@@ -127,7 +137,8 @@ def bake_constants(module):
                 continue
             replacement = Pad(mode, list(values[1]), values[2] if len(values) > 2 else 0.0)
         else:
-            replacement = Baked(module.get_submodule(node.target), values)
+            replacement = Baked(module.get_submodule(node.target), values, keywords)
+            node.kwargs = {k: a for k, a in node.kwargs.items() if k not in keywords}
         name = f"baked_{index}"
         module.add_submodule(name, replacement)
         node.target = name
