@@ -137,6 +137,18 @@ def runtime_reference(path: Path):
     return (lambda feeds: [session.run(feeds)[n] for n in names]), names
 
 
+def saved_model_reference(path: Path):
+    """A one-input SavedModel folder run by TensorFlow itself (its serving signature): the function,
+    the output keys and the input key."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    names = sorted(signature.structured_outputs)
+    (name,) = signature.structured_input_signature[1]
+    return (lambda feeds: [np.asarray(o) for o in map(signature(**feeds).__getitem__, names)]), names, name
+
+
 def single_input(path: Path) -> str:
     from edgesmith.runtime import load
 
@@ -239,13 +251,15 @@ def basic_pitch_windows(count: int) -> np.ndarray:
 
 def basic_pitch(form: str, n_cal: int, n_eval: int, workdir: Path) -> Prepared:
     """basic-pitch (Spotify's note transcription CNN) in the forms its wheel ships: ONNX (tf2onnx,
-    opset 15 + ai.onnx.ml), float .tflite, and the TF SavedModel folder `nmp` (its Keras model). The
-    SavedModel does not load in TF 2.21 (optimizer slots), so its reference is the same network's ONNX."""
+    opset 15 + ai.onnx.ml), float .tflite, and the TF SavedModel folder `nmp` (its Keras model), whose
+    reference is TensorFlow running its serving signature (`tf.saved_model.load`)."""
     folder = package_dir("basic_pitch") / "saved_models" / "icassp_2022"
     path = {"onnx": folder / "nmp.onnx", "tflite": folder / "nmp.tflite", "savedmodel": folder / "nmp"}[form]
-    original = path if form != "savedmodel" else folder / "nmp.onnx"
-    run, outputs = runtime_reference(original)
-    name = single_input(original)
+    if form == "savedmodel":
+        run, outputs, name = saved_model_reference(path)
+    else:
+        run, outputs = runtime_reference(path)
+        name = single_input(path)
     feeds = [{name: w[None]} for w in basic_pitch_windows(n_cal + n_eval)]
     return Prepared(path, feeds[:n_cal], feeds[n_cal:], run, outputs,
                     "speech (pyannote.audio sample.wav) resampled to 22050 Hz, 2 s windows")  # fmt: skip

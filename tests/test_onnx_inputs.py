@@ -335,3 +335,80 @@ def test_static_batch_pt2_through_inc_keeps_its_batch(mnistnet, mnist_test, tmp_
     assert artifact["verify"]["drop"] <= 0.5, artifact["verify"]
     dims = [d.dim_value for d in onnx.load(artifact["path"]).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 1, 28, 28]
+
+
+@pytest.fixture(scope="module")
+def shape_computed(tmp_path_factory):
+    """A net exported with dynamic batch, height and width whose Resize sizes and final Reshape are
+    computed from the input's Shape (Shape -> Gather -> Concat chains, as PP-OCR's detector has them)."""
+    import torch
+
+    class Upsampler(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down, self.out = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 4, 3, 1, 1)
+
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(torch.relu(self.down(x)), size=(x.shape[2], x.shape[3]),
+                                                mode="bilinear", align_corners=False)  # fmt: skip
+            y = self.out(y)
+            return y.reshape(y.shape[0], y.shape[1], -1)
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("shape_computed")
+    path = folder / "upsampler.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(Upsampler().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                          opset_version=13, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"}, "y": {0: "batch", 2: "hw"}})  # fmt: skip
+    assert {"Shape", "Resize"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    np.savez(folder / "eval.npz", x=np.random.default_rng(0).random((3, 3, 40, 56), dtype=np.float32))
+    return path
+
+
+def test_shape_computed_resize_traces_once_static(shape_computed, tmp_path):
+    """torch.export read Resize's folded sizes from a tensor (a data-dependent guard that failed PP-OCR
+    det's TFLite export): at the data's size they are baked in, and the module computes the model."""
+    import importlib.util
+
+    import torch
+
+    from edgesmith.converter.exporters.tflite_onnx import to_torch
+
+    if importlib.util.find_spec("onnx2torch") is None:  # imported through tflite_onnx (torchvision stub)
+        pytest.skip("onnx2torch is not installed")
+    from edgesmith.runtime.session import TensorSpec
+
+    module = to_torch(shape_computed, [TensorSpec("x", (1, 3, 40, 56), "float32")], tmp_path)
+    x = np.load(shape_computed.parent / "eval.npz")["x"][:1]
+    program = torch.export.export(module, (torch.from_numpy(x),))
+    with torch.no_grad():
+        got = program.module()(torch.from_numpy(x))
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    np.testing.assert_allclose(got.numpy(), _run(shape_computed, {"x": x}), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_shape_computed_resize_reaches_tflite_at_the_data_size(shape_computed, tmp_path):
+    pytest.importorskip("litert_torch")
+    eval_npz = shape_computed.parent / "eval.npz"
+    report = edgesmith.convert(
+        shape_computed,
+        recipe=Recipe.from_dict(
+            {
+                "exports": [{"format": "tflite"}],
+                "verify": {"eval": str(eval_npz)},
+                "profile": {"enabled": False},
+            }
+        ),  # fmt: skip
+        out=tmp_path / "tflite",
+        preset="fp32",
+    )
+    (artifact,) = report["artifacts"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert list(Interpreter(model_path=artifact["path"]).get_input_details()[0]["shape"]) == [1, 3, 40, 56]
+    session = edgesmith.load(artifact["path"], exact=True)
+    for x in np.load(eval_npz)["x"]:
+        (got,) = session.run({"x": x[None]}).values()
+        np.testing.assert_allclose(got, _run(shape_computed, {"x": x[None]}), atol=1e-4)

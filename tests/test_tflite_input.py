@@ -141,41 +141,6 @@ def test_face_detector_int8_to_three_formats_stays_close_to_litert(faces, tmp_pa
             assert rows[fmt]["size_bytes"] < model.stat().st_size  # int8 weights, smaller than fp16's
 
 
-def test_a_sparse_model_refuses_onnx_naming_densify(tmp_path):
-    import edgesmith
-
-    recipe = tmp_path / "r.toml"
-    recipe.write_text('[[exports]]\nformat = "onnx"\n[profile]\nenabled = false\n')
-    with pytest.raises(
-        InputError, match=r"tf2onnx cannot read sparse weights .*DENSIFY.*--format tflite"
-    ) as error:
-        edgesmith.convert(_model("face_detection_full_range_sparse"), recipe=recipe, out=tmp_path / "o")
-    assert "\n" not in str(error.value) and "/tmp" not in str(error.value)
-    assert not (tmp_path / "o").exists()
-
-
-def test_the_sparse_model_still_reaches_tflite_fp32_but_not_full_integer(tmp_path):
-    """tf2onnx's refusal blocks only the onnx format: the fp32 TFLite is the working copy (float16
-    weights expanded, a signature added) and gives LiteRT's outputs exactly. Full-integer INT8 is
-    refused in one line: the AI Edge Quantizer takes the densified weights for activations."""
-    import edgesmith
-
-    model = _model("face_detection_full_range_sparse")
-    recipe = tmp_path / "r.toml"
-    recipe.write_text('[[exports]]\nformat = "tflite"\n[profile]\nenabled = false\n')
-    report = edgesmith.convert(model, recipe=recipe, out=tmp_path / "o")
-    (row,) = report["artifacts"]
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 192, 192, 3)).astype(np.float32)
-    want, got = edgesmith.load(model).run({"input_1": x}), edgesmith.load(row["path"]).run({"input_1": x})
-    assert set(got) == set(want) == {"Identity", "Identity_1"}
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], atol=1e-5)
-    np.save(tmp_path / "calibration.npy", x)
-    with pytest.raises(InputError, match=r"no full-integer TFLite .*sparse weights \(op DENSIFY\)"):
-        edgesmith.convert(model, recipe=recipe, preset="int8", calibration=tmp_path / "calibration.npy",
-                          out=tmp_path / "int8")  # fmt: skip
-
-
 def test_an_already_quantized_tflite_is_refused_in_one_line(tmp_path):
     from edgesmith.converter import frontends
     from edgesmith.converter.exporters import tflite_torch

@@ -1,7 +1,8 @@
 """Bake constant shape arguments into onnx2torch's shape-taking modules, so torch.export can trace them.
 
-onnx2torch passes an ONNX op's shape-like inputs (Reshape's shape, Pad's pads, Slice's starts/ends)
-as tensors and reads their values in `forward`. Under torch.export those tensors are fake, and
+onnx2torch passes an ONNX op's shape-like inputs (Reshape's shape, Pad's pads, Slice's starts/ends,
+Resize's scales and sizes, Squeeze/Unsqueeze's axes from opset 13) as tensors and reads their values
+in `forward`. Under torch.export those tensors are fake, and
 reading one is a data-dependent guard that fails the export. Once the model is static and its
 constants folded (tflite_onnx.py), these arguments are initializers: this pass hands them to the
 module as plain values instead, which the modules read the same way.
@@ -29,6 +30,9 @@ class _Const(np.ndarray):
 
     def numpy(self):
         return np.asarray(self)
+
+    def nelement(self):
+        return self.size
 
 
 def _value(tensor):
@@ -78,39 +82,69 @@ def _modules():
                                right.flip(axis) if self.mode == "reflect" else right], axis)  # fmt: skip
             return x
 
-    class Baked(torch.nn.Module):
-        """Calls `inner` with the constant arguments filled in and the graph's tensors in between."""
+    class Squeeze(torch.nn.Module):
+        """ONNX Squeeze/Unsqueeze (opset >= 13) with constant axes (onnx2torch sorts the axes tensor)."""
 
-        def __init__(self, inner, template):
+        def __init__(self, axes, unsqueeze: bool):
             super().__init__()
-            self.inner, self.template = inner, template
+            self.axes, self.unsqueeze = [int(a) for a in np.ravel(axes)], unsqueeze
 
-        def forward(self, *dynamic):
+        def forward(self, x):
+            if not self.axes:
+                return torch.squeeze(x)
+            if self.unsqueeze:
+                rank = x.dim() + len(self.axes)
+                for axis in sorted(a % rank for a in self.axes):
+                    x = torch.unsqueeze(x, axis)
+                return x
+            for axis in sorted((a % x.dim() for a in self.axes), reverse=True):
+                x = torch.squeeze(x, axis)
+            return x
+
+    class Baked(torch.nn.Module):
+        """Calls `inner` with the constant arguments filled in and the graph's tensors in between
+        (onnx2torch passes some by keyword: Resize's `sizes` when `scales` is empty)."""
+
+        def __init__(self, inner, template, keywords):
+            super().__init__()
+            self.inner, self.template, self.keywords = inner, template, keywords
+
+        def forward(self, *dynamic, **named):
             values = iter(dynamic)
-            return self.inner(*[next(values) if v is _DYNAMIC else v for v in self.template])
+            args = [next(values) if v is _DYNAMIC else v for v in self.template]
+            return self.inner(*args, **self.keywords, **named)
 
-    return Reshape, Pad, Baked
+    return Reshape, Pad, Squeeze, Baked
 
 
-BAKED = ("OnnxSlice",)
+def _is_attr(arg) -> bool:
+    return getattr(arg, "op", None) == "get_attr"
+
+
+def _attr(module, arg):
+    return functools.reduce(getattr, arg.target.split("."), module)
+
+
+SQUEEZES = ("OnnxSqueezeDynamicAxes", "OnnxUnsqueezeDynamicAxes")  # axes as an input from opset 13
+BAKED = ("OnnxSlice", "OnnxResize")  # Resize reads its roi, scales and sizes with .tolist()
 
 
 def bake_constants(module):
     """Rewrite `module` (an onnx2torch fx GraphModule) in place and return it."""
-    Reshape, Pad, Baked = _modules()
+    Reshape, Pad, Squeeze, Baked = _modules()
     graph = module.graph
     for index, node in enumerate(list(graph.nodes)):
         if node.op != "call_module":
             continue
         kind = type(module.get_submodule(node.target)).__name__
-        if kind not in (*BAKED, "OnnxReshape", "OnnxPadDynamic"):
+        if kind not in (*BAKED, *SQUEEZES, "OnnxReshape", "OnnxPadDynamic"):
             continue
-        constant = [i > 0 and getattr(a, "op", None) == "get_attr" for i, a in enumerate(node.args)]
-        if not any(constant):
+        constant = [i > 0 and _is_attr(a) for i, a in enumerate(node.args)]
+        keywords = {k: _value(_attr(module, a)) for k, a in node.kwargs.items() if _is_attr(a)}
+        if not any(constant) and not (keywords and kind in BAKED):
             continue
         values = [
-            _value(functools.reduce(getattr, a.target.split("."), module)) if c else _DYNAMIC
-            for a, c in zip(node.args, constant, strict=True)
+            _value(_attr(module, a)) if c else _DYNAMIC for a, c in zip(node.args, constant, strict=True)
         ]
         if kind == "OnnxReshape":
             if not constant[1]:
@@ -123,8 +157,13 @@ def bake_constants(module):
             if mode not in ("constant", "reflect", "replicate"):
                 continue
             replacement = Pad(mode, list(values[1]), values[2] if len(values) > 2 else 0.0)
+        elif kind in SQUEEZES:
+            if len(values) < 2 or not constant[1]:
+                continue
+            replacement = Squeeze(values[1], kind == "OnnxUnsqueezeDynamicAxes")
         else:
-            replacement = Baked(module.get_submodule(node.target), values)
+            replacement = Baked(module.get_submodule(node.target), values, keywords)
+            node.kwargs = {k: a for k, a in node.kwargs.items() if k not in keywords}
         name = f"baked_{index}"
         module.add_submodule(name, replacement)
         node.target = name

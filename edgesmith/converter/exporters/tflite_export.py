@@ -7,7 +7,8 @@ Which converter runs depends on where the model came from:
 - PyTorch (`.pt2`, modules): litert-torch on the exported program (tflite_torch.py);
 - ONNX files, or any source after graph steps changed its ONNX: onnx2torch, then as PyTorch
   (tflite_onnx.py; the choice is argued in docs/decisions/onnx-to-tflite.md);
-- TFLite: the float file itself (tflite_frontend.py's working copy).
+- TFLite: the float file itself (tflite_frontend.py's working copy);
+- a TF SavedModel: TensorFlow's converter on its signature (savedmodel_frontend.py), keys kept.
 Those are quantized by the AI Edge Quantizer (steps/aeq_quantize.py).
 
 Every artifact leaves with the source's input/output names as its signature keys and is checked
@@ -52,6 +53,9 @@ def convert(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
     elif source.kind == "tflite":  # already TFLite: the frontend's float working copy
         data = source.native.data
         report = {"converter": "none (a .tflite source)", "source_changes": list(source.native.changes)}
+    elif source.kind == "savedmodel" and model.path == source.onnx.path:
+        data = source.native.float_tflite()  # keyed by the signature's names, as the ONNX is
+        report = {"converter": "tensorflow.lite (TFLiteConverter.from_saved_model)"}
     else:
         from . import tflite_torch
 

@@ -1,4 +1,5 @@
-"""Frontends turn what the user gives (an ONNX file, a `.pt2`, a torch module, Keras, a `.tflite`) into a `Source`:
+"""Frontends turn what the user gives (an ONNX file, a `.pt2`, a torch module, Keras, a `.tflite`, a TF SavedModel
+or Hugging Face folder) into a `Source`:
 the original model, runnable for reference, plus an fp32 ONNX file the steps work on."""
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ SUFFIXES = {
 
 
 def kind_of(model: Any) -> str:
-    """'onnx', 'pt2', 'keras', 'tflite', 'hf' (a Hugging Face model folder) or 'torch', after checking a path
-    exists and has a known suffix or, for a folder, a config.json (cheap)."""
+    """'onnx', 'pt2', 'keras', 'tflite', 'savedmodel' (a TF SavedModel folder), 'hf' (a Hugging Face model
+    folder) or 'torch', after checking a path exists and has a known suffix or, for a folder, a
+    saved_model.pb or a config.json (cheap)."""
     if not isinstance(model, (str, Path)):
         return "torch"
     path = Path(model)
@@ -29,6 +31,10 @@ def kind_of(model: Any) -> str:
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         from .hf_frontend import check_folder
+        from .savedmodel_frontend import is_savedmodel
+
+        if is_savedmodel(path):
+            return "savedmodel"
 
         check_folder(path)
         return "hf"
@@ -59,6 +65,10 @@ def load(model: Any, workdir: Path, example_inputs: tuple | None = None) -> Sour
         from . import tflite_frontend
 
         return tflite_frontend.load(Path(model), workdir)
+    if kind == "savedmodel":
+        from . import savedmodel_frontend
+
+        return savedmodel_frontend.load(Path(model), workdir)
     if kind == "hf":
         from . import hf_frontend
 

@@ -42,8 +42,9 @@ def check_folder(path: Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise InputError(
-            f"{path} is a folder without config.json; give a Hugging Face model folder "
-            "(config.json + model.safetensors) or a model file (.onnx, .pt2, .keras or .h5)"
+            f"{path} is a folder with neither config.json nor saved_model.pb; give a Hugging Face model "
+            "folder (config.json + model.safetensors), a TensorFlow SavedModel folder (saved_model.pb + "
+            "variables/) or a model file (.onnx, .pt2, .keras, .h5 or .tflite)"
         )
     try:
         config = json.loads(config_file.read_text())

@@ -16,7 +16,7 @@ from ..handle import ModelHandle
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" (a Hugging Face folder or model is "torch")
+    kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" | "savedmodel" (a Hugging Face folder or model is "torch")
     path: Path | None  # the user's file (or Hugging Face model folder); None for an in-memory module
     onnx: ModelHandle  # the fp32 ONNX the steps start from
     inputs: tuple[TensorSpec, ...]

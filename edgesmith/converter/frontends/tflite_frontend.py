@@ -8,6 +8,9 @@ given as the reference, and a working copy is prepared once for the converters t
   ADD, as in MediaPipe's files) get `builtin_code` filled in, as TensorFlow's own readers do: the AI
   Edge Quantizer reads `builtin_code` alone, takes every conv for an ADD and quantizes its filter as
   an activation (a zero point LiteRT then refuses);
+- sparse weights (SparsityParameters, expanded at run time by DENSIFY ops, as in MediaPipe's
+  `*_sparse` models) are stored dense (tflite_sparse.py, exact): tf2onnx cannot read sparse tensors
+  and the AI Edge Quantizer takes a DENSIFY output for an activation;
 - float16 weights stored behind DEQUANTIZE ops (TFLite's "fp16" models, MediaPipe's among them) are
   expanded to float32 constants (exact): the AI Edge Quantizer treats a DEQUANTIZE output as an
   activation, so it leaves such models unchanged in fp16/dynamic mode and gives their conv filters an
@@ -15,8 +18,8 @@ given as the reference, and a working copy is prepared once for the converters t
 
 Formats: TFLite by the AI Edge Quantizer on the working copy (tflite_export.py), OpenVINO by its
 TFLite frontend on the working copy (openvino_export.py), ONNX by tf2onnx, whose fp32 ONNX is the
-`Source.onnx` the ONNX Runtime quantizer starts from. When tf2onnx cannot read a model (sparse
-weights ...), the reason is kept and only the onnx format is refused, naming it.
+`Source.onnx` the ONNX Runtime quantizer starts from. When tf2onnx cannot read a model, the reason is
+kept and only the onnx format is refused, naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ...runtime import load as load_session
 from .. import tflite_fb
 from ..handle import ModelHandle
 from .keras_frontend import stable_tf2onnx_names
+from .tflite_sparse import densify
 
 WHY = "TFLite models"
 KEY = "serving_default"  # the signature key TensorFlow's converter writes
@@ -54,7 +58,8 @@ class TFLiteModel:
 
     def check_tflite(self, mode: str | None) -> None:
         """Weights computed at run time (sparse ones, expanded by DENSIFY) look like activations to the
-        AI Edge Quantizer, which then gives conv filters a zero point LiteRT refuses to run."""
+        AI Edge Quantizer, which then gives conv filters a zero point LiteRT refuses to run. The
+        frontend stores them dense (tflite_sparse.py); this guards a DENSIFY it would leave."""
         if mode == "static" and "DENSIFY" in tflite_fb.op_names(self.data):
             raise InputError(
                 "no full-integer TFLite for this model: the AI Edge Quantizer cannot quantize sparse "
@@ -166,7 +171,7 @@ def _name_io_after_signature(model) -> bool:
 
 def _onnx_blocker(model) -> str | None:
     """What keeps tf2onnx from reading the model, known before trying (it fails with a bare
-    reshape error on sparse weights)."""
+    reshape error on sparse weights, which the frontend stores dense first)."""
     for tensor in model.subgraphs[0].tensors:
         if tensor.sparsity is not None:
             return f"tf2onnx cannot read sparse weights (tensor '{tensor.name.decode()}', op DENSIFY)"
@@ -204,7 +209,9 @@ def load(path: Path, workdir: Path):
         raise InputError(f"{path} has {len(keys)} signatures ({', '.join(keys)}); edgesmith converts one")
     _check_float(model, path)
     changes = ["operator codes upgraded to schema 3a"] if _upgrade_op_codes(model) else []
-    if expanded := _expand_fp16_weights(model):
+    if densified := densify(model):  # before the fp16 expansion, which then finds constants
+        changes.append(f"{densified} sparse weights (DENSIFY) stored dense")
+    if expanded := _expand_fp16_weights(model):  # also drops the tensors and buffers left unused
         changes.append(f"{expanded} float16 weights (DEQUANTIZE) expanded to float32")
     if _name_io_after_signature(model):
         changes.append(f"signature '{KEY}' added, keyed by tensor names")
@@ -219,7 +226,8 @@ def load(path: Path, workdir: Path):
 
     # Without an ONNX the handle holds the working copy: the exporters read `native` for a tflite
     # source, and the onnx exporter refuses with `onnx_error` (check_onnx) before touching the handle.
-    return Source("tflite", path, ModelHandle(onnx or copy), _inputs(session, onnx), reference, native)
+    handle, inputs = ModelHandle(onnx or copy), _inputs(session, onnx)
+    return Source("tflite", path, handle, inputs, reference, native, notes=tuple(changes))
 
 
 def _inputs(session, onnx: Path | None):

@@ -114,7 +114,7 @@ class ExportContext:
 class Facts:
     """What the planner knows about a run before (or without) loading the model."""
 
-    source_kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" (Source.kind)
+    source_kind: str  # "onnx" | "pt2" | "torch" | "keras" | "tflite" | "savedmodel" (Source.kind)
     source_path: Any = None  # the user's file, None for an in-memory module
     onnx_steps: bool = False  # ONNX-level steps ran: quantizers of the source model no longer apply
     binary: bool = False  # binarized: stored with 1-bit weights, never quantized after
