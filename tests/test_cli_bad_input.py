@@ -56,6 +56,12 @@ def test_pickled_torch_file_is_refused_unread(cli, tmp_path):
     assert_refused(cli("convert", pickle), "pickled PyTorch files are not loaded", "torch.export.save")
 
 
+def test_torchscript_archive_is_refused_unread(cli, tmp_path):
+    archive = tmp_path / "silero_vad.jit"  # silero-vad's wheel ships one beside its ONNX files
+    archive.write_bytes(b"PK\x03\x04not really")
+    assert_refused(cli("convert", archive), "TorchScript archives are not loaded", "torch.onnx.export")
+
+
 def test_empty_calibration_folder(cli, tmp_path, cnn):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"

@@ -45,6 +45,11 @@ def kind_of(model: Any) -> str:
             "graph); save the model with torch.export.save(...) as .pt2, or pass the "
             "module to edgesmith.convert() in Python"
         )
+    if kind is None and path.suffix.lower() in (".jit", ".torchscript", ".ptl"):
+        raise InputError(
+            f"{path}: TorchScript archives are not loaded (they hold pickled code); export the model "
+            "with torch.export.save(...) as .pt2 or torch.onnx.export(...) as .onnx"
+        )
     if kind is None:
         raise InputError(f"{path}: unknown model format '{path.suffix}'; expected one of {sorted(SUFFIXES)}")
     return kind
