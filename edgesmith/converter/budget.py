@@ -56,12 +56,13 @@ def step_quantizer(quantize, model_path: Path, ctx, everything: bool = True):
     """(the float model, `nodes -> INT8 model`): the quantize step as configured, on the model
     preprocessed once, with `nodes` added to its `exclude`; `everything`: ONNX Runtime's whole op set
     unless the recipe names `op_types`. Candidates are written to the step's work folder."""
-    from .steps.quantize import requantizer
+    from .steps.quantize import Requantizer
 
     ops = quantize.op_types or (all_op_types() if everything else None)
     work = ctx.workdir / "accuracy-search"
     work.mkdir(exist_ok=True)
-    return requantizer(dataclasses.replace(quantize, op_types=ops), model_path, ctx, work)
+    requantize = Requantizer(dataclasses.replace(quantize, op_types=ops), model_path, ctx, work)
+    return requantize.float_model, requantize
 
 
 def pipeline_search(quantize, handle, ctx, recipe, source, data, everything: bool = True) -> Search:

@@ -33,7 +33,7 @@ from .quantize import QuantizeConfig, Requantizer, quantize
 # data: 4 of 16), and an artifact chosen at exactly the bar on those falls below it on others.
 MARGIN = 0.25
 PROBE = 3  # layers probed alone in float (accuracy.PROBE is 5): each probe costs a candidate
-REFINE = 3  # rounds of accuracy._refined: the layer that tips the model over, to the front
+REFINE = 2  # rounds of accuracy._refined: the layer that tips the model over, to the front
 RANKED_BATCHES = 16  # batches of calibration data the ranking runs on
 
 
