@@ -120,10 +120,11 @@ def _rescue(config, model, ctx: ExportContext, first: StepResult, result: dict, 
         "seconds": round(time.perf_counter() - started, 1),
         "layers_ranked": outcome["layers_ranked"],
     }
-    if not chosen.float_nodes:  # nothing better than the first attempt
+    if not chosen.float_nodes or chosen.path is None:  # nothing better than the first attempt
         return StepResult(first.model, {**first.report, "kept_float": kept_float})
-    report = {**requantize.reports[chosen.path], "preprocessed": config.preprocess} if config.mode != "fp16" \
-        else requantize.reports[chosen.path]  # fmt: skip
+    report = dict(requantize.reports[chosen.path])
+    if "preprocessed" in report:  # the candidates' model was preprocessed once, by the Requantizer
+        report["preprocessed"] = config.preprocess
     return StepResult(type(first.model)(chosen.path, precision), {**report, "kept_float": kept_float})
 
 
