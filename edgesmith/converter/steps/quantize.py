@@ -375,8 +375,6 @@ class Requantizer:
 
     def __init__(self, config: QuantizeConfig, model_path: Path, ctx: StepContext, work: Path):
         work.mkdir(exist_ok=True)
-        for cache in ctx.workdir.glob("calibration-*.json"):  # ranges of a first attempt: keyed by model
-            shutil.copy(cache, work)
         if config.mode == "fp16":
             _folded_for_fp16(model_path, work)
             self.float_model = folded_path(model_path, work)
