@@ -127,7 +127,7 @@ def test_failed_verification_keeps_the_previous_output(cli, tmp_path, mnist_eval
     (tmp_path / "int8.toml").write_text(  # as configured: the default rescue would keep layers float
         recipe.read_text() + '[[steps]]\nkind = "quantize"\nmode = "static"\nsearch = "off"\n'
     )
-    args = ("convert", SHIPPED_MODEL, "--recipe", tmp_path / "int8.toml", *args[3:])
+    args = ("convert", SHIPPED_MODEL, "--recipe", tmp_path / "int8.toml", *args[4:])
     line = one_line(cli(*args, "--calibration", tmp_path / "narrow.npy", "--force"), 1, "max_drop")
     assert f"this run is in {out}.rejected" in line and hashes(out) == good
     rejected = json.loads((tmp_path / "out.rejected" / "report.json").read_text())
