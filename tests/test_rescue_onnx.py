@@ -131,3 +131,13 @@ def test_fp16_honours_quantize_exclude(tmp_path):
     offset = next(t for t in graph.initializer if t.name == shift.input[1])
     assert offset.data_type == TensorProto.FLOAT
     assert artifact["verify"]["cosine_min"] >= 0.999
+
+
+def test_a_nan_cosine_fails_the_gate():
+    """An output of inf/NaN has a NaN cosine, which compares False with everything: it must fail."""
+    from edgesmith.targets.records import OutputCheck, Verification
+
+    result = Verification(data="eval", metric=None, original=None, artifact=None, samples=4,
+                          outputs=(OutputCheck(name="y", cosine=float("nan"), max_abs_error=float("nan")),),
+                          cosine_min=float("nan"), max_abs_error=float("nan"))  # fmt: skip
+    assert result.below(0.98).name == "y"

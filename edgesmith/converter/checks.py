@@ -210,7 +210,7 @@ def _what_to_try(entry) -> str:
     kept = (entry.quantization or {}).get("kept_float")
     if kept:
         most = max(t["float_layers"] for t in kept["tried"])
-        best = max(t["cosine_min"] for t in kept["tried"])
+        best = max(t["cosine_min"] or -1.0 for t in kept["tried"])
         return (
             f"keeping up to {most} of its most sensitive layers in float reached cosine {best:.4f} at "
             "best; try another calibration.method or more calibration data, or set [verify] min_cosine "

@@ -19,6 +19,7 @@ gate stops the run (exit 1), naming the best cosine reached.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def judge(gate: Gate, result: Verification, precision: str) -> str | None:
     for output in result.outputs:
         worst = output.cosine_worst_sample
         quiet = output.max_abs_error is not None and output.max_abs_error <= NOISE_FLOOR
-        if worst is not None and worst < bar and not quiet:
+        if worst is not None and not worst >= bar and not quiet:  # NaN: below too
             return f"output '{output.name}' has a sample at cosine {worst:.4f} < {bar}"
     return None
 
@@ -86,8 +87,9 @@ def quantize_export(config: QuantizeConfig, model, ctx: ExportContext) -> StepRe
 
 
 def _result(gate: Gate, checked: Verification, precision: str) -> dict:
-    return {"cosine_min": round(checked.cosine_min, 6), "failure": judge(gate, checked, precision),
-            "passes_gate": gate.judge(checked, precision) is None}  # fmt: skip
+    cosine = checked.cosine_min if math.isfinite(checked.cosine_min) else None  # NaN: inf/NaN outputs
+    return {"cosine_min": None if cosine is None else round(cosine, 6),
+            "failure": judge(gate, checked, precision), "passes_gate": gate.judge(checked, precision) is None}  # fmt: skip
 
 
 def _rescue(config, model, ctx: ExportContext, first: StepResult, result: dict, because: str,
@@ -136,7 +138,7 @@ def _choose(tried: list[Candidate]) -> Candidate:
         passing = [c for c in tried if rule(c)]
         if passing:
             return min(passing, key=lambda c: len(c.float_nodes))
-    return max(tried, key=lambda c: (c.result["cosine_min"], -len(c.float_nodes)))
+    return max(tried, key=lambda c: (c.result["cosine_min"] or -1.0, -len(c.float_nodes)))
 
 
 def _ranking(config: QuantizeConfig):
