@@ -54,6 +54,12 @@ class Budget:
             return result["cosine_min"] >= self.min_cosine
         return True
 
+    def broken(self, result: dict) -> bool:
+        """A candidate that computes nothing usable (its cosine is NaN: inf or NaN outputs): with more
+        layers float it can only be the conversion's boundaries (fp16 Casts) that break, so the search
+        tries fewer."""
+        return False
+
     def binding(self, result: dict) -> str:
         """What to probe layers by, for a `result` over budget: the metric when it dropped too far,
         else the cosine."""
@@ -176,19 +182,24 @@ def _bisect(groups: list[list[str]], attempt, high: int | None = None,
             best: Candidate | None = None) -> tuple[int, Candidate]:  # fmt: skip
     """(how many, the candidate of) the fewest first groups that hold, among the first `high` (all by
     default; `best`: their candidate, already made), assuming more float never hurts; the all-float
-    candidate if none does."""
+    candidate if none does. A candidate the budget calls `broken` (NaN outputs) counts as too many
+    float: the search goes lower."""
+    broken = attempt.search.budget.broken
     low, high = 0, len(groups) if high is None else high
     best = best or attempt(_prefix(groups, high))
-    if not best.holds:
+    if not best.holds and not broken(best.result):
         return high, best
+    found = best if best.holds else None
     while high - low > 1:
         middle = (low + high) // 2
         candidate = attempt(_prefix(groups, middle))
         if candidate.holds:
-            high, best = middle, candidate
+            high, found = middle, candidate
+        elif broken(candidate.result):
+            high = middle
         else:
             low = middle
-    return high, best
+    return (high, found) if found is not None else (len(groups), best)
 
 
 def _refined(groups: list[list[str]], attempt, rounds: int) -> Candidate:

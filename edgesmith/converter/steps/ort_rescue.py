@@ -63,6 +63,9 @@ class _Rule(Budget):
     def holds(self, result: dict) -> bool:
         return result["failure"] is None
 
+    def broken(self, result: dict) -> bool:
+        return result["cosine_min"] is None
+
     def binding(self, result: dict) -> str:
         return "cosine_min"
 
