@@ -141,3 +141,25 @@ def test_a_nan_cosine_fails_the_gate():
                           outputs=(OutputCheck(name="y", cosine=float("nan"), max_abs_error=float("nan")),),
                           cosine_min=float("nan"), max_abs_error=float("nan"))  # fmt: skip
     assert result.below(0.98).name == "y"
+
+
+def test_an_artifact_with_nan_outputs_fails_verification(tmp_path):
+    """Its max abs error is infinite, not 0 (which read as within the noise floor and passed)."""
+    from edgesmith.converter import verify
+    from edgesmith.targets.records import Verification
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"], name="log")], "log",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])  # fmt: skip
+    model = tmp_path / "log.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    stats = verify._OutputStats("y")
+    x = np.abs(np.random.default_rng(0).normal(0, 1, (8, 4))) + 0.1
+    got = load(model).run({"x": (x - 1).astype(np.float32)})["y"]  # log of negatives: NaN
+    stats.add(got, np.log(x), 8)
+    output = stats.to_json()
+    assert output["max_abs_error"] == float("inf")
+    result = Verification.from_json({"data": "eval", "metric": None, "original": None, "artifact": None,
+                                      "samples": 8, "outputs": [output], "cosine_min": output["cosine"],
+                                      "max_abs_error": output["max_abs_error"]})  # fmt: skip
+    assert result.below(0.98) is not None
