@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ...targets.records import NOISE_FLOOR, Verification
 from ..accuracy import Budget, Candidate, Search, Trials, run
-from ..sensitivity import error_growth
+from ..sensitivity import analyse, error_growth
 from .base import ExportContext, Gate, Quantizer, StepResult
 from .quantize import QuantizeConfig, Requantizer, quantize
 
@@ -148,8 +148,6 @@ def _ranking(config: QuantizeConfig):
     """How the layers are ranked: by their quantized tensors' SQNR for QDQ models, by the error each node
     adds for the others (int8-dynamic: only the nodes ONNX Runtime replaced; fp16: every node)."""
     if config.mode == "static":
-        from ..sensitivity import analyse
-
         return analyse
     replaced_only = config.mode != "fp16"
 
