@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minilm_prune import MODEL, STSB, log, time_ort
 
-from edgesmith.converter import accuracy
+from edgesmith.converter import accuracy, budget
 from edgesmith.converter.data.arrays import ArraySource
 from edgesmith.converter.data.stsb import read_sts, spearman
 from edgesmith.converter.frontends import hf_frontend
@@ -84,7 +84,7 @@ def minilm(args, tmp: Path) -> dict:
 
     started = time.perf_counter()
     # --start rule: search from the transformer rule (MatMul/Gemm only) instead of every op
-    float_model, quantize_with = accuracy.step_quantizer(config, fp32, ctx, everything=args.start == "all")
+    float_model, quantize_with = budget.step_quantizer(config, fp32, ctx, everything=args.start == "all")
 
     def evaluate(path: Path) -> dict:
         score = dev_score(path)

@@ -110,14 +110,15 @@ def test_verification_gate_exits_1_when_the_drop_is_too_big(cli, tmp_path, mnist
     narrow = np.random.default_rng(0).normal(0, 0.01, (64, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "narrow.npy", narrow)
     recipe = tmp_path / "r.toml"
-    recipe.write_text("[verify]\nmax_drop = 0.5\nmax_samples = 2000\n[profile]\nenabled = false\n")
+    recipe.write_text(  # quantized as configured: the default rescue would keep layers float
+        "[verify]\nmax_drop = 0.5\nmax_samples = 2000\n[profile]\nenabled = false\n"
+        '[[steps]]\nkind = "quantize"\nmode = "static"\nsearch = "off"\n'
+    )
     code, _, stderr = cli(
         "convert",
         SHIPPED_MODEL,
         "--recipe",
         recipe,
-        "--preset",
-        "int8",
         "--calibration",
         tmp_path / "narrow.npy",
         "--eval",

@@ -124,9 +124,11 @@ def test_failed_verification_keeps_the_previous_output(cli, tmp_path, mnist_eval
     args = ("convert", SHIPPED_MODEL, "--recipe", recipe, "--eval", mnist_eval_npz, "--out", out, "-q")
     assert cli(*args, "--calibration", tmp_path / "wide.npy", "--preset", "fp16")[0] == 0
     good = hashes(out)
-    line = one_line(
-        cli(*args, "--calibration", tmp_path / "narrow.npy", "--preset", "int8", "--force"), 1, "max_drop"
+    (tmp_path / "int8.toml").write_text(  # as configured: the default rescue would keep layers float
+        recipe.read_text() + '[[steps]]\nkind = "quantize"\nmode = "static"\nsearch = "off"\n'
     )
+    args = ("convert", SHIPPED_MODEL, "--recipe", tmp_path / "int8.toml", *args[4:])
+    line = one_line(cli(*args, "--calibration", tmp_path / "narrow.npy", "--force"), 1, "max_drop")
     assert f"this run is in {out}.rejected" in line and hashes(out) == good
     rejected = json.loads((tmp_path / "out.rejected" / "report.json").read_text())
     assert rejected["verify"]["drop"] > 0.5 and beside(out) == []

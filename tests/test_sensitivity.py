@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesmith.converter import accuracy, sensitivity
+from edgesmith.converter import accuracy, budget, sensitivity
 from edgesmith.converter.data.arrays import ArraySource
 from edgesmith.converter.recipe import CalibrationConfig
 from edgesmith.converter.steps import StepContext
@@ -53,7 +53,7 @@ def outlier(tmp_path_factory):
     np.save(tmp / "cal.npy", x)
     data = ArraySource(tmp / "cal.npy", load(model).inputs, "calibration", 128, 32)
     ctx = StepContext(tmp, lambda: data, CalibrationConfig(path=str(tmp / "cal.npy")), quiet=True)
-    float_model, quantize = accuracy.step_quantizer(QuantizeConfig(), model, ctx)
+    float_model, quantize = budget.step_quantizer(QuantizeConfig(), model, ctx)
     labels = load(model).run({"x": x})["logits"].argmax(1)
 
     def top1(path: Path) -> float:

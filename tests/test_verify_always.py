@@ -44,7 +44,10 @@ def test_bare_convert_exports_fp32_and_verifies_on_random_inputs(cli, tmp_path):
 
 def test_min_cosine_fails_the_run_naming_the_output(cli, tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[[steps]]\nkind = "quantize"\nmode = "static"\n[verify]\nmin_cosine = 0.9999999\n')
+    # search = "off": quantized as configured (the default would keep layers float until it passes)
+    recipe.write_text(
+        '[[steps]]\nkind = "quantize"\nmode = "static"\nsearch = "off"\n[verify]\nmin_cosine = 0.9999999\n'
+    )
     out = tmp_path / "out"
     code, _, stderr = cli("convert", SHIPPED_MODEL, "--recipe", recipe, "--calibration",
                           SHIPPED_CALIBRATION, "--out", out, "--quiet")  # fmt: skip

@@ -67,7 +67,7 @@ def _quantize_config(artifact: Path):
 
 def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int, workdir: Path) -> dict:
     """The ranking and, for the first `top` layers, the metric change of keeping each alone float."""
-    from ..converter import accuracy, frontends, sensitivity, verify
+    from ..converter import budget, frontends, sensitivity, verify
     from ..converter.data.arrays import ArraySource
     from ..converter.recipe import CalibrationConfig
     from ..converter.steps import StepContext
@@ -79,7 +79,7 @@ def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int,
         workdir, lambda: data, CalibrationConfig(path=data_path, max_samples=samples), quiet=True
     )
     config = _quantize_config(artifact)
-    float_model, quantize_with = accuracy.step_quantizer(config, source.onnx.path, ctx, everything=False)
+    float_model, quantize_with = budget.step_quantizer(config, source.onnx.path, ctx, everything=False)
     if sensitivity.matches(artifact, float_model) == 0:
         raise InputError(
             f"no quantized tensor of {artifact} matches a node of {original}: pass the float model the "

@@ -116,6 +116,23 @@ def sensitivity_rows(report: Report, top: int = 5) -> list[list[str]]:
     return table
 
 
+def kept_float_lines(report: Report) -> list[str]:
+    """One line per artifact whose quantizer kept layers in float to pass the verification gate (its
+    quantization report's `kept_float`)."""
+    lines = []
+    for a in report.artifacts:
+        kept = (a.quantization or {}).get("kept_float")
+        if not kept or not kept.get("layers"):
+            continue
+        names = kept["layers"]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        bar = a.verify.cosine_min if a.verify is not None else None
+        held = f"cosine {bar:.4f}" if bar is not None else "the gate"
+        lines.append(f"{a.name}: {len(names)} layer(s) kept in float to hold {held} ({shown}; "
+                     f"{len(kept['tried'])} candidates, {kept['seconds']:.0f} s)")  # fmt: skip
+    return lines
+
+
 def print_sensitivity(report: Report) -> None:
     """The accuracy search's outcome (what stayed float) and the most sensitive layers, if computed."""
     search = report.accuracy_search
@@ -152,6 +169,9 @@ def print_summary(report: Report, out) -> None:
         print()
         print_table(target_rows(report))
     print_sensitivity(report)
+    kept = kept_float_lines(report)
+    if kept:
+        print("\n" + "\n".join(kept))
     for step in report.steps:
         if "types" in step.details:
             t = step.details["types"]

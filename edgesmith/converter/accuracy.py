@@ -11,21 +11,23 @@ most sensitive layers to float, as few as the budget allows.
 
 Every candidate is reported: excluded nodes, metric / cosine, size and host p50 latency. Calibration
 runs once: ONNX Runtime's calibration cache (steps/quantize.py) serves every re-quantization.
+
+Two callers: the pipeline, before the exports, with `quantize.search = "auto"` and a [verify] budget
+(converter/budget.py), and ONNX Runtime's quantizer, after a first attempt that misses the verification
+gate (`quantize.search = "rescue"`, the default: steps/ort_rescue.py), for int8-dynamic and fp16 too.
+This module imports no step, so both can use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import sensitivity
-from .precision import INT8
 
 PROBE = 5  # layers re-quantized alone in float to measure their metric change (the report's top 5)
 
@@ -51,6 +53,12 @@ class Budget:
         if self.min_cosine is not None and result.get("cosine_min") is not None:
             return result["cosine_min"] >= self.min_cosine
         return True
+
+    def broken(self, result: dict) -> bool:
+        """A candidate that computes nothing usable (its cosine is NaN: inf or NaN outputs): with more
+        layers float it can only be the conversion's boundaries (fp16 Casts) that break, so the search
+        tries fewer."""
+        return False
 
     def binding(self, result: dict) -> str:
         """What to probe layers by, for a `result` over budget: the metric when it dropped too far,
@@ -87,7 +95,11 @@ class Search:
     batches: Callable[[], object]  # calibration/eval batches for the SQNR pass
     latency: Callable[[Path], float] | None = None  # host p50 ms
     score_key: str = "score"  # what `metric_change` measures
+    # (quantized model, float model, batches) -> layers, most sensitive first: the SQNR of static QDQ
+    # models by default; sensitivity.error_growth for models without Q/DQ pairs (int8-dynamic, fp16)
+    rank: Callable[[Path, Path, Iterable], list] = sensitivity.analyse
     probe: int = PROBE
+    refine: int = 0  # rounds of `_refined` after the bisection (each: a few more candidates)
     log: Callable[[str], None] = lambda message: None
 
 
@@ -114,26 +126,24 @@ class Trials:
 def ranked_layers(search: Search, trials: Trials) -> list:
     """Sensitivity of the all-INT8 candidate, with the metric change of the first `probe` layers."""
     everything = trials([])
-    ranked = sensitivity.analyse(everything.path, search.float_model, search.batches())
+    ranked = search.rank(everything.path, search.float_model, search.batches())
     _probe(ranked, search, everything, trials)
     return ranked
 
 
-def run(search: Search) -> dict:
-    """The search: the report's `accuracy_search` (candidates, chosen, kept float) and `sensitivity`."""
-    started, trials = time.perf_counter(), Trials(search)
+def run(search: Search, trials: Trials | None = None) -> dict:
+    """The search: the report's `accuracy_search` (candidates, chosen, kept float) and `sensitivity`.
+    `trials`: candidates already made (e.g. the first attempt, keeping nothing float)."""
+    started, trials = time.perf_counter(), trials or Trials(search)
     everything = trials([])
     if everything.holds:
-        ranked, chosen = (
-            sensitivity.analyse(everything.path, search.float_model, search.batches()),
-            everything,
-        )
+        ranked, chosen = search.rank(everything.path, search.float_model, search.batches()), everything
     else:
         search = trials.search = dataclasses.replace(
             search, score_key=search.budget.binding(everything.result)
         )
         ranked = ranked_layers(search, trials)
-        chosen = _bisect(_order(ranked), trials)
+        chosen = _refined(_order(ranked), trials, search.refine)
     return {
         "budget": search.budget.to_json(),
         "within_budget": chosen.holds,
@@ -168,20 +178,45 @@ def _prefix(groups: list[list[str]], count: int) -> list[str]:
     return list(dict.fromkeys(n for group in groups[:count] for n in group))
 
 
-def _bisect(groups: list[list[str]], attempt) -> Candidate:
-    """The candidate of the fewest first groups that holds (assuming more float never hurts); the
-    all-float candidate if none does."""
-    low, high = 0, len(groups)
-    best = attempt(_prefix(groups, high))
-    if not best.holds:
-        return best
+def _bisect(groups: list[list[str]], attempt, high: int | None = None,
+            best: Candidate | None = None) -> tuple[int, Candidate]:  # fmt: skip
+    """(how many, the candidate of) the fewest first groups that hold, among the first `high` (all by
+    default; `best`: their candidate, already made), assuming more float never hurts; the all-float
+    candidate if none does. A candidate the budget calls `broken` (NaN outputs) counts as too many
+    float: the search goes lower, and if nothing holds, the fewest groups found broken are returned."""
+    broken = attempt.search.budget.broken
+    low, high = 0, len(groups) if high is None else high
+    at_high = best or attempt(_prefix(groups, high))
+    if not at_high.holds and not broken(at_high.result):
+        return high, at_high
+    found = (high, at_high) if at_high.holds else None
     while high - low > 1:
         middle = (low + high) // 2
         candidate = attempt(_prefix(groups, middle))
         if candidate.holds:
-            high, best = middle, candidate
+            found = (middle, candidate)
+        if candidate.holds or broken(candidate.result):
+            high, at_high = middle, candidate
         else:
             low = middle
+    return found or (high, at_high)
+
+
+def _refined(groups: list[list[str]], attempt, rounds: int) -> Candidate:
+    """Bisect; then, up to `rounds` times, move the group that made the smallest prefix hold (or break)
+    to the front and bisect again within that prefix. The layer that tips the model over is often one
+    the ranking put late (MediaPipe's face detector: its stem Conv, 89th of 106; basic-pitch in fp16:
+    the Add before its log, 41st of 246), and most of the layers ranked before it are then not needed."""
+    broken = attempt.search.budget.broken
+    count, best = _bisect(groups, attempt)
+    for _ in range(rounds):
+        if count <= 1 or not (best.holds or broken(best.result)):
+            break
+        order = [groups[count - 1], *groups[: count - 1]]
+        fewer, candidate = _bisect(order, attempt, count, best)
+        if fewer >= count and candidate.holds == best.holds:
+            break
+        groups, count, best = order, fewer, candidate
     return best
 
 
@@ -197,95 +232,3 @@ def _brief(candidate: Candidate, key: str) -> str:
 def exact(nodes: list[str]) -> list[str]:
     """`quantize.exclude` regexes that match exactly these node names."""
     return [f"^{re.escape(n)}$" for n in nodes]
-
-
-# -- the pipeline's hook ------------------------------------------------------------------------------
-
-
-def searches(quantize, recipe) -> bool:
-    """Whether `convert` searches: static QDQ INT8 by ONNX Runtime, `quantize.search = "auto"`, and a
-    budget in [verify] (max_drop or min_cosine). Off by default: a budget alone only checks (and
-    fails the run), as before."""
-    if quantize is None or quantize.mode != "static" or quantize.format != "qdq":
-        return False
-    if quantize.engine not in ("auto", "onnxruntime") or quantize.search != "auto":
-        return False
-    if not any(e.format == "onnx" for e in recipe.exports):
-        return False
-    return recipe.verify.max_drop is not None or recipe.verify.min_cosine is not None
-
-
-def meet_budget(quantize, handle, ctx, recipe, source, data, report: dict):
-    """The quantize step the exporters apply: unchanged, or (when `searches`) with the nodes the search
-    keeps float added to `exclude`. Adds `accuracy_search` and `sensitivity` to `report`; with
-    `[verify] sensitivity = true` and no search, only `sensitivity`."""
-    wanted = searches(quantize, recipe)
-    if not wanted and not (getattr(recipe.verify, "sensitivity", False) and quantize is not None):
-        return quantize
-    if quantize.mode != "static" or quantize.engine not in ("auto", "onnxruntime"):
-        report["sensitivity_skipped"] = "per-layer sensitivity covers static INT8 by ONNX Runtime"
-        return quantize
-    search = pipeline_search(quantize, handle, ctx, recipe, source, data, wanted)
-    if not wanted:  # sensitivity only: of the quantize step as configured
-        report["sensitivity"] = sensitivity.to_json(ranked_layers(search, Trials(search)))
-        return quantize
-    outcome = run(search)
-    report["sensitivity"] = outcome.pop("sensitivity")
-    report["accuracy_search"] = outcome
-    ops = quantize.op_types or all_op_types()
-    return dataclasses.replace(
-        quantize, op_types=ops, exclude=[*quantize.exclude, *exact(outcome["float_nodes"])]
-    )
-
-
-def step_quantizer(quantize, model_path: Path, ctx, everything: bool = True):
-    """(the float model, `nodes -> INT8 model`): the quantize step as configured, on the model
-    preprocessed once, with `nodes` added to its `exclude`; `everything`: ONNX Runtime's whole op set
-    unless the recipe names `op_types`. Candidates are written to the step's work folder."""
-    from .handle import ModelHandle
-    from .steps import HANDLERS
-    from .steps.quantize import prepared
-
-    work = ctx.workdir / "accuracy-search"
-    work.mkdir(exist_ok=True)
-    float_model = prepared(model_path, work, quantize.preprocess)
-    ops = quantize.op_types or (all_op_types() if everything else None)
-    base = dataclasses.replace(quantize, preprocess=False, op_types=ops)
-    step_ctx = dataclasses.replace(ctx, workdir=work, quiet=True)
-    made = itertools.count()
-
-    def quantize_with(nodes: list[str]) -> Path:
-        config = dataclasses.replace(base, exclude=[*quantize.exclude, *exact(nodes)])
-        out = HANDLERS[type(config)](config, ModelHandle(float_model), step_ctx).model.path
-        return Path(shutil.move(out, work / f"candidate-{next(made)}.onnx"))
-
-    return float_model, quantize_with
-
-
-def pipeline_search(quantize, handle, ctx, recipe, source, data, everything: bool = True) -> Search:
-    """A `Search` over the pipeline's pieces: the quantize step (preprocessed once), verify.py's metric
-    and cosine against the original on `data`, profile_step.py's host latency."""
-    from . import verify
-    from .profile_step import profile
-    from .verify import DEFAULT_MIN_COSINE
-
-    float_model, quantize_with = step_quantizer(quantize, handle.path, ctx, everything)
-    reference = verify.reference(source, data, quiet=True)
-
-    def evaluate(path: Path) -> dict:
-        result = verify.verify(path, reference, data, quiet=True)
-        keys = ("metric", "original", "artifact", "drop", "cosine", "cosine_min", "agreement")
-        found = {k: result[k] for k in keys if result.get(k) is not None}
-        score = found.get("artifact", found.get("agreement", found.get("cosine_min")))
-        return {"score": score, **found}
-
-    min_cosine = recipe.verify.min_cosine
-    if min_cosine is None and not any(s.kind != "quantize" for s in recipe.steps):
-        min_cosine = DEFAULT_MIN_COSINE[INT8]  # what checks.check_gate will hold the artifact to
-    max_drop = recipe.verify.max_drop if reference.metric else None
-    latency = (
-        (lambda path: profile(path, recipe.profile, source.inputs)["p50_ms"])
-        if recipe.profile.enabled
-        else None
-    )
-    return Search(quantize_with, evaluate, Budget(max_drop, min_cosine), float_model, data.batches, latency)

@@ -200,6 +200,23 @@ def check_gate(report: Report, recipe: Recipe) -> None:
             raise VerificationFailed(
                 f"{name}: output '{worst.name}' has cosine {worst.cosine:.4f} to the original's "
                 f"(on {result.samples} samples of {result.data}), below [verify] min_cosine = "
-                f"{min_cosine}; keep sensitive layers in float (quantize.exclude), try another "
-                "calibration.method, or set [verify] min_cosine if this is expected"
+                f"{min_cosine}; {_what_to_try(entry)}"
             )
+
+
+def _what_to_try(entry) -> str:
+    """The fix a failed gate suggests: what a user can change, or, after the quantizer's rescue kept
+    layers float and still missed the bar (`kept_float`), how far it got."""
+    kept = (entry.quantization or {}).get("kept_float")
+    if kept:
+        most = max(t["float_layers"] for t in kept["tried"])
+        best = max(t["cosine_min"] or -1.0 for t in kept["tried"])
+        return (
+            f"keeping up to {most} of its most sensitive layers in float reached cosine {best:.4f} at "
+            "best; try another calibration.method or more calibration data, or set [verify] min_cosine "
+            "if this is expected"
+        )
+    return (
+        "keep sensitive layers in float (quantize.exclude), try another calibration.method, or set "
+        "[verify] min_cosine if this is expected"
+    )

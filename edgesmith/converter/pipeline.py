@@ -23,7 +23,7 @@ from ..targets.records import (
     Verification,
     write_report,
 )
-from . import accuracy, checks, exporters, fastest, input_shapes, plan
+from . import budget, checks, exporters, fastest, input_shapes, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -214,7 +214,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             report = _report(recipe, model_path, source, step_reports)
             found: dict = {}  # what the accuracy search and the fastest-format comparison add
             checked_on = _verification_data(recipe, source, evaluation)
-            quantize = accuracy.meet_budget(quantize, handle, ctx, recipe, source, checked_on, found)
+            quantize = budget.meet_budget(quantize, handle, ctx, recipe, source, checked_on, found)
             stem = model_path.stem if model_path else source.onnx.path.stem
             hf_folder = None
             if torch_steps:
@@ -358,7 +358,7 @@ def _gate(recipe: Recipe, reference: _Reference, data) -> Gate:
     def measure(path: Path) -> Verification:
         return Verification.from_json(verify.verify(path, reference(), data, quiet=True))
 
-    return Gate(measure, lambda precision: checks.cosine_bar(recipe, precision), recipe.verify.max_drop)
+    return Gate(measure, lambda precision: checks.cosine_bar(recipe, precision), recipe.verify.max_drop, data)
 
 
 def _verify(source, data, report: Report, ref, quiet: bool):

@@ -334,3 +334,81 @@ def matches(qpath: Path, fpath: Path) -> int:
 
 def to_json(ranked: list[Layer]) -> list[dict]:
     return [{"rank": i + 1, **layer.to_json()} for i, layer in enumerate(ranked)]
+
+
+# -- models without Q/DQ pairs: int8-dynamic, fp16 ----------------------------------------------------
+
+
+def error_growth(qpath: Path, fpath: Path, batches: Iterable[dict[str, np.ndarray]],
+                 replaced_only: bool = True) -> list[Layer]:  # fmt: skip
+    """The nodes of a converted model without Q/DQ pairs to measure (int8-dynamic's MatMulInteger /
+    ConvInteger, fp16), ranked by the error each adds: the relative noise power of its output
+    (|float - converted|^2 / |float|^2 on `batches`) minus that of its noisiest input. ONNX Runtime's
+    converters keep the tensors' names, so the float model's tensors are found in the converted one.
+
+    `replaced_only`: only the nodes the converter replaced (int8-dynamic: a quantized node's name is
+    gone, its output is written by the new ops); else every node (fp16 converts them in place). Nodes
+    whose error could not be measured (no float output matched) or that add none come last, by name,
+    so that keeping every ranked node float is the float model."""
+    import onnx
+
+    qmodel, fmodel = onnx.load(str(qpath)), onnx.load(str(fpath))
+    qtypes = _float_types(qmodel)
+    ftypes = _float_types(fmodel)
+    qnames = {n.name for n in qmodel.graph.node}
+    nodes = [n for n in fmodel.graph.node if n.name and (n.name not in qnames or not replaced_only)]
+    tensors = sorted({o for n in fmodel.graph.node for o in n.output if o in qtypes and o in ftypes})
+    fsession = _session(_with_typed_outputs(fmodel, tensors, ftypes))
+    qsession = _session(_with_typed_outputs(qmodel, tensors, qtypes))
+    signal = dict.fromkeys(tensors, 0.0)
+    noise = dict.fromkeys(tensors, 0.0)
+    for batch in batches:
+        fvalues = dict(zip([o.name for o in fsession.get_outputs()], fsession.run(None, batch), strict=True))
+        qvalues = dict(zip([o.name for o in qsession.get_outputs()], qsession.run(None, batch), strict=True))
+        for name in tensors:
+            x, y = np.asarray(fvalues[name], np.float64), np.asarray(qvalues[name], np.float64)
+            if x.shape == y.shape:
+                signal[name] += float((x**2).sum())
+                error = np.nan_to_num(x - y, nan=1e30, posinf=1e30, neginf=1e30)  # fp16 overflow: inf
+                noise[name] += float((error**2).sum())
+    relative = {t: noise[t] / signal[t] for t in tensors if signal[t] > 0}
+    exact = {v.name for v in [*fmodel.graph.input, *fmodel.graph.initializer]}
+    ranked = []
+    for node in nodes:
+        outputs = [o for o in node.output if o in relative]
+        out = max(outputs, key=lambda o: relative[o]) if outputs else node.output[0]
+        before = max([relative.get(i, 0.0) for i in node.input if i in relative or i in exact], default=0.0)
+        added = relative[out] - before if outputs else 0.0
+        ranked.append(Layer(out, "activation", f"{node.name} output", [node.name], [node.op_type],
+                            sqnr_db=_db(1.0, added) if added > 0 else None, channel_sqnr_db=None,
+                            worst_channel_sqnr_db=None,
+                            sqnr_cumulative_db=_db(1.0, relative[out]) if outputs else None))  # fmt: skip
+    return sorted(ranked, key=lambda layer: (_rank_key(layer), layer.what))
+
+
+def _float_types(model) -> dict[str, int]:
+    """Tensor name -> element type, for the float32 / float16 tensors of `model` (shape inference)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model onnx cannot infer: only what it declares
+        inferred = model
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    graph = inferred.graph
+    values = [*graph.input, *graph.value_info, *graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values
+            if v.type.tensor_type.elem_type in floats}  # fmt: skip
+
+
+def _with_typed_outputs(model, names: list[str], types: dict[str, int]):
+    """A copy of `model` that also returns `names`, each declared with its own element type."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    have = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, types[n], None) for n in names if n not in have
+    )
+    return copy

@@ -154,8 +154,9 @@ class _OutputStats:
         self.dot += float((g * w).sum())
         self.got_sq += float((g * g).sum())
         self.want_sq += float((w * w).sum())
-        if g.size:
-            self.max_err = max(self.max_err, float(np.abs(g - w).max()))
+        if g.size:  # NaN in the artifact's output: an infinite error (max() would drop the NaN)
+            error = float(np.abs(g - w).max())
+            self.max_err = max(self.max_err, error if np.isfinite(error) else np.inf)
 
     def cosine(self) -> float:
         if self.got_sq < 1e-24 and self.want_sq < 1e-24:

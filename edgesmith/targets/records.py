@@ -213,8 +213,9 @@ class Verification(Record):
 
     def below(self, limit: float) -> OutputCheck | None:
         """The first output whose cosine to the original's is below `limit` (and that differs from the
-        original's by more than NOISE_FLOOR somewhere), or None."""
-        return next((o for o in self.outputs if o.cosine < limit and not _within_noise(o)), None)
+        original's by more than NOISE_FLOOR somewhere), or None. A NaN cosine (an output of inf or NaN)
+        is below any limit."""
+        return next((o for o in self.outputs if not o.cosine >= limit and not _within_noise(o)), None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,8 @@ from . import (
     keras_tflite,
     nncf_quantize,
     openvino_fp16,
-    quantize,
+    ort_rescue,
+    quantize,  # noqa: F401  (registers the quantize step's handler)
     torch_steps,  # noqa: F401  (registers the PyTorch-level handlers)
     weight_only,
 )
@@ -55,7 +56,7 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
 # Quantizers, in order of preference (engine = "auto" takes the first that fits); a new engine is one
 # module with a `Quantizer` and one line here. Its `engines` become valid `quantize.engine` values.
 QUANTIZERS[:] = [  # the list base.py holds, which the planner and the validator read
-    quantize.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16
+    ort_rescue.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16 (rescued when they miss the gate)
     weight_only.ONNX,  # ONNX -> ONNX: weight-only INT8/INT4 (ONNX Runtime's MatMulNBits)
     nncf_quantize.ONNX,  # ONNX -> ONNX: static (engine = "nncf")
     inc_quantize.INC,  # the PyTorch source -> ONNX: static (engine = "inc")

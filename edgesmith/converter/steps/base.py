@@ -77,12 +77,16 @@ class Gate:
     measure: Callable[[Path], Any]  # -> targets.records.Verification
     min_cosine: Callable[[str], float | None]
     max_drop: float | None = None  # metric points, with labelled eval data
+    data: Any = None  # the verification samples (`.batches()`), e.g. to rank layers without calibration data
 
     def failure(self, path: Path, precision: str, margin: float = 0.0) -> str | None:
         """Why the candidate at `path` would fail the gate (one line), or None when it passes.
         `margin`: a stricter cosine bar (bar + margin, at most 1) for a quantizer choosing among
         candidates, so that the one it keeps also holds on samples the gate did not see."""
-        result = self.measure(path)
+        return self.judge(self.measure(path), precision, margin)
+
+    def judge(self, result: Any, precision: str, margin: float = 0.0) -> str | None:
+        """`failure` of a candidate already measured (`result`: what `measure` returned)."""
         if self.max_drop is not None and result.drop is not None and result.drop > self.max_drop:
             return f"{result.metric} dropped {result.drop:.2f} points"
         bar = self.min_cosine(precision)

@@ -8,18 +8,23 @@ the model (see int8_types.py) and the report says which were chosen and why.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import re
+import shutil
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from ...errors import InputError, require
+from ..accuracy import exact
 from ..handle import ModelHandle
 from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
 from . import int8_types, qdq_tidy
-from .base import ExportContext, Quantizer, StepConfig, StepContext, StepResult, engine_names, register
+from .base import StepConfig, StepContext, StepResult, engine_names, register
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -40,9 +45,12 @@ class QuantizeConfig(StepConfig):
     # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS, whose engine names are
     # the valid values
     engine: str = spec("auto", choices=engine_names)
-    # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
-    # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
-    search: Literal["auto", "off"] = "off"
+    # rescue: quantize as configured; only if that misses the verification gate, keep the most sensitive
+    # layers float until the artifact passes (ONNX Runtime's static, dynamic and fp16: steps/ort_rescue.py).
+    # auto: with a [verify] budget (max_drop / min_cosine), search before exporting for the fewest
+    # sensitive layers float that meet it (converter/budget.py). off: quantize as configured; the gate
+    # only checks
+    search: Literal["rescue", "auto", "off"] = "rescue"
     # weight-only: the weights' width and how many input channels share a scale (steps/weight_only.py)
     bits: Literal[4, 8] = 8
     block_size: Literal[16, 32, 64, 128, 256] = 128
@@ -101,7 +109,7 @@ def _stride(batches: int, most: int = 4) -> int:
 @register(QuantizeConfig)
 def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> StepResult:
     if config.mode == "fp16":
-        return _fp16(model, ctx)
+        return _fp16(config, model, ctx)
     q = require("onnxruntime.quantization", "convert", "INT8 quantization uses ONNX Runtime's tools")
     from .recovery import check_onnxruntime
 
@@ -311,6 +319,12 @@ def is_transformer(model) -> bool:
     return attention and any(n.op_type == "LayerNormalization" for n in graph.node)
 
 
+def folded_path(path, workdir) -> Path:
+    """Where `_folded_for_fp16` writes the folded fp32 model: the graph whose node names fp16's
+    `exclude` matches."""
+    return workdir / f"{path.stem}.folded.onnx"
+
+
 def _folded_for_fp16(path, workdir):
     """`path` with ONNX Runtime's basic graph optimizations (constant folding, BatchNormalization folded
     into the Conv before it): a BatchNormalization after a Conv subtracts two large, nearly equal
@@ -319,7 +333,7 @@ def _folded_for_fp16(path, workdir):
     ort = require("onnxruntime", "convert")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(workdir / f"{path.stem}.folded.onnx")
+    options.optimized_model_filepath = str(folded_path(path, workdir))
     options.log_severity_level = 3
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     folded = require("onnx", "convert").load(options.optimized_model_filepath)
@@ -327,22 +341,23 @@ def _folded_for_fp16(path, workdir):
     return folded
 
 
-def _fp16(model: ModelHandle, ctx: StepContext) -> StepResult:
+def _fp16(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> StepResult:
+    """float16 by onnxruntime's converter; the nodes `config.exclude` matches (in the folded graph,
+    `folded_path`) stay float32 (its `node_block_list`), with Casts around them."""
     onnx = require("onnx", "convert")
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32 = _folded_for_fp16(model.path, ctx.workdir)
-    fp16 = convert_float_to_float16(fp32, keep_io_types=True)
+    kept = excluded_nodes(folded_path(model.path, ctx.workdir), config.exclude)
+    fp16 = convert_float_to_float16(fp32, keep_io_types=True, node_block_list=kept or None)
     # the converter appends the Casts it adds for the float32 inputs at the end of the graph, which ONNX
     # requires in topological order (ONNX Runtime sorts it itself; onnx's checker and others refuse it)
     OnnxModel(fp16).topological_sort(is_deterministic=True)
     out = ctx.workdir / f"{model.path.stem}.fp16.onnx"
     onnx.save(fp16, str(out))
-    return StepResult(
-        ModelHandle(out, FP16),
-        {"mode": "fp16", "engine": "onnxruntime.transformers", "io_types": "float32 (kept)"},
-    )
+    report = {"mode": "fp16", "engine": "onnxruntime.transformers", "io_types": "float32 (kept)"}
+    return StepResult(ModelHandle(out, FP16), report | ({"excluded_nodes": kept} if kept else {}))
 
 
 def quantize_precision(quantize: QuantizeConfig | None) -> str:
@@ -352,11 +367,31 @@ def quantize_precision(quantize: QuantizeConfig | None) -> str:
     return of_mode(quantize.mode, quantize.bits)
 
 
-def _quantize_export(config: QuantizeConfig, model: ModelHandle, ctx: ExportContext) -> StepResult:
-    return quantize(config, model, ctx.step)
+class Requantizer:
+    """`config` applied again and again to one model with more nodes kept float: the accuracy search's
+    and the rescue's candidates. The model is prepared once in `work` (`prepared`: quant_pre_process and
+    plain names; fp16: folded) and is the float model candidates are compared with; calling it with
+    node names writes a new candidate in `work`. Static INT8 calibrates once: ONNX Runtime's
+    calibration cache in `work` serves every later candidate."""
 
+    def __init__(self, config: QuantizeConfig, model_path: Path, ctx: StepContext, work: Path):
+        work.mkdir(exist_ok=True)
+        if config.mode == "fp16":
+            _folded_for_fp16(model_path, work)
+            self.float_model = folded_path(model_path, work)
+        else:
+            self.float_model = prepared(model_path, work, config.preprocess)
+        self.config = dataclasses.replace(config, preprocess=False)
+        self.ctx, self.work, self.made = (
+            dataclasses.replace(ctx, workdir=work, quiet=True),
+            work,
+            itertools.count(),
+        )
+        self.reports: dict[Path, dict] = {}  # each candidate's quantization report
 
-# weight-only ONNX is ONNX Runtime's MatMulNBits quantizer: steps/weight_only.py
-ONNXRUNTIME = Quantizer(
-    "onnxruntime", "onnx", "onnx", ("static", "dynamic", "fp16"), ("auto", "onnxruntime"), _quantize_export
-)
+    def __call__(self, nodes: list[str]) -> Path:
+        config = dataclasses.replace(self.config, exclude=[*self.config.exclude, *exact(nodes)])
+        result = quantize(config, ModelHandle(self.float_model), self.ctx)
+        path = Path(shutil.move(result.model.path, self.work / f"candidate-{next(self.made)}.onnx"))
+        self.reports[path] = result.report
+        return path
