@@ -12,14 +12,20 @@ DEQUANTIZE last) that TensorFlow's I/O tool turns into int8/uint8 I/O when the e
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 from ..._quiet import tensorflow as quiet
-from ...errors import require
+from ...errors import InputError, require
 from ..handle import TFLiteHandle
 from ..precision import of_mode
+from . import aeq_rescue
 from .base import ExportContext, Quantizer, StepResult
 
 
-def _recipe(mode: str):
+def _recipe(mode: str, float_ops=()):
+    """The recipe for `mode`; static INT8 keeps `float_ops` (aeq_rescue.Op) float, by the quantizer's
+    per-op rule (a regex on the op's output names, NO_QUANTIZE; a later rule wins)."""
     from ai_edge_quantizer import qtyping, recipe, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -29,6 +35,9 @@ def _recipe(mode: str):
         manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
         for boundary in (ops.INPUT, ops.OUTPUT):  # float I/O; set_io_type makes it integer on request
             manager.add_quantization_config(".*", boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        if float_ops:
+            rule = aeq_rescue.float_rule(float_ops)
+            manager.add_quantization_config(rule, ops.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
         return manager.get_quantization_recipe()
     if mode == "dynamic":
         return recipe.dynamic_wi8_afp32()
@@ -52,50 +61,157 @@ def _cast(array, dtype):
     return array.astype(dtype)
 
 
-def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[bytes, dict]:
-    """Apply `mode` (static | dynamic | fp16) to fp32 `.tflite` bytes whose signature inputs are
-    `names` (the source's). Static INT8 calibrates on `calibration` (an ArraySource), one sample at a
-    time since the model's batch is 1 (or the source's fixed batch)."""
+SETTINGS = {
+    "static": {"weights": "int8 per channel (symmetric)", "activations": "int8 per tensor (asymmetric)"},
+    "dynamic": {"weights": "int8 per channel", "activations": "float (quantized at run time)"},
+    "fp16": {"weights": "float16", "activations": "float32"},
+}
+
+
+@dataclasses.dataclass
+class Calibrated:
+    """A float model calibrated once, re-quantized with any set of ops kept float (the rescue's
+    candidates share the first attempt's calibration)."""
+
+    fp32: bytes
+    signature: str
+    samples: list[dict]
+    ranges: dict  # the AI Edge Quantizer's calibration result: tensor name -> {"min", "max"}
+
+    def quantize(self, float_ops=()) -> bytes:
+        aeq = require(
+            "ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)"
+        )
+        quantizer = aeq.Quantizer(self.fp32, _recipe("static", float_ops))
+        with quiet():
+            result = quantizer.quantize(self.ranges, enable_progress_bar=False, enable_progress_report=False)
+        return bytes(result.quantized_model)
+
+
+def calibrate(fp32: bytes, calibration, names: list[str]) -> Calibrated:
+    """Static INT8's calibration on `calibration` (an ArraySource), one sample at a time since the
+    model's batch is 1 (or the source's fixed batch)."""
     aeq = require("ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)")
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=fp32)
     (signature,) = interpreter.get_signature_list()
-    quantizer = aeq.Quantizer(fp32, _recipe(mode))
-    report: dict = {"mode": mode, "engine": "ai-edge-quantizer"}
+    types = _input_types(interpreter, signature)
+    samples = [{n: _cast(feed[n], types.get(n)) for n in names} for feed in calibration.samples()]
     with quiet():
-        result = None
-        if mode == "static":
-            types = _input_types(interpreter, signature)
-            samples = [{n: _cast(feed[n], types.get(n)) for n in names} for feed in calibration.samples()]
-            result = quantizer.calibrate({signature: samples}, num_threads=1)
-            report["calibration"] = {
-                "samples": len(samples),
-                "path": str(calibration.path),
-                "method": "minmax",
-            }
-        quantized = quantizer.quantize(result, enable_progress_bar=False, enable_progress_report=False)
-    report.update(
-        {
-            "static": {
-                "weights": "int8 per channel (symmetric)",
-                "activations": "int8 per tensor (asymmetric)",
-            },
-            "dynamic": {"weights": "int8 per channel", "activations": "float (quantized at run time)"},
-            "fp16": {"weights": "float16", "activations": "float32"},
-        }[mode]
-    )
-    return bytes(quantized.quantized_model), report
+        ranges = aeq.Quantizer(fp32, _recipe("static")).calibrate({signature: samples}, num_threads=1)
+    return Calibrated(fp32, signature, samples, ranges)
+
+
+def quantize(fp32: bytes, mode: str, calibration, names: list[str]) -> tuple[bytes, dict]:
+    """Apply `mode` (static | dynamic | fp16) to fp32 `.tflite` bytes whose signature inputs are
+    `names` (the source's); static INT8 calibrates on `calibration` (see `calibrate`)."""
+    if mode == "static":
+        calibrated = calibrate(fp32, calibration, names)
+        return calibrated.quantize(), _report(mode, calibrated, calibration)
+    aeq = require("ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)")
+    with quiet():
+        quantized = aeq.Quantizer(fp32, _recipe(mode)).quantize(
+            None, enable_progress_bar=False, enable_progress_report=False
+        )
+    return bytes(quantized.quantized_model), _report(mode)
+
+
+def _report(mode: str, calibrated: Calibrated | None = None, calibration=None) -> dict:
+    report: dict = {"mode": mode, "engine": "ai-edge-quantizer"}
+    if calibrated is not None:
+        report["calibration"] = {"samples": len(calibrated.samples), "path": str(calibration.path),
+                                 "method": "minmax"}  # fmt: skip
+    return {**report, **SETTINGS[mode]}
 
 
 def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResult:
-    """The recipe's mode on the float TFLite model, calibrated on the recipe's data for static INT8."""
+    """The recipe's mode on the float TFLite model, calibrated on the recipe's data for static INT8.
+    Full-integer: a DIV whose divisor's range holds 0 stays float (`_zero_divisors`), and a model that
+    misses the gate gets its most sensitive ops back in float (`_rescued`, steps/aeq_rescue.py)."""
     source = ctx.source
     if source.kind == "tflite":  # a .tflite source: what the quantizer cannot read in it is refused
         source.native.check_tflite(config.mode)
-    calibration = ctx.step.calibration() if config.mode == "static" else None
-    data, report = quantize(model.data, config.mode, calibration, [s.name for s in source.inputs])
-    return StepResult(TFLiteHandle(data, of_mode(config.mode), model.io), report)
+    names = [s.name for s in source.inputs]
+    if config.mode != "static":
+        data, report = quantize(model.data, config.mode, None, names)
+        return StepResult(TFLiteHandle(data, of_mode(config.mode), model.io), report)
+    calibration = ctx.step.calibration()
+    calibrated = calibrate(model.data, calibration, names)
+    divisors = _zero_divisors(calibrated)
+    _refuse_float(divisors, ctx, "its divisor's calibrated range holds 0, and an INT8 DIV fails on a divisor "
+                  "at its zero point")  # fmt: skip
+    data, report = calibrated.quantize(divisors), _report("static", calibrated, calibration)
+    if divisors:
+        report["float_divisors"] = {"layers": [op.name for op in divisors], "because": ZERO_DIVISOR}
+    if ctx.gate is not None:
+        data, report = _rescued(calibrated, divisors, data, report, ctx)
+    return StepResult(TFLiteHandle(data, of_mode("static"), model.io), report)
+
+
+ZERO_DIVISOR = "the divisor's calibrated range holds 0: an INT8 DIV fails at run time on a divisor that rounds to its zero point"
+
+
+def _zero_divisors(calibrated: Calibrated) -> list:
+    """DIV ops whose divisor is an activation whose calibrated range includes 0. Quantized, such a DIV
+    raises (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to 0: basic-pitch's CQT
+    front end did on a real recording."""
+    import numpy as np
+
+    def holds_zero(name: str) -> bool:
+        qsv = calibrated.ranges.get(name) or {}
+        return "min" in qsv and float(np.min(qsv["min"])) <= 0.0 <= float(np.max(qsv["max"]))
+
+    return [op for op in aeq_rescue.graph_ops(calibrated.fp32)
+            if op.divisor and holds_zero(op.divisor)]  # fmt: skip
+
+
+def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
+    """An op left float makes the model mixed: TFLite Micro (c-array) and integer I/O need every op
+    integer, so refuse in one line naming the op instead of writing a model they cannot run."""
+    if not ops or (ctx.io == "float" and ctx.format != "c-array"):
+        return
+    needs = "TensorFlow Lite Micro (c-array) runs only integer ops" if ctx.format == "c-array" else \
+        f"io = '{ctx.io}' needs every op integer"  # fmt: skip
+    raise InputError(
+        f"no full-integer INT8 of this model: op '{ops[0].name}' ({ops[0].kind}) must stay float ({why}), and "
+        f"{needs}; export format = 'tflite' with io = 'float' (a mixed INT8/float model), or preset fp32"
+    )
+
+
+def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, ctx: ExportContext):
+    """The first attempt if it passes the gate with aeq_rescue.MARGIN (the same bytes), else the
+    candidate with the fewest ops kept float that does, and `kept_float` in the report."""
+    import tempfile
+    from pathlib import Path
+
+    assert ctx.gate is not None
+    started, precision = time.monotonic(), of_mode("static")
+    measured: dict = {}
+
+    def measure(path):  # each candidate is run on the verification samples once
+        if path not in measured:
+            measured[path] = ctx.gate.measure(path)
+        return measured[path]
+
+    gate = dataclasses.replace(ctx.gate, measure=measure)
+    workdir = Path(tempfile.mkdtemp(prefix="aeq-rescue-", dir=ctx.step.workdir))
+    (workdir / "first.tflite").write_bytes(first)
+    because = gate.failure(workdir / "first.tflite", precision, aeq_rescue.MARGIN)
+    if because is None:
+        return first, report
+    ranked = aeq_rescue.rank(calibrated.fp32, first, calibrated.samples, calibrated.signature)
+    _refuse_float(ranked[:1], ctx, f"the full-integer model misses the gate: {because}")
+
+    def judge(path):
+        return measure(path).cosine_min, gate.failure(path, precision, aeq_rescue.MARGIN)
+
+    plan = aeq_rescue.Search(lambda ops: calibrated.quantize([*always, *ops]), judge, workdir)
+    data, kept, tried = aeq_rescue.search(ranked, plan)
+    report = {**report, "kept_float": {
+        "layers": [op.name for op in kept], "because": because, "tried": tried,
+        "seconds": round(time.monotonic() - started, 1)}}  # fmt: skip
+    return (first if data is None else data), report
 
 
 AEQ = Quantizer(
