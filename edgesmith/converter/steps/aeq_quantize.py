@@ -166,21 +166,29 @@ def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResu
     return StepResult(TFLiteHandle(data, of_mode("static"), model.io), report)
 
 
-ZERO_DIVISOR = "the divisor's calibrated range holds 0: an INT8 DIV fails at run time on a divisor that rounds to its zero point"
+ZERO_DIVISOR = (
+    "the divisor's calibrated range comes within one INT8 step of 0: an INT8 DIV fails at run time "
+    "on a divisor that rounds to its zero point"
+)
 
 
 def _zero_divisors(calibrated: Calibrated) -> list:
-    """DIV ops whose divisor is an activation whose calibrated range includes 0. Quantized, such a DIV
-    raises (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to 0: basic-pitch's CQT
-    front end did on a real recording."""
+    """DIV ops whose divisor is an activation whose calibrated range comes within one INT8 step of 0
+    (the range INT8 covers always holds 0, at the zero point). Quantized, such a DIV raises
+    (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to 0: basic-pitch's CQT front
+    end did on a real recording; x / (relu(h) + 1e-3) does with h <= 0."""
     import numpy as np
 
-    def holds_zero(name: str) -> bool:
+    def near_zero(name: str) -> bool:
         qsv = calibrated.ranges.get(name) or {}
-        return "min" in qsv and float(np.min(qsv["min"])) <= 0.0 <= float(np.max(qsv["max"]))
+        if "min" not in qsv:
+            return False
+        low, high = float(np.min(qsv["min"])), float(np.max(qsv["max"]))
+        step = (max(high, 0.0) - min(low, 0.0)) / 255
+        nearest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
+        return nearest < step
 
-    return [op for op in aeq_rescue.graph_ops(calibrated.fp32)
-            if op.divisor and holds_zero(op.divisor)]  # fmt: skip
+    return [op for op in aeq_rescue.graph_ops(calibrated.fp32) if op.divisor and near_zero(op.divisor)]
 
 
 def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
@@ -198,8 +206,9 @@ def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
 
 def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, ctx: ExportContext):
     """The first attempt if it passes (`_judge`: the gate with aeq_rescue.MARGIN and every sample at
-    the bar; the same bytes), else, recalibrated on the true ranges, the candidate with the fewest ops
-    kept float that passes, and `kept_float` in the report."""
+    the bar; the same bytes), else, recalibrated on the true ranges and with the output heads float
+    (aeq_rescue.head_ops), the candidate with the fewest ranked ops kept float that passes, and
+    `kept_float` in the report."""
     import tempfile
     from pathlib import Path
 
@@ -211,13 +220,18 @@ def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, c
     if because is None:
         return first, report
     true_ranges = dataclasses.replace(calibrated, ranges=_true_ranges(calibrated))
-    base = true_ranges.quantize(always)
-    ranked = aeq_rescue.rank(calibrated.fp32, base, calibrated.samples, calibrated.signature)
-    _refuse_float(ranked[:1], ctx, f"the full-integer model misses the gate: {because}")
-    plan = aeq_rescue.Search(lambda ops: true_ranges.quantize([*always, *ops]), judge, workdir)
+    heads = [op for op in aeq_rescue.head_ops(calibrated.fp32) if op not in always]
+    float_ops = [*always, *heads]
+    ranked = aeq_rescue.rank(calibrated.fp32, true_ranges.quantize(float_ops), calibrated.samples,
+                             calibrated.signature)  # fmt: skip
+    _refuse_float((heads + ranked)[:1], ctx, f"the full-integer model misses the gate: {because}")
+    plan = aeq_rescue.Search(lambda ops: true_ranges.quantize([*float_ops, *ops]), judge, workdir)
     data, kept, tried = aeq_rescue.search(ranked, plan)
-    kept_float = {"layers": [op.name for op in kept], "because": because, "tried": tried,
-                  "calibration": "true min/max over the samples", "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    for entry in tried:  # the heads stay float in every candidate
+        entry["float_layers"] += len(heads)
+    kept_float = {"layers": [op.name for op in [*heads, *kept]], "because": because, "tried": tried,
+                  "heads": [op.name for op in heads], "calibration": "true min/max over the samples",
+                  "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     return (first if data is None else data), {**report, "kept_float": kept_float}
 
 

@@ -61,10 +61,11 @@ class Op:
 
 
 def float_rule(ops) -> str:
-    """The AI Edge Quantizer regex that matches exactly these ops: its scope string is the op's output
-    tensor names, each followed by ';'."""
-    names = sorted({re.escape(name) for op in ops for name in op.outputs})
-    return f"(?:^|;)(?:{'|'.join(names)});"
+    """The AI Edge Quantizer regex that matches exactly these ops: it searches the op's scope, its output
+    tensor names each followed by ';' (names may hold ';' themselves: "MatMul_1;Relu"), so the
+    whole scope is matched, anchored."""
+    scopes = sorted({re.escape("".join(f"{name};" for name in op.outputs)) for op in ops})
+    return f"^(?:{'|'.join(scopes)})$"
 
 
 def graph_ops(data: bytes) -> list[Op]:
@@ -89,6 +90,30 @@ def graph_ops(data: bytes) -> list[Op]:
         for kind, op in zip(kinds, graph.operators, strict=True)
         if len(op.outputs)
     ]
+
+
+MOVES = ("RESHAPE", "CONCATENATION", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "GATHER", "STRIDED_SLICE")
+
+
+def head_ops(data: bytes) -> list[Op]:
+    """The ops that compute the graph's outputs: each output's producer, and up through ops that only
+    move data (a detector's Concat of Reshapes) to the convs behind them. The rescue keeps them float
+    in every candidate, as the ONNX path leaves its heads in float (steps/qdq_tidy.py, float_outputs):
+    a head quantized per tensor rounds a score or a flag with one range for all of it."""
+    model = tflite_fb.read(data)
+    graph = model.subgraphs[0]
+    ops = graph_ops(data)
+    made_by = {name: op for op in ops for name in op.outputs}
+    todo = [graph.tensors[i].name.decode() for i in graph.outputs]
+    heads: dict[str, Op] = {}
+    while todo:
+        op = made_by.get(todo.pop())
+        if op is None or op.name in heads:
+            continue
+        heads[op.name] = op
+        if op.kind in MOVES:
+            todo += list(op.inputs)
+    return sorted(heads.values(), key=lambda op: op.name)
 
 
 def _interpreter(data: bytes):
