@@ -156,8 +156,8 @@ def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResu
     calibration = ctx.step.calibration()
     calibrated = calibrate(model.data, calibration, names)
     divisors = _zero_divisors(calibrated)
-    _refuse_float(divisors, ctx, "its divisor's calibrated range holds 0, and an INT8 DIV fails on a divisor "
-                  "at its zero point")  # fmt: skip
+    why = "its divisor can round to the INT8 zero point, where an INT8 DIV fails"
+    _refuse_float([op for op in divisors if op.kind == "DIV"], ctx, why)
     data, report = calibrated.quantize(divisors), _report("static", calibrated, calibration)
     if divisors:
         report["float_divisors"] = {"layers": [op.name for op in divisors], "because": ZERO_DIVISOR}
@@ -168,13 +168,13 @@ def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResu
 
 ZERO_DIVISOR = (
     "the divisor's calibrated range comes within one INT8 step of 0: an INT8 DIV fails at run time "
-    "on a divisor that rounds to its zero point"
+    "on a divisor that rounds to its zero point (the DIV and the op computing its divisor stay float)"
 )
 
 
 def _zero_divisors(calibrated: Calibrated) -> list:
     """DIV ops whose divisor is an activation whose calibrated range comes within one INT8 step of 0
-    (the range INT8 covers always holds 0, at the zero point). Quantized, such a DIV raises
+    (the range INT8 covers always holds 0, at the zero point), and the ops computing those divisors. Quantized, such a DIV raises
     (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to 0: basic-pitch's CQT front
     end did on a real recording; x / (relu(h) + 1e-3) does with h <= 0."""
     import numpy as np
@@ -188,7 +188,11 @@ def _zero_divisors(calibrated: Calibrated) -> list:
         nearest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
         return nearest < step
 
-    return [op for op in aeq_rescue.graph_ops(calibrated.fp32) if op.divisor and near_zero(op.divisor)]
+    ops = aeq_rescue.graph_ops(calibrated.fp32)
+    made_by = {name: op for op in ops for name in op.outputs}
+    # the divisor's producer too: an INT8 divisor dequantized for a float DIV is 0 there as well (inf)
+    found = [(made_by.get(op.divisor), op) for op in ops if op.divisor and near_zero(op.divisor)]
+    return list(dict.fromkeys(op for pair in found for op in pair if op is not None))
 
 
 def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
