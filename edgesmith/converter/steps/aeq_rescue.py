@@ -33,6 +33,7 @@ from .. import tflite_fb
 
 MARGIN = 0.005  # cosine above the gate's bar a kept candidate (and a first attempt left as is) must reach
 MAX_CANDIDATES = 12  # bounds the search: doubling then bisection over a few hundred ops takes ~2 log2(n)
+MAX_FLOAT_SHARE = 0.5  # past half the ranked ops float the model is no INT8 model: the rescue gives up
 RANK_SAMPLES = 8  # calibration samples the ranking runs on (the INT8 model's errors settle on a few)
 
 
@@ -189,9 +190,11 @@ class Search:
 
 def search(ranked: list[Op], plan: Search) -> tuple[bytes | None, list[Op], list[dict]]:
     """The fewest top-ranked ops to keep float for a candidate that passes with MARGIN: (its bytes, or
-    None when none passes within MAX_CANDIDATES; the ops; every candidate tried, in order)."""
+    None when none passes within MAX_CANDIDATES and MAX_FLOAT_SHARE of the ops; the ops; every
+    candidate tried, in order)."""
     tried: list[dict] = []
     made: dict[int, tuple[bytes, bool]] = {}
+    ranked = ranked[: int(len(ranked) * MAX_FLOAT_SHARE)]  # MediaPipe's face detectors needed 85-100%
 
     def passes(count: int) -> bool:
         if count not in made:
