@@ -210,8 +210,8 @@ def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
 
 def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, ctx: ExportContext):
     """The first attempt if it passes (`_judge`: the gate with aeq_rescue.MARGIN and every sample at
-    the bar; the same bytes), else, recalibrated on the true ranges and with the output heads float
-    (aeq_rescue.head_ops), the candidate with the fewest ranked ops kept float that passes, and
+    the bar; the same bytes), else, recalibrated on the true ranges and with the heads of the outputs
+    that failed float (aeq_rescue.head_ops), the candidate with the fewest ranked ops kept float that passes, and
     `kept_float` in the report."""
     import tempfile
     from pathlib import Path
@@ -220,16 +220,18 @@ def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, c
     judge = _judge(ctx)
     workdir = Path(tempfile.mkdtemp(prefix="aeq-rescue-", dir=ctx.step.workdir))
     (workdir / "first.tflite").write_bytes(first)
-    _, because = judge(workdir / "first.tflite")
+    _, because, failing = judge(workdir / "first.tflite")
     if because is None:
         return first, report
     true_ranges = dataclasses.replace(calibrated, ranges=_true_ranges(calibrated))
-    heads = [op for op in aeq_rescue.head_ops(calibrated.fp32) if op not in always]
+    heads = [op for op in aeq_rescue.head_ops(calibrated.fp32, failing) if op not in always]
     float_ops = [*always, *heads]
     ranked = aeq_rescue.rank(calibrated.fp32, true_ranges.quantize(float_ops), calibrated.samples,
                              calibrated.signature)  # fmt: skip
     _refuse_float((heads + ranked)[:1], ctx, f"the full-integer model misses the gate: {because}")
-    plan = aeq_rescue.Search(lambda ops: true_ranges.quantize([*float_ops, *ops]), judge, workdir)
+    plan = aeq_rescue.Search(
+        lambda ops: true_ranges.quantize([*float_ops, *ops]), lambda p: judge(p)[:2], workdir
+    )
     data, kept, tried = aeq_rescue.search(ranked, plan)
     for entry in tried:  # the heads stay float in every candidate
         entry["float_layers"] += len(heads)
@@ -252,9 +254,11 @@ def _true_ranges(calibrated: Calibrated) -> dict:
 
 
 def _judge(ctx: ExportContext):
-    """(min cosine, why it fails or None) for a candidate file: the gate with aeq_rescue.MARGIN, and
+    """(min cosine, why it fails or None, the failing outputs) for a candidate file: the gate with aeq_rescue.MARGIN, and
     every held-out sample's own cosine at the bar (with 4 samples the mean hides one bad image: face-short
     passed at 0.985 overall with one sample at 0.976, and was 0.95 on 8 unseen crops)."""
+    from ...targets.records import NOISE_FLOOR
+
     gate = ctx.gate
     assert gate is not None
     precision, measured = of_mode("static"), {}
@@ -268,15 +272,17 @@ def _judge(ctx: ExportContext):
     bar = gate.min_cosine(precision)
 
     def judge(path):
+        """(min cosine, the first failure or None, the names of the outputs that fail)."""
         result = measure(path)
         failure = strict.failure(path, precision, aeq_rescue.MARGIN)
-        worst = next((o for o in result.outputs if bar is not None and o.cosine_worst_sample is not None
-                      and o.cosine_worst_sample < bar), None)  # fmt: skip
-        if failure is None and worst is not None:
+        low = [o for o in result.outputs if bar is not None and (o.error or o.cosine < bar + aeq_rescue.MARGIN
+               or (o.cosine_worst_sample is not None and o.cosine_worst_sample < bar))
+               and not (o.max_abs_error is not None and o.max_abs_error <= NOISE_FLOOR)]  # fmt: skip
+        if failure is None and low:
             failure = (
-                f"output '{worst.name}' has cosine {worst.cosine_worst_sample:.4f} < {bar} on one sample"
+                f"output '{low[0].name}' has cosine {low[0].cosine_worst_sample:.4f} < {bar} on one sample"
             )
-        return result.cosine_min, failure
+        return result.cosine_min, failure, {o.name for o in low}
 
     return judge
 

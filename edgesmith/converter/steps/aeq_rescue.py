@@ -96,16 +96,21 @@ def graph_ops(data: bytes) -> list[Op]:
 MOVES = ("RESHAPE", "CONCATENATION", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "GATHER", "STRIDED_SLICE")
 
 
-def head_ops(data: bytes) -> list[Op]:
-    """The ops that compute the graph's outputs: each output's producer, and up through ops that only
-    move data (a detector's Concat of Reshapes) to the convs behind them. The rescue keeps them float
-    in every candidate, as the ONNX path leaves its heads in float (steps/qdq_tidy.py, float_outputs):
-    a head quantized per tensor rounds a score or a flag with one range for all of it."""
+def head_ops(data: bytes, outputs: set[str] | None = None) -> list[Op]:
+    """The ops that compute the graph's outputs (those of `outputs`, signature names, when given):
+    each output's producer, and up through ops that only move data (a detector's Concat of Reshapes)
+    to the convs behind them. The rescue keeps the heads of the outputs that failed float, as the ONNX
+    path leaves its heads in float (steps/qdq_tidy.py, float_outputs): a head quantized per tensor
+    rounds a score or a flag with one range for all of it."""
     model = tflite_fb.read(data)
     graph = model.subgraphs[0]
     ops = graph_ops(data)
     made_by = {name: op for op in ops for name in op.outputs}
-    todo = [graph.tensors[i].name.decode() for i in graph.outputs]
+    indices = list(graph.outputs)
+    if outputs is not None and model.signatureDefs:
+        keyed = {entry.name.decode(): entry.tensorIndex for entry in model.signatureDefs[0].outputs or []}
+        indices = [keyed[name] for name in sorted(outputs) if name in keyed]
+    todo = [graph.tensors[i].name.decode() for i in indices]
     heads: dict[str, Op] = {}
     while todo:
         op = made_by.get(todo.pop())
