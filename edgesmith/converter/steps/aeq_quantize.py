@@ -144,7 +144,7 @@ def _report(mode: str, calibrated: Calibrated | None = None, calibration=None) -
 
 def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResult:
     """The recipe's mode on the float TFLite model, calibrated on the recipe's data for static INT8.
-    Full-integer: a DIV whose divisor's range holds 0 stays float (`_zero_divisors`), and a model that
+    Full-integer: a DIV whose divisor can round to 0 stays float (`_zero_divisors`), and a model that
     misses the gate gets its most sensitive ops back in float (`_rescued`, steps/aeq_rescue.py)."""
     source = ctx.source
     if source.kind == "tflite":  # a .tflite source: what the quantizer cannot read in it is refused
@@ -174,9 +174,9 @@ ZERO_DIVISOR = (
 
 def _zero_divisors(calibrated: Calibrated) -> list:
     """DIV ops whose divisor is an activation whose calibrated range comes within one INT8 step of 0
-    (the range INT8 covers always holds 0, at the zero point), and the ops computing those divisors. Quantized, such a DIV raises
-    (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to 0: basic-pitch's CQT front
-    end did on a real recording; x / (relu(h) + 1e-3) does with h <= 0."""
+    (the range INT8 covers always holds 0, at the zero point), and the ops computing those divisors.
+    Quantized, such a DIV raises (`div.cc data[i] != zero_point`) on any sample whose divisor rounds to
+    0: basic-pitch's CQT front end did on a real recording; x / (relu(h) + 1e-3) does with h <= 0."""
     import numpy as np
 
     def near_zero(name: str) -> bool:
@@ -211,8 +211,8 @@ def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
 def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, ctx: ExportContext):
     """The first attempt if it passes (`_judge`: the gate with aeq_rescue.MARGIN and every sample at
     the bar; the same bytes), else, recalibrated on the true ranges and with the heads of the outputs
-    that failed float (aeq_rescue.head_ops), the candidate with the fewest ranked ops kept float that passes, and
-    `kept_float` in the report."""
+    that failed float (aeq_rescue.head_ops), the candidate with the fewest ranked ops kept float that
+    passes, and `kept_float` in the report."""
     import tempfile
     from pathlib import Path
 
@@ -254,9 +254,10 @@ def _true_ranges(calibrated: Calibrated) -> dict:
 
 
 def _judge(ctx: ExportContext):
-    """(min cosine, why it fails or None, the failing outputs) for a candidate file: the gate with aeq_rescue.MARGIN, and
-    every held-out sample's own cosine at the bar (with 4 samples the mean hides one bad image: face-short
-    passed at 0.985 overall with one sample at 0.976, and was 0.95 on 8 unseen crops)."""
+    """(min cosine, why it fails or None, the failing outputs) for a candidate file: the gate with
+    aeq_rescue.MARGIN, and every held-out sample's own cosine at the bar (with 4 samples the mean hides
+    one bad image: face-short passed at 0.985 overall with one sample at 0.976, and was 0.95 on 8
+    unseen crops)."""
     from ...targets.records import NOISE_FLOOR
 
     gate = ctx.gate
