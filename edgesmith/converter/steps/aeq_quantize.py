@@ -195,10 +195,15 @@ def _zero_divisors(calibrated: Calibrated) -> list:
     return list(dict.fromkeys(op for pair in found for op in pair if op is not None))
 
 
+def _integer_only(ctx: ExportContext) -> bool:
+    """TFLite Micro (c-array) and integer I/O need every op integer."""
+    return ctx.io != "float" or ctx.format == "c-array"
+
+
 def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
     """An op left float makes the model mixed: TFLite Micro (c-array) and integer I/O need every op
     integer, so refuse in one line naming the op instead of writing a model they cannot run."""
-    if not ops or (ctx.io == "float" and ctx.format != "c-array"):
+    if not ops or not _integer_only(ctx):
         return
     needs = "TensorFlow Lite Micro (c-array) runs only integer ops" if ctx.format == "c-array" else \
         f"io = '{ctx.io}' needs every op integer"  # fmt: skip
@@ -223,6 +228,10 @@ def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, c
     _, because, failing = judge(workdir / "first.tflite")
     if because is None:
         return first, report
+    if _integer_only(ctx) and ctx.gate is not None:  # no float op possible: the gate's own verdict, as before
+        because = ctx.gate.failure(workdir / "first.tflite", of_mode("static"))
+        if because is None:
+            return first, report
     true_ranges = dataclasses.replace(calibrated, ranges=_true_ranges(calibrated))
     heads = [op for op in aeq_rescue.head_ops(calibrated.fp32, failing) if op not in always]
     float_ops = [*always, *heads]
