@@ -244,10 +244,12 @@ def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, c
     data, kept, tried = aeq_rescue.search(ranked, plan)
     for entry in tried:  # the heads stay float in every candidate
         entry["float_layers"] += len(heads)
+    if data is None:  # none passed: the first attempt goes on to the gate, nothing kept float
+        heads, data = [], first
     kept_float = {"layers": [op.name for op in [*heads, *kept]], "because": because, "tried": tried,
                   "heads": [op.name for op in heads], "calibration": "true min/max over the samples",
                   "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
-    return (first if data is None else data), {**report, "kept_float": kept_float}
+    return data, {**report, "kept_float": kept_float}
 
 
 def _true_ranges(calibrated: Calibrated) -> dict:
