@@ -184,15 +184,19 @@ def _zero_divisors(calibrated: Calibrated) -> list:
         if "min" not in qsv:
             return False
         low, high = float(np.min(qsv["min"])), float(np.max(qsv["max"]))
+        if high - low <= 1e-6 * max(abs(high), abs(low)):  # one value per sample, moving-averaged to a
+            return True  # point (basic-pitch's spectrogram max, 78.4 on every sample): its spread is unknown
         step = (max(high, 0.0) - min(low, 0.0)) / 255
         nearest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
         return nearest < step
 
     ops = aeq_rescue.graph_ops(calibrated.fp32)
-    made_by = {name: op for op in ops for name in op.outputs}
-    # the divisor's producer too: an INT8 divisor dequantized for a float DIV is 0 there as well (inf)
-    found = [(made_by.get(op.divisor), op) for op in ops if op.divisor and near_zero(op.divisor)]
-    return list(dict.fromkeys(op for pair in found for op in pair if op is not None))
+    # the ops computing the divisor too (up through data moves): an INT8 divisor dequantized for a
+    # float DIV is 0 there as well (inf)
+    found = [
+        [*aeq_rescue.producers(ops, op.divisor), op] for op in ops if op.divisor and near_zero(op.divisor)
+    ]
+    return list(dict.fromkeys(op for chain in found for op in chain))
 
 
 def _integer_only(ctx: ExportContext) -> bool:

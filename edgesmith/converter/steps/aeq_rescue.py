@@ -105,21 +105,26 @@ def head_ops(data: bytes, outputs: set[str] | None = None) -> list[Op]:
     model = tflite_fb.read(data)
     graph = model.subgraphs[0]
     ops = graph_ops(data)
-    made_by = {name: op for op in ops for name in op.outputs}
     indices = list(graph.outputs)
     if outputs is not None and model.signatureDefs:
         keyed = {entry.name.decode(): entry.tensorIndex for entry in model.signatureDefs[0].outputs or []}
         indices = [keyed[name] for name in sorted(outputs) if name in keyed]
-    todo = [graph.tensors[i].name.decode() for i in indices]
-    heads: dict[str, Op] = {}
+    return sorted(producers(ops, *(graph.tensors[i].name.decode() for i in indices)), key=lambda op: op.name)
+
+
+def producers(ops: list[Op], *tensors: str) -> list[Op]:
+    """The ops computing `tensors`: each one's producer, and up through ops that only move data to the
+    compute ops behind them (included)."""
+    made_by = {name: op for op in ops for name in op.outputs}
+    todo, found = list(tensors), {}
     while todo:
         op = made_by.get(todo.pop())
-        if op is None or op.name in heads:
+        if op is None or op.name in found:
             continue
-        heads[op.name] = op
+        found[op.name] = op
         if op.kind in MOVES:
             todo += list(op.inputs)
-    return sorted(heads.values(), key=lambda op: op.name)
+    return list(found.values())
 
 
 def _interpreter(data: bytes):
