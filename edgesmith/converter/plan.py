@@ -142,7 +142,7 @@ def _quantizer(fmt: str, kind: str, quantize: QuantizeConfig, facts: Facts) -> Q
 def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) -> exporters.Exported:
     """Convert, quantize, write: the artifact `dest` + the format's suffix, from the fp32 ONNX `model`."""
     exporter = exporters.module(plan.export.format)
-    ctx = dataclasses.replace(ctx, io=plan.export.io)
+    ctx = dataclasses.replace(ctx, io=plan.export.io, format=plan.export.format)
     quantizer, converted, quantized = plan.quantizer, None, None
     handle: Any = model
     if quantizer is None or quantizer.consumes != "source":

@@ -111,6 +111,7 @@ class ExportContext:
     source: Any  # frontends.Source
     step: StepContext
     io: str = "float"  # the export's input/output type ([[exports]] io), for converters that set it
+    format: str = ""  # the export's format ([[exports]] format: "tflite", "c-array" ...), set by plan.run
     gate: Gate | None = None  # None outside a pipeline run (e.g. tests calling a quantizer directly)
 
 
