@@ -44,6 +44,11 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
     if "torch" in kinds[first_onnx:]:
         raise InputError("PyTorch steps (prune, distill, binarize) must come before ONNX steps in the recipe")
+    if any(s.kind == "qat" for s in steps) and (quantize is None or quantize.mode != "static"):
+        raise InputError(
+            "qat trains the model for static INT8: end the recipe with a quantize step, mode = 'static' "
+            "(or use --preset pruned30-qat-int8)"
+        )
     return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize  # type: ignore[return-value]  # fmt: skip
 
 
@@ -52,7 +57,7 @@ def _check_step_data(steps: list, recipe: Recipe) -> None:
     if recipe.calibration.path:
         return
     for step in steps:
-        trains = step.kind in ("distill", "binarize") and not getattr(step, "data", None)
+        trains = step.kind in ("distill", "qat", "binarize") and not getattr(step, "data", None)
         if trains or (step.kind == "prune" and step.criterion == "taylor"):
             what = "prune.criterion = 'taylor'" if step.kind == "prune" else step.kind
             raise InputError(

@@ -1,7 +1,7 @@
 """Steps a recipe can list, by `kind`. Each step lives in its own module; see docs/adding_a_step.md.
 
-PyTorch-level steps (`consumes = "torch"`: prune, prune_transformer, distill, lowrank, sparsify,
-binarize) run on the module before the ONNX export; ONNX-level steps run after it; `quantize` comes
+PyTorch-level steps (`consumes = "torch"`: prune, prune_transformer, distill, qat, lowrank,
+sparsify, binarize) run on the module before the ONNX export; ONNX-level steps run after it; `quantize` comes
 last: converter/plan.py picks, for each export, the first quantizer of `QUANTIZERS` that produces the
 export's kind, answers to the recipe's `engine` and applies its mode.
 """
@@ -24,6 +24,7 @@ from .distill import DistillConfig
 from .lowrank import LowRankConfig
 from .prune import PruneConfig
 from .prune_transformer import TransformerPruneConfig
+from .qat import QATConfig
 from .quantize import QuantizeConfig
 from .sparsify import SparsifyConfig
 
@@ -33,6 +34,7 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
         PruneConfig,
         TransformerPruneConfig,
         DistillConfig,
+        QATConfig,
         LowRankConfig,
         SparsifyConfig,
         BinarizeConfig,
