@@ -90,6 +90,10 @@ def test_qat_int8_onnx_keeps_the_float_models_accuracy(runs, mnistnet, mnist_tes
         )
     qat_accuracy = _accuracy(artifact, mnist_test)
     assert artifact.name == "mnistnet.int8.onnx"
+    quantization = report["artifacts"][0]["quantization"]
+    assert quantization["engine"] == "qat" and quantization["calibration"].startswith(
+        "none"
+    )  # ranges carried
     assert qat_accuracy == pytest.approx(report["artifacts"][0]["verify"]["artifact"], abs=1e-6)
     # measured 98.6-99.0 against 99.0 in fp32 after one epoch on 1,000 images
     assert qat_accuracy >= float_accuracy - 1.5, (qat_accuracy, float_accuracy)
@@ -153,7 +157,7 @@ def test_qat_module_trains_a_small_net_and_leaves_its_inputs_alone():
         net[4].weight.mul_(2 * torch.rand_like(net[4].weight))
     x = np.random.default_rng(0).normal(size=(128, 1, 8, 8)).astype(np.float32)
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    trained, report = qat_module(net, teacher, QATConfig(epochs=4, lr=3e-3, batch_size=32), x)
+    trained, _, report = qat_module(net, teacher, QATConfig(epochs=4, lr=3e-3, batch_size=32), x)
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     assert type(trained) is type(net) and not torch.equal(trained[0].weight, net[0].weight)
     assert (
@@ -162,3 +166,32 @@ def test_qat_module_trains_a_small_net_and_leaves_its_inputs_alone():
     )
     with torch.no_grad():
         assert trained(torch.from_numpy(x[:5])).shape == (5, 4)
+
+
+def test_the_onnx_export_after_qat_carries_its_ranges_and_the_others_recalibrate():
+    """The planner: after a qat step, ONNX takes the learned ranges (engine auto or qat); OpenVINO and
+    TFLite, and ONNX with engine = 'onnxruntime', calibrate the QAT-trained weights again."""
+    from edgesmith.converter import plan
+    from edgesmith.converter.recipe import ExportConfig, Recipe
+
+    def chosen(steps, engine="auto", kind="pt2"):
+        recipe = Recipe.from_dict(
+            {
+                "calibration": {"path": str(SHIPPED_CALIBRATION)},
+                "steps": [*steps, {"kind": "quantize", "engine": engine}],
+            }
+        )
+        formats = ("onnx", "openvino", "tflite") if engine == "auto" else ("onnx",)  # the others: NNCF, AEQ
+        exports = [ExportConfig(format=f) for f in formats]
+        facts = plan.recipe_facts(recipe, "m.pt2", kind, False)
+        return [p.quantizer.name for p in plan.exports(exports, recipe.steps[-1], facts)]
+
+    qat, prune = {"kind": "qat"}, {"kind": "prune", "ratio": 0.3}
+    assert chosen([prune, qat]) == ["qat", "nncf", "ai-edge-quantizer"]
+    assert chosen([prune, qat], "onnxruntime")[0] == "onnxruntime"
+    assert chosen([prune])[0] == "onnxruntime"  # without qat nothing changes
+    assert chosen([qat, {"kind": "distill"}])[0] == "onnxruntime"  # a step after qat changed the weights
+    from edgesmith.errors import InputError
+
+    with pytest.raises(InputError, match="add a qat step"):
+        chosen([prune], "qat")

@@ -14,6 +14,7 @@ from . import (
     keras_tflite,
     nncf_quantize,
     openvino_fp16,
+    qat_export,
     quantize,
     torch_steps,  # noqa: F401  (registers the PyTorch-level handlers)
     weight_only,
@@ -45,6 +46,7 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
 # Quantizers, in order of preference (engine = "auto" takes the first that fits); a new engine is one
 # module with a `Quantizer` and one line here.
 QUANTIZERS: tuple[Quantizer, ...] = (
+    qat_export.QAT_ONNX,  # the source after a qat step -> ONNX: static, with the ranges it learned
     quantize.ONNXRUNTIME,  # ONNX -> ONNX: static, dynamic, fp16
     weight_only.ONNX,  # ONNX -> ONNX: weight-only INT8/INT4 (ONNX Runtime's MatMulNBits)
     nncf_quantize.ONNX,  # ONNX -> ONNX: static (engine = "nncf")

@@ -34,6 +34,8 @@ class StepConfig(Checked):
     # the handle kind (handle.py) it runs on and returns: "onnx", or "torch" for the PyTorch module,
     # before the ONNX export
     consumes: ClassVar[str] = "onnx"
+    # whether converter/step_cache.py may keep its result (a module's tensors and plain attributes)
+    cacheable: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Facts:
     binary: bool = False  # binarized: stored with 1-bit weights, never quantized after
     calibration: bool = False  # the recipe has calibration data
     calibration_method: str = "minmax"
+    qat: bool = False  # a `qat` step trained the model last among the PyTorch steps
 
 
 QuantizeRun = Callable[[Any, Any, ExportContext], StepResult]  # (QuantizeConfig, handle, context)
@@ -134,11 +137,18 @@ class Quantizer:
     sources: tuple[str, ...] = ()  # the source kinds it takes (empty: any)
     # refuses settings it cannot apply, in one line, before any model is loaded: (config, facts)
     check: Callable[[Any, Facts], None] | None = None
+    after_qat: bool = False  # applies only to a model a `qat` step trained (steps/qat_export.py)
 
     def fits(self, mode: str, facts: Facts) -> bool:
         """Whether it applies `mode` to this run's model (used to choose among the named engines)."""
         source_ok = not self.sources or facts.source_kind in self.sources
-        return mode in self.modes and source_ok and not (self.consumes == "source" and facts.onnx_steps)
+        qat_ok = facts.qat or not self.after_qat
+        return (
+            mode in self.modes
+            and source_ok
+            and qat_ok
+            and not (self.consumes == "source" and facts.onnx_steps)
+        )
 
 
 def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
@@ -151,6 +161,7 @@ def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
         binary=model.precision == BINARY,
         calibration=ctx.step.calibration() is not None,
         calibration_method=ctx.step.calibration_config.method,
+        qat=getattr(source, "qat", None) is not None,
     )
 
 

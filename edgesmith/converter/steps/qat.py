@@ -13,11 +13,11 @@ moving-average ranges, int8 symmetric per-channel weights: the scheme ONNX Runti
 host and the one NNCF and the AI Edge Quantizer use for weights), and `kd.fit` trains it.
 
 What leaves the step: the original module's structure with the QAT-trained float weights (copied
-back by name from the captured graph), not the fake-quantized graph. Each export's own INT8
-quantizer (ONNX Runtime, NNCF for OpenVINO, the AI Edge Quantizer for TFLite) then calibrates the
-activation ranges again on the calibration data; the learned ranges are not carried into the
-artifacts. The report gives the fake-quantized model's and the float result's distillation loss and
-agreement with the teacher, so the two can be compared with the artifacts' scores.
+back by name from the captured graph), and the trained graph itself (`TorchHandle.qat`). The ONNX
+export turns the graph into Q/DQ with the learned ranges (steps/qat_export.py); OpenVINO and TFLite
+start from the float weights, and their quantizers (NNCF, the AI Edge Quantizer) calibrate the
+activation ranges again. The report gives the fake-quantized model's and the float result's
+distillation loss and agreement with the teacher, to compare with the artifacts' scores.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from .kd import fit, kd_loss
 ENGINE = "torchao PT2E QAT (X86InductorQuantizer)"
 PROBE = 256  # training samples the report scores the model on
 EXPORT = (
-    "QAT-trained float weights; each format's INT8 quantizer calibrates the activations again "
-    "(the learned ranges are not carried)"
+    "ONNX (engine auto or qat): the learned ranges as Q/DQ; other formats and engine = 'onnxruntime': "
+    "the QAT-trained float weights, whose activations the format's INT8 quantizer calibrates again"
 )
 
 
@@ -45,6 +45,9 @@ EXPORT = (
 class QATConfig(StepConfig):
     kind: ClassVar[str] = "qat"
     consumes: ClassVar[str] = "torch"
+    cacheable: ClassVar[bool] = (
+        False  # its result carries the trained PT2E graph, which the cache does not keep
+    )
     epochs: int = spec(3, ge=1)
     min_steps: int = spec(0, ge=0)  # train at least this many batches: a small data set is repeated
     lr: float = spec(1e-4, gt=0)  # fine-tuning: well below a from-scratch rate
@@ -155,8 +158,9 @@ def qat_module(
     data: np.ndarray,
     labels: np.ndarray | None = None,
     quiet: bool = True,
-) -> tuple[Any, dict]:
-    """Return (a copy of `student` with QAT-trained float weights, report); see `train_fake_quant`."""
+) -> tuple[Any, Any, dict]:
+    """Return (a copy of `student` with QAT-trained float weights, the trained fake-quantized graph,
+    report); see `train_fake_quant`."""
     import torch
 
     prepared, report = train_fake_quant(student, teacher, config, data, labels, quiet)
@@ -164,4 +168,4 @@ def qat_module(
     probe = torch.from_numpy(np.ascontiguousarray(data[:PROBE], dtype=np.float32))
     report["float_after"] = _score(torch, result, teacher, probe, config)
     report["export"] = EXPORT
-    return result, report
+    return result, prepared, report

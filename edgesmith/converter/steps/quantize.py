@@ -37,8 +37,9 @@ class QuantizeConfig(StepConfig):
     exclude: list[str] = spec(default_factory=list, regex=True)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO, the AI Edge Quantizer (TensorFlow's converter for
-    # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS
-    engine: Literal["auto", "onnxruntime", "nncf", "inc"] = "auto"
+    # Keras) for TFLite, and after a `qat` step the ranges it learned for ONNX ("qat"; steps/qat_export.py);
+    # converter/plan.py picks the quantizer from QUANTIZERS
+    engine: Literal["auto", "onnxruntime", "nncf", "inc", "qat"] = "auto"
     # auto: with a [verify] budget (max_drop / min_cosine), keep the fewest sensitive layers float that
     # meet it (converter/accuracy.py); off: quantize as configured, and the budget only checks
     search: Literal["auto", "off"] = "off"

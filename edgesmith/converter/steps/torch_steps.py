@@ -127,8 +127,8 @@ def qat(config: QATConfig, model: TorchHandle, ctx: StepContext) -> StepResult:
         data, labels = load_training_data(config.data, "qat.data")
     else:
         data, labels = calibration_inputs(ctx, "qat"), None
-    module, report = qat_module(model.module, ctx.original, config, data, labels, quiet=ctx.quiet)
-    return StepResult(TorchHandle(module, model.example, model.precision), report)
+    module, trained, report = qat_module(model.module, ctx.original, config, data, labels, quiet=ctx.quiet)
+    return StepResult(TorchHandle(module, model.example, model.precision, qat=trained), report)
 
 
 @register(BinarizeConfig)
