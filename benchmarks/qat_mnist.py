@@ -103,7 +103,7 @@ def main() -> None:
         evaluation = work / "eval.npz"
         np.savez(evaluation, input=images, labels=labels)
         fp32 = accuracy(teacher, x_test, labels)
-        rows.append(("fp32 (torch)", "-", fp32, "", "", ""))
+        rows.append(("fp32 (torch)", fp32, "-", "-", "-", "-"))
         (pruned, prune_report), seconds["prune"] = timed(
             "prune", lambda: prune_module(teacher, PruneConfig(target_macs=args.target), (train[:1],))
         )
