@@ -45,9 +45,8 @@ EXPORT = (
 class QATConfig(StepConfig):
     kind: ClassVar[str] = "qat"
     consumes: ClassVar[str] = "torch"
-    cacheable: ClassVar[bool] = (
-        False  # its result carries the trained PT2E graph, which the cache does not keep
-    )
+    # its result carries the trained PT2E graph, which converter/step_cache.py does not keep
+    cacheable: ClassVar[bool] = False
     epochs: int = spec(3, ge=1)
     min_steps: int = spec(0, ge=0)  # train at least this many batches: a small data set is repeated
     lr: float = spec(1e-4, gt=0)  # fine-tuning: well below a from-scratch rate
@@ -101,7 +100,8 @@ def trained_weights(student, prepared):
 
 
 def _score(torch, model, teacher, x, config) -> dict[str, float]:
-    """Distillation loss and top-1 agreement with the teacher on `x` (eval mode, no range updates)."""
+    """Distillation loss and top-1 agreement with the teacher on `x`, in eval mode (a fake-quantized
+    model's observers still update its ranges unless they were disabled)."""
     model.eval()
     with torch.no_grad():
         out, target = model(x), teacher(x)
