@@ -45,6 +45,9 @@ class TorchHandle:
     module: Any  # torch.nn.Module
     example: tuple  # example inputs (numpy, batch >= 2) to trace and export with
     precision: str = FP32  # "binary" once binarized: exporters then store weights as bits
+    # the `qat` step's trained PT2E graph (fake quantizers with the ranges it learned), for the
+    # quantizer that exports those ranges as they are (steps/qat_export.py); any later step drops it
+    qat: Any = None
 
 
 @dataclass(frozen=True)

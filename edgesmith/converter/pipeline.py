@@ -50,6 +50,13 @@ def _split_steps(recipe: Recipe) -> tuple[list, list, QuantizeConfig | None]:
     first_onnx = next((i for i, kind in enumerate(kinds) if kind != "torch"), len(kinds))
     if "torch" in kinds[first_onnx:]:
         raise InputError("PyTorch steps (prune, distill, binarize) must come before ONNX steps in the recipe")
+    if any(s.kind == "qat" for s in steps) and not (
+        isinstance(quantize, QuantizeConfig) and quantize.mode == "static"
+    ):
+        raise InputError(
+            "qat trains the model for static INT8: end the recipe with a quantize step, mode = 'static' "
+            "(or use --preset pruned30-qat-int8)"
+        )
     return [s for s in steps if s.consumes == "torch"], [s for s in steps if s.consumes != "torch"], quantize  # type: ignore[return-value]  # fmt: skip
 
 
@@ -58,7 +65,7 @@ def _check_step_data(steps: list, recipe: Recipe) -> None:
     if recipe.calibration.path:
         return
     for step in steps:
-        trains = step.kind in ("distill", "binarize") and not getattr(step, "data", None)
+        trains = step.kind in ("distill", "qat", "binarize") and not getattr(step, "data", None)
         if trains or (step.kind == "prune" and step.criterion == "taylor"):
             what = "prune.criterion = 'taylor'" if step.kind == "prune" else step.kind
             raise InputError(
@@ -105,7 +112,7 @@ def _torch_stage(steps: list, source, ctx: StepContext):
     if _state_hash(source.module) != before:
         raise RuntimeError("internal error: a PyTorch step modified the original module")
     onnx = ModelHandle(changed.onnx.path, handle.precision)
-    return dataclasses.replace(changed, onnx=onnx), ctx, reports
+    return dataclasses.replace(changed, onnx=onnx, qat=handle.qat), ctx, reports
 
 
 def _run_torch_step(config, handle, ctx: StepContext, source, done: tuple):

@@ -52,7 +52,14 @@ def recipe_facts(recipe, model: Any, kind: str, onnx_steps: bool) -> Facts:
         binary=any(step.kind == "binarize" for step in recipe.steps),
         calibration=bool(recipe.calibration.path),
         calibration_method=recipe.calibration.method,
+        qat=_last_torch_step(recipe) == "qat",
     )
+
+
+def _last_torch_step(recipe) -> str | None:
+    """The kind of the recipe's last PyTorch-level step: its result is what the exports start from."""
+    kinds = [step.kind for step in recipe.steps if step.consumes == "torch"]
+    return kinds[-1] if kinds else None
 
 
 def exports(configs, quantize: QuantizeConfig | None, facts: Facts) -> list[ExportPlan]:

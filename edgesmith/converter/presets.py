@@ -8,6 +8,7 @@ from .steps import StepConfig
 from .steps.binarize import BinarizeConfig
 from .steps.distill import DistillConfig
 from .steps.prune import PruneConfig
+from .steps.qat import QATConfig
 from .steps.quantize import QuantizeConfig
 
 PRESETS: dict[str, tuple[str, Callable[[], list[StepConfig]]]] = {
@@ -28,6 +29,16 @@ PRESETS: dict[str, tuple[str, Callable[[], list[StepConfig]]]] = {
         lambda: [
             PruneConfig(target_macs=0.5),
             DistillConfig(epochs=10, min_steps=300, lr=2e-3),
+            QuantizeConfig(mode="static"),
+        ],
+    ),
+    "pruned30-qat-int8": (
+        "PyTorch models (.pt2 or module): prune channels to 30% of the MACs, then quantization-aware "
+        "training with distillation from the original on the calibration data (at least 300 batches; a "
+        "recipe can give qat a bigger `data` set), then static INT8 calibrated by each format's quantizer",
+        lambda: [
+            PruneConfig(target_macs=0.3),
+            QATConfig(epochs=5, min_steps=300, lr=1e-3),
             QuantizeConfig(mode="static"),
         ],
     ),

@@ -86,7 +86,7 @@ def run(handler, config, handle: TorchHandle, ctx, source, done: tuple) -> StepR
     """`handler(config, handle, ctx)`, or its result from the cache when one is on; `done` are the
     configs of the steps before this one."""
     active = _ACTIVE.get()
-    if active is None or source.path is None:  # off, or an in-memory module: nothing to key it on
+    if active is None or source.path is None or not config.cacheable:  # off, or nothing to key it on
         return handler(config, handle, ctx)
     root, stats = active
     key = step_key(source, ctx, (*done, config))

@@ -24,4 +24,5 @@ class Source:
     native: Any = None  # the framework's own model (a torch ExportedProgram, a Keras model, a TFLiteModel)
     module: Any = None  # the torch.nn.Module itself, for steps that train or reshape it (torch sources)
     example: tuple | None = None  # example inputs as numpy arrays (torch sources)
+    qat: Any = None  # after a final `qat` step: its trained PT2E graph (handle.TorchHandle.qat)
     notes: tuple[str, ...] = ()  # what the frontend repaired in the user's model (report.json source.fixes)

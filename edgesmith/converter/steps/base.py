@@ -39,6 +39,8 @@ class StepConfig(Checked):
     # the kind it returns; unless a step declares it, the kind it consumes (the pipeline chains steps of
     # one kind and exports the PyTorch module to ONNX once, in between)
     produces: ClassVar[str] = "onnx"
+    # whether converter/step_cache.py may keep its result (a module's tensors and plain attributes)
+    cacheable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,6 +127,7 @@ class Facts:
     binary: bool = False  # binarized: stored with 1-bit weights, never quantized after
     calibration: bool = False  # the recipe has calibration data
     calibration_method: str = "minmax"
+    qat: bool = False  # a `qat` step trained the model last among the PyTorch steps
 
 
 QuantizeRun = Callable[[Any, Any, ExportContext], StepResult]  # (QuantizeConfig, handle, context)
@@ -149,11 +152,18 @@ class Quantizer:
     sources: tuple[str, ...] = ()  # the source kinds it takes (empty: any)
     # refuses settings it cannot apply, in one line, before any model is loaded: (config, facts)
     check: Callable[[Any, Facts], None] | None = None
+    after_qat: bool = False  # applies only to a model a `qat` step trained (steps/qat_export.py)
 
     def fits(self, mode: str, facts: Facts) -> bool:
         """Whether it applies `mode` to this run's model (used to choose among the named engines)."""
         source_ok = not self.sources or facts.source_kind in self.sources
-        return mode in self.modes and source_ok and not (self.consumes == "source" and facts.onnx_steps)
+        qat_ok = facts.qat or not self.after_qat
+        return (
+            mode in self.modes
+            and source_ok
+            and qat_ok
+            and not (self.consumes == "source" and facts.onnx_steps)
+        )
 
 
 # The quantizers, in order of preference (engine = "auto" takes the first that fits): filled by
@@ -188,6 +198,7 @@ def run_facts(model: ModelHandle, ctx: ExportContext) -> Facts:
         binary=model.precision == BINARY,
         calibration=ctx.step.calibration() is not None,
         calibration_method=ctx.step.calibration_config.method,
+        qat=getattr(source, "qat", None) is not None,
     )
 
 

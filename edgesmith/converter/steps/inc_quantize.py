@@ -15,6 +15,7 @@ ExportContext's source holds: a quantizer that consumes the source (`INC` below)
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -38,22 +39,13 @@ def quantize_onnx(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
     from neural_compressor.torch.export import export
     from neural_compressor.torch.quantization import StaticQuantConfig, convert, prepare
 
-    from ..frontends.torch_frontend import quiet_exporter, strip_debug_info
     from ..progress import bar
 
     cal = step.calibration()
     if cal is None:
         raise InputError("static INT8 needs calibration data: pass --calibration PATH")
     names = [s.name for s in source.inputs]
-    first = next(iter(cal.batches()))
-    if (
-        cal.fixed_batch
-    ):  # the model's batch is fixed (a static-batch .pt2): export at it, as the source has it
-        args, dynamic = tuple(torch.from_numpy(first[n]) for n in names), None
-    else:
-        args = tuple(torch.from_numpy(np.concatenate([first[n]] * 2)) for n in names)  # a batch of >= 2
-        batch = torch.export.Dim("batch")
-        dynamic = tuple({0: batch} for _ in args)
+    args, dynamic = export_args(cal, names)
     algo = ALGOS[step.calibration_config.method]
     with quiet("neural_compressor", python_warnings=False), torch.no_grad():  # INC logs every stage at INFO
         if source.module is not None:
@@ -67,16 +59,8 @@ def quantize_onnx(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
                 prepared(*(torch.from_numpy(feeds[n]) for n in names))
                 progress.update(len(feeds[names[0]]))
         quantized = convert(prepared)
-        with quiet_exporter():
-            program = torch.export.export(quantized, args, dynamic_shapes=dynamic)
-            onnx_program = torch.onnx.export(program, (), dynamo=True, external_data=False, verbose=False)
-    proto = onnx_program.model_proto
-    strip_debug_info(proto)
-    folded = _fold_weights(proto)
-    for value, name in zip(proto.graph.input, names, strict=True):  # keep the source's input names
-        _rename(proto.graph, value.name, name)
     out = step.workdir / f"{model.path.stem}.inc-int8.onnx"
-    require("onnx", "convert").save(proto, str(out))
+    folded = export_qdq(quantized, args, dynamic, names, out)
     report = {
         "engine": "neural-compressor",
         "version": inc.__version__,
@@ -90,6 +74,39 @@ def quantize_onnx(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
         "folded_weights": folded,
     }
     return StepResult(ModelHandle(out, INT8), report)
+
+
+def export_args(cal, names: list[str]) -> tuple[tuple, Any]:
+    """(inputs, dynamic_shapes) to capture the model with: the first calibration batch at the model's
+    own batch when that is fixed (a static-batch .pt2 keeps its signature), else doubled to a batch of
+    at least 2 with a dynamic batch dimension."""
+    import torch
+
+    first = next(iter(cal.batches()))
+    if cal.fixed_batch:
+        return tuple(torch.from_numpy(first[n]) for n in names), None
+    args = tuple(torch.from_numpy(np.concatenate([first[n]] * 2)) for n in names)
+    batch = torch.export.Dim("batch")
+    return args, tuple({0: batch} for _ in args)
+
+
+def export_qdq(quantized, args: tuple, dynamic, names: list[str], out) -> int:
+    """A PT2E-converted graph (quantize/dequantize pairs) -> a QDQ ONNX file at `out`, with the
+    source's input `names` and int8 weight initializers; returns how many weights were folded."""
+    import torch
+
+    from ..frontends.torch_frontend import quiet_exporter, strip_debug_info
+
+    with quiet_exporter(), torch.no_grad():
+        program = torch.export.export(quantized, args, dynamic_shapes=dynamic)
+        onnx_program = torch.onnx.export(program, (), dynamo=True, external_data=False, verbose=False)
+    proto = onnx_program.model_proto
+    strip_debug_info(proto)
+    folded = _fold_weights(proto)
+    for value, name in zip(proto.graph.input, names, strict=True):  # keep the source's input names
+        _rename(proto.graph, value.name, name)
+    require("onnx", "convert").save(proto, str(out))
+    return folded
 
 
 def check(config, facts: Facts) -> None:

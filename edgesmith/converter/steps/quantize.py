@@ -42,8 +42,8 @@ class QuantizeConfig(StepConfig):
     exclude: list[str] = spec(default_factory=list, regex=True)  # regexes on node names to keep in float
     preprocess: bool = True  # ONNX Runtime's quant_pre_process (shape inference + graph fusions)
     # auto: ONNX Runtime for ONNX, NNCF for OpenVINO, the AI Edge Quantizer (TensorFlow's converter for
-    # Keras) for TFLite; converter/plan.py picks the quantizer from QUANTIZERS, whose engine names are
-    # the valid values
+    # Keras) for TFLite, and after a `qat` step the ranges it learned for ONNX ("qat"; steps/qat_export.py);
+    # converter/plan.py picks the quantizer from QUANTIZERS, whose engine names are the valid values
     engine: str = spec("auto", choices=engine_names)
     # rescue: quantize as configured; only if that misses the verification gate, keep the most sensitive
     # layers float until the artifact passes (ONNX Runtime's static, dynamic and fp16: steps/ort_rescue.py).

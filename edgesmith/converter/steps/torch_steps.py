@@ -1,5 +1,5 @@
-"""Pipeline handlers for the PyTorch-level steps: `prune`, `prune_transformer`, `distill`, `binarize`,
-`lowrank`, `sparsify`.
+"""Pipeline handlers for the PyTorch-level steps: `prune`, `prune_transformer`, `distill`, `qat`,
+`binarize`, `lowrank`, `sparsify`.
 
 The algorithms live in their own modules as library functions on an `nn.Module`; this file only
 connects them to the pipeline: which data each gets (the recipe's calibration data unless the step
@@ -26,6 +26,7 @@ from .distill import DistillConfig, distill_module
 from .lowrank import LowRankConfig, factorize_module
 from .prune import PruneConfig, prune_module
 from .prune_transformer import TransformerPruneConfig, prune_transformer
+from .qat import QATConfig, qat_module
 from .sparsify import SparsifyConfig, sparsify_module
 
 TEXT_DATA = "a .txt of sentences, one per line, or an .npz of input_ids/attention_mask"
@@ -112,6 +113,22 @@ def distill(config: DistillConfig, model: TorchHandle, ctx: StepContext) -> Step
         data, labels = calibration_inputs(ctx, "distill"), None
     module, report = distill_module(model.module, ctx.original, config, data, labels, quiet=ctx.quiet)
     return StepResult(TorchHandle(module, model.example, model.precision), report)
+
+
+@register(QATConfig)
+def qat(config: QATConfig, model: TorchHandle, ctx: StepContext) -> StepResult:
+    from ..frontends import hf_frontend
+
+    if hf_frontend.is_encoder(model.module):
+        raise InputError(
+            "qat trains classifiers and CNNs from their logits; for a transformer use distill, then quantize"
+        )
+    if config.data:
+        data, labels = load_training_data(config.data, "qat.data")
+    else:
+        data, labels = calibration_inputs(ctx, "qat"), None
+    module, trained, report = qat_module(model.module, ctx.original, config, data, labels, quiet=ctx.quiet)
+    return StepResult(TorchHandle(module, model.example, model.precision, qat=trained), report)
 
 
 @register(BinarizeConfig)
