@@ -109,24 +109,17 @@ def arguments(model: Any, config, ctx: StepContext) -> tuple[dict, dict]:
 
 def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
     """NNCF static INT8 of an in-memory model (`openvino.Model` or `onnx.ModelProto`)."""
-    quantized, _, _, report = _quantized(model, config, ctx)
-    return quantized, report
-
-
-def _quantized(model: Any, config, ctx: StepContext) -> tuple[Any, Any, dict, dict]:
-    """(the INT8 model, its calibration nncf.Dataset, nncf.quantize's arguments, the report)."""
     import nncf
 
     kwargs, report = arguments(model, config, ctx)
     cal = ctx.calibration()
-    dataset = nncf.Dataset(Samples(cal))
     from ..progress import bar
 
     # NNCF draws its own progress bars on stdout, which belongs to `--json` output: keep them out.
     with bar(len(cal), "calibrating (nncf)", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(model, dataset, **kwargs)
+        quantized = nncf.quantize(model, nncf.Dataset(Samples(cal)), **kwargs)
         progress.update(len(cal))
-    return quantized, dataset, kwargs, report
+    return quantized, report
 
 
 def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:
@@ -142,12 +135,12 @@ def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:
 
 def quantize_openvino(config, model: OpenVINOHandle, ctx: ExportContext) -> StepResult:
     """The OpenVINO export's INT8: NNCF on the converted `openvino.Model` (FakeQuantize ops, which
-    OpenVINO's CPU plugin runs with INT8 kernels). When that misses the verification gate, NNCF's
-    accuracy control keeps the most sensitive operations float until it passes (nncf_accuracy.py)."""
+    OpenVINO's CPU plugin runs with INT8 kernels). When that misses the verification gate,
+    the most sensitive quantizers are removed until it passes (nncf_accuracy.py)."""
     from .nncf_accuracy import keep_float_until_passing
 
-    quantized, dataset, kwargs, report = _quantized(model.model, config, ctx.step)
-    quantized, kept = keep_float_until_passing(model.model, quantized, dataset, kwargs, ctx)
+    quantized, report = quantize_model(model.model, config, ctx.step)
+    quantized, kept = keep_float_until_passing(quantized, ctx)
     if kept is not None:
         report["kept_float"] = kept
     return StepResult(OpenVINOHandle(quantized, model.origin, INT8), report)
