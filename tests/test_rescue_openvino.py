@@ -66,7 +66,7 @@ def test_an_int8_ir_that_passes_is_left_as_it_was(tmp_path, monkeypatch):
     model, data = ROOT / "models/mnist_cnn.onnx", ROOT / "calibration_data/mnist"
     report = convert(model, tmp_path, data)
     assert "kept_float" not in report["artifacts"][0]["quantization"]
-    monkeypatch.setattr(nncf_accuracy, "keep_float_until_passing", lambda first, ctx: (first, None))
+    monkeypatch.setattr(nncf_accuracy, "keep_float_until_passing", lambda first, fp32, ctx: (first, None))
     again = convert(model, tmp_path, data, out="again")
     for entry, other in zip(report["artifacts"], again["artifacts"], strict=True):
         assert entry["sha256"] == other["sha256"]

@@ -51,10 +51,10 @@ RANK_ON = 16  # calibration samples the quantizers are ranked on, at most
 NAMES_SHOWN = 40  # operations named in the report at most (the count is always whole)
 
 
-def keep_float_until_passing(first: Any, ctx: ExportContext) -> tuple[Any, dict | None]:
+def keep_float_until_passing(first: Any, fp32: Any, ctx: ExportContext) -> tuple[Any, dict | None]:
     """(the model to write, the report's `kept_float` or None). `first` is the configured INT8
-    `openvino.Model`; it is returned unchanged, with None, when it passes the gate or there is no
-    cosine bar to meet."""
+    `openvino.Model` made of `fp32`; it is returned unchanged, with None, when it passes the gate or
+    there is no cosine bar to meet."""
     bar = ctx.gate.min_cosine(INT8) if ctx.gate is not None else None
     if ctx.gate is None or bar is None:
         return first, None
@@ -66,12 +66,12 @@ def keep_float_until_passing(first: Any, ctx: ExportContext) -> tuple[Any, dict 
     if because is None:
         return first, None
     started = time.perf_counter()
-    ranked = ranked_quantizers(first, ctx.step.calibration())
+    ranked = ranked_units(first, fp32, ctx.step.calibration())
     tried: list[dict] = [_judged(gate, path, [])]
     made = itertools.count()
 
     def attempt(count: int) -> tuple[Any, list[str], dict]:
-        model, kept = without(first, ranked[:count])
+        model, kept = without(first, fp32, ranked[:count])
         judged = _judged(gate, _save(model, work / f"candidate-{next(made)}.xml"), kept)
         tried.append(judged)
         return model, kept, judged
@@ -81,11 +81,11 @@ def keep_float_until_passing(first: Any, ctx: ExportContext) -> tuple[Any, dict 
     report = {
         "layers": kept[:NAMES_SHOWN],
         "count": len(kept),
-        "quantizers": len(ranked),
+        "units": len(ranked),
         "because": because,
         "tried": [{k: v for k, v in t.items() if k != "names"} for t in tried],
         "seconds": round(time.perf_counter() - started, 1),
-        "method": "activation quantizers ranked by their noise on the calibration samples, bisected on the gate",
+        "method": "activation quantizers and weights ranked by their rounding noise, bisected on the gate",
         "margin": MARGIN,
     }
     return model, report
@@ -108,8 +108,34 @@ def _bisect(count: int, attempt) -> tuple[Any, list[str], dict]:
     return best
 
 
-def ranked_quantizers(model: Any, calibration) -> list[str]:
-    """The activation FakeQuantize ops of `model` (names), worst first: by the noise each adds to
+def ranked_units(model: Any, fp32: Any, calibration) -> list[tuple[str, str]]:
+    """What can return to float, worst first: ("activation", FakeQuantize name) and ("weights",
+    operation name), each scored by the noise its rounding adds relative to the tensor's power."""
+    scored = [(score, ("activation", name)) for name, score in activation_noise(model, calibration)]
+    scored += [(score, ("weights", name)) for name, score in weight_noise(model, fp32)]
+    return [unit for _, unit in sorted(scored, key=lambda pair: -pair[0])]  # stable: graph order on ties
+
+
+def weight_noise(model: Any, fp32: Any) -> list[tuple[str, float]]:
+    """(operation, noise ratio) for each operation of `model` reading INT8 weights: per output
+    channel, symmetric INT8 rounds with a step of max|w| / 127 (noise step^2 / 12 per element),
+    estimated from the float weights of the same operation in `fp32`."""
+    originals = {op.get_friendly_name(): op for op in fp32.get_ordered_ops()}
+    found = []
+    for op, port in _int8_weights(model):
+        source = originals.get(op.get_friendly_name())
+        weight = _constant_value(source.input_value(port).get_node()) if source is not None else None
+        if weight is None or weight.ndim < 2 or tuple(weight.shape) != tuple(op.input(port).get_shape()):
+            continue
+        rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
+        step = np.abs(rows).max(1) / 127.0
+        noise = float((step**2 / 12.0 * rows.shape[1]).sum())
+        found.append((op.get_friendly_name(), noise / max(float((rows**2).sum()), 1e-30)))
+    return found
+
+
+def activation_noise(model: Any, calibration) -> list[tuple[str, float]]:
+    """(FakeQuantize, noise ratio) for each activation quantizer of `model`: the noise it adds to
     its input on the first `RANK_ON` calibration samples, relative to the input's power."""
     fqs = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     fqs = [op for op in fqs if not _constant(op.input_value(0).get_node())]
@@ -120,37 +146,82 @@ def ranked_quantizers(model: Any, calibration) -> list[str]:
     ports = [
         (by_name[f.get_friendly_name()].input_value(0), by_name[f.get_friendly_name()].output(0)) for f in fqs
     ]
-    probe.add_outputs([p for pair in ports for p in pair])
+    probe.add_outputs([p for pair in ports for p in pair])  # a port already an output is not added twice
+    where = {_key(r.input_value(0)): i for i, r in enumerate(probe.get_results())}
     compiled = _compiled(probe)
-    extra = compiled.outputs[len(model.outputs) :]
     noise, power = np.zeros(len(fqs)), np.zeros(len(fqs))
     for feed in itertools.islice(calibration.samples(), RANK_ON):
         values = compiled(feed)
-        for i in range(len(fqs)):
-            x = np.asarray(values[extra[2 * i]], np.float64)
-            q = np.asarray(values[extra[2 * i + 1]], np.float64)
+        for i, (before, after) in enumerate(ports):
+            x = np.asarray(values[where[_key(before)]], np.float64)
+            q = np.asarray(values[where[_key(after)]], np.float64)
             noise[i] += float(((q - x) ** 2).sum())
             power[i] += float((x**2).sum())
     score = noise / np.maximum(power, 1e-30)
-    order = sorted(range(len(fqs)), key=lambda i: (-score[i], i))
-    return [fqs[i].get_friendly_name() for i in order]
+    return [(f.get_friendly_name(), float(score[i])) for i, f in enumerate(fqs)]
 
 
-def without(first: Any, names: list[str]) -> tuple[Any, list[str]]:
-    """A copy of `first` with the FakeQuantize ops `names` removed (their input read directly), and
-    the operations that now read float (graph order)."""
+def _key(port: Any) -> tuple[str, int]:
+    return port.get_node().get_friendly_name(), port.get_index()
+
+
+def without(first: Any, fp32: Any, units: list[tuple[str, str]]) -> tuple[Any, list[str]]:
+    """A copy of `first` with `units` back in float: an activation quantizer removed (its input read
+    directly), an operation's weights and bias taken back from `fp32`; and the operations that now
+    read float (graph order)."""
     model = first.clone()
-    gone = set(names)
-    readers = set()
+    gone = {name for kind, name in units if kind == "activation"}
+    weights = {name for kind, name in units if kind == "weights"}
+    readers = set(weights)
     for op in model.get_ordered_ops():
         if op.get_type_name() == "FakeQuantize" and op.get_friendly_name() in gone:
-            for target in op.output(0).get_target_inputs():
-                readers.add(target.get_node().get_friendly_name())
+            readers.update(t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs())
             op.output(0).replace(op.input_value(0))
+    originals = {op.get_friendly_name(): op for op in fp32.get_ordered_ops()}
+    for op, port in _int8_weights(model):
+        if op.get_friendly_name() in weights:
+            _restore(op, port, originals)
     model.validate_nodes_and_infer_types()
     ops = list(model.get_ordered_ops())
     kept = [_written_name(op, i) for i, op in enumerate(ops) if op.get_friendly_name() in readers]
     return model, kept
+
+
+def _restore(op: Any, port: int, originals: dict) -> None:
+    """`op`'s weights at `port`, and the constant of the bias Add after it (NNCF's bias correction
+    moves it), as the float model has them."""
+    import openvino as ov
+
+    source = originals[op.get_friendly_name()]
+    op.input(port).replace_source_output(
+        ov.op.Constant(source.input_value(port).get_node().get_data()).output(0)
+    )
+    for target in op.output(0).get_target_inputs():
+        add = target.get_node()
+        original = originals.get(add.get_friendly_name())
+        if add.get_type_name() != "Add" or original is None:
+            continue
+        for i in range(2):
+            value = _constant_value(original.input_value(i).get_node())
+            if value is not None and add.input_value(i).get_node().get_type_name() == "Constant":
+                add.input(i).replace_source_output(ov.op.Constant(value).output(0))
+
+
+def _int8_weights(model: Any) -> list[tuple[Any, int]]:
+    """(operation, input port) of every operation reading weights stored in INT8."""
+    found = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in {"FakeQuantize", "Constant", "Parameter", "Result"} or _constant(op):
+            continue
+        for i, port in enumerate(op.inputs()):
+            node = port.get_source_output().get_node()
+            if node.get_type_name() != "Constant" and _constant(node) and _int_constant(node):
+                found.append((op, i))
+    return found
+
+
+def _constant_value(node: Any) -> np.ndarray | None:
+    return np.array(node.get_data()) if node.get_type_name() == "Constant" else None
 
 
 def _written_name(op: Any, position: int) -> str:
