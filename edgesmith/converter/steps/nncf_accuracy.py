@@ -125,9 +125,8 @@ def weight_noise(model: Any, fp32: Any) -> list[tuple[str, float]]:
     originals = {op.get_friendly_name(): op for op in fp32.get_ordered_ops()}
     found = []
     for op, port in _int8_weights(model):
-        source = originals.get(op.get_friendly_name())
-        weight = _constant_value(source.input_value(port).get_node()) if source is not None else None
-        if weight is None or weight.ndim < 2 or tuple(weight.shape) != tuple(op.input(port).get_shape()):
+        weight = _float_weight(op, port, originals)
+        if weight is None or weight.ndim < 2:
             continue
         rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
         step = np.abs(rows).max(1) / 127.0
@@ -194,10 +193,10 @@ def _restore(op: Any, port: int, originals: dict) -> None:
     moves it), as the float model has them."""
     import openvino as ov
 
-    source = originals[op.get_friendly_name()]
-    op.input(port).replace_source_output(
-        ov.op.Constant(source.input_value(port).get_node().get_data()).output(0)
-    )
+    weight = _float_weight(op, port, originals)
+    if weight is None:
+        return
+    op.input(port).replace_source_output(ov.op.Constant(weight).output(0))
     for target in op.output(0).get_target_inputs():
         add = target.get_node()
         original = originals.get(add.get_friendly_name())
@@ -207,6 +206,33 @@ def _restore(op: Any, port: int, originals: dict) -> None:
             value = _constant_value(original.input_value(i).get_node())
             if value is not None and add.input_value(i).get_node().get_type_name() == "Constant":
                 add.input(i).replace_source_output(ov.op.Constant(value).output(0))
+
+
+def _float_weight(op: Any, port: int, originals: dict) -> np.ndarray | None:
+    """The float model's weights for `op`'s INT8 weights at `port`, when they are the same tensor: a
+    Constant of the same shape whose values go with the INT8 ones (correlation > 0.9; a square
+    matrix stored transposed, or a weight NNCF reshaped, is left INT8)."""
+    source = originals.get(op.get_friendly_name())
+    weight = _constant_value(source.input_value(port).get_node()) if source is not None else None
+    root = _int_root(op.input_value(port).get_node())
+    if weight is None or root is None or weight.shape != root.shape or weight.size < 2:
+        return None
+    a, b = weight.astype(np.float64).ravel(), root.astype(np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return weight if norms > 0 and a @ b / norms > 0.9 else None
+
+
+def _int_root(node: Any, depth: int = 0) -> np.ndarray | None:
+    """The integer Constant a weight decompression chain starts from."""
+    if node.get_type_name() == "Constant":
+        value = np.array(node.get_data())
+        return value if node.get_element_type().get_type_name() in _INT_TYPES else None
+    for port in node.inputs() if depth <= 6 else ():
+        found = _int_root(port.get_source_output().get_node(), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _int8_weights(model: Any) -> list[tuple[Any, int]]:
