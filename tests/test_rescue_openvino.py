@@ -45,9 +45,10 @@ def test_ppocr_cls_int8_openvino_keeps_layers_float_until_it_passes(tmp_path):
     artifact = report["artifacts"][0]
     kept = artifact["quantization"]["kept_float"]
     assert "has cosine" in kept["because"] and kept["layers"] and kept["count"] == len(kept["layers"])
-    first, chosen = kept["tried"][0], kept["tried"][-1]
+    first = kept["tried"][0]
     assert first["float_layers"] == 0 and not first["passes"] and first["cosine_min"] < 0.98
-    assert chosen["passes"] and chosen["float_layers"] == kept["count"] and kept["seconds"] > 0
+    assert any(t["passes"] and t["float_layers"] == kept["count"] for t in kept["tried"][1:])  # the chosen
+    assert kept["seconds"] > 0
     assert artifact["verify"]["cosine_min"] >= 0.98
     ours = load(artifact["path"], exact=True)
     got = [ours.run(feed)["save_infer_model/scale_0.tmp_1"] for feed in prepared.evaluation]
