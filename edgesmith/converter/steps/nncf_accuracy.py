@@ -280,9 +280,8 @@ def _judged(gate: Gate, path: Path, kept: list[str], seen: float | None = None) 
     output cosine (and on the calibration samples: `seen`), and whether it passes: the gate with the
     margin, and the calibration samples at the same bar."""
     result = gate.measure(path)
-    passes = gate.failure(path, INT8, MARGIN) is None and (
-        seen is None or seen >= min(1.0, gate.min_cosine(INT8) + MARGIN)
-    )
+    bar = gate.min_cosine(INT8) or 0.0  # a bar is set whenever a rescue runs
+    passes = gate.failure(path, INT8, MARGIN) is None and (seen is None or seen >= min(1.0, bar + MARGIN))
     found = {"float_layers": len(kept), "cosine_min": round(result.cosine_min, 6)}
     if seen is not None:
         found["cosine_min_calibration"] = round(seen, 6)
