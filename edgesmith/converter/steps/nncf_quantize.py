@@ -67,8 +67,9 @@ def _estimators(nncf, method: str):
     return AdvancedQuantizationParameters(activations_range_estimator_params=params), chosen.lower()
 
 
-def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
-    """NNCF static INT8 of an in-memory model (`openvino.Model` or `onnx.ModelProto`)."""
+def arguments(model: Any, config, ctx: StepContext) -> tuple[dict, dict]:
+    """(nncf.quantize's keyword arguments, the report's entries) for the recipe's `[quantize]`:
+    the same settings for the first attempt and for accuracy control (steps/nncf_accuracy.py)."""
     check(config)
     nncf = require("nncf", "convert-openvino", "NNCF quantizes OpenVINO and ONNX models")
     nncf.set_log_level(logging.ERROR)
@@ -81,23 +82,16 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
 
     fast_bias_correction, advanced, recovery = nncf_arguments(config, advanced, transformer)
     ignored = nncf.IgnoredScope(patterns=list(config.exclude), validate=False) if config.exclude else None
-    from ..progress import bar
-
-    # NNCF draws its own progress bars on stdout, which belongs to `--json` output: keep them out.
-    with bar(len(cal), "calibrating (nncf)", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(Samples(cal)),
-            preset=getattr(nncf.QuantizationPreset, PRESET.upper()),
-            target_device=nncf.TargetDevice.CPU,
-            subset_size=cal.num_samples(),
-            fast_bias_correction=fast_bias_correction,
-            ignored_scope=ignored,
-            advanced_parameters=advanced,
-            # transformers: NNCF keeps Softmax, LayerNorm (MVN), GELU and the residual adds float
-            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-        )
-        progress.update(len(cal))
+    kwargs = {
+        "preset": getattr(nncf.QuantizationPreset, PRESET.upper()),
+        "target_device": nncf.TargetDevice.CPU,
+        "subset_size": cal.num_samples(),
+        "fast_bias_correction": fast_bias_correction,
+        "ignored_scope": ignored,
+        "advanced_parameters": advanced,
+        # transformers: NNCF keeps Softmax, LayerNorm (MVN), GELU and the residual adds float
+        "model_type": nncf.ModelType.TRANSFORMER if transformer else None,
+    }
     report = {
         "mode": "static",
         "engine": "nncf",
@@ -110,6 +104,21 @@ def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
         "excluded": list(config.exclude),
         "model_type": "transformer" if transformer else "default",
     }
+    return kwargs, report
+
+
+def quantize_model(model: Any, config, ctx: StepContext) -> tuple[Any, dict]:
+    """NNCF static INT8 of an in-memory model (`openvino.Model` or `onnx.ModelProto`)."""
+    import nncf
+
+    kwargs, report = arguments(model, config, ctx)
+    cal = ctx.calibration()
+    from ..progress import bar
+
+    # NNCF draws its own progress bars on stdout, which belongs to `--json` output: keep them out.
+    with bar(len(cal), "calibrating (nncf)", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(model, nncf.Dataset(Samples(cal)), **kwargs)
+        progress.update(len(cal))
     return quantized, report
 
 
@@ -126,8 +135,14 @@ def quantize_onnx(config, model: ModelHandle, ctx: StepContext) -> StepResult:
 
 def quantize_openvino(config, model: OpenVINOHandle, ctx: ExportContext) -> StepResult:
     """The OpenVINO export's INT8: NNCF on the converted `openvino.Model` (FakeQuantize ops, which
-    OpenVINO's CPU plugin runs with INT8 kernels)."""
+    OpenVINO's CPU plugin runs with INT8 kernels). When that misses the verification gate,
+    the most sensitive quantizers are removed until it passes (nncf_accuracy.py)."""
+    from .nncf_accuracy import keep_float_until_passing
+
     quantized, report = quantize_model(model.model, config, ctx.step)
+    quantized, kept = keep_float_until_passing(quantized, model.model, ctx)
+    if kept is not None:
+        report["kept_float"] = kept
     return StepResult(OpenVINOHandle(quantized, model.origin, INT8), report)
 
 
