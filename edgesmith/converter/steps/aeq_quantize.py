@@ -161,7 +161,7 @@ def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResu
     data, report = calibrated.quantize(divisors), _report("static", calibrated, calibration)
     if divisors:
         report["float_divisors"] = {"layers": [op.name for op in divisors], "because": ZERO_DIVISOR}
-    if ctx.gate is not None:
+    if ctx.gate is not None and config.search == "rescue":  # "off": the gate only checks
         data, report = _rescued(calibrated, divisors, data, report, ctx)
     return StepResult(TFLiteHandle(data, of_mode("static"), model.io), report)
 

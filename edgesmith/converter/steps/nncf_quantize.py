@@ -140,7 +140,9 @@ def quantize_openvino(config, model: OpenVINOHandle, ctx: ExportContext) -> Step
     from .nncf_accuracy import keep_float_until_passing
 
     quantized, report = quantize_model(model.model, config, ctx.step)
-    quantized, kept = keep_float_until_passing(quantized, model.model, ctx)
+    kept = None
+    if config.search == "rescue":  # "off": quantize as configured; the gate only checks
+        quantized, kept = keep_float_until_passing(quantized, model.model, ctx)
     if kept is not None:
         report["kept_float"] = kept
     return StepResult(OpenVINOHandle(quantized, model.origin, INT8), report)

@@ -46,7 +46,8 @@ class QuantizeConfig(StepConfig):
     # converter/plan.py picks the quantizer from QUANTIZERS, whose engine names are the valid values
     engine: str = spec("auto", choices=engine_names)
     # rescue: quantize as configured; only if that misses the verification gate, keep the most sensitive
-    # layers float until the artifact passes (ONNX Runtime's static, dynamic and fp16: steps/ort_rescue.py).
+    # layers float until the artifact passes (ONNX Runtime's static, dynamic and fp16: steps/ort_rescue.py;
+    # OpenVINO INT8: steps/nncf_accuracy.py; TFLite INT8: steps/aeq_rescue.py).
     # auto: with a [verify] budget (max_drop / min_cosine), search before exporting for the fewest
     # sensitive layers float that meet it (converter/budget.py). off: quantize as configured; the gate
     # only checks
