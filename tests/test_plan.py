@@ -173,8 +173,10 @@ def test_a_new_engine_is_one_file_and_one_registry_line(tmp_path, mnist_test):
     )
     with pytest.raises(InputError) as unknown:  # not registered yet: one line naming the known engines
         Recipe.load(recipe)
-    message = "steps[0].engine = 'ort-per-tensor' is not valid; expected one of 'auto', 'onnxruntime', 'nncf', 'inc'"
+    known = ", ".join(repr(name) for name in engine_names())  # 'auto' and every registered engine
+    message = f"steps[0].engine = 'ort-per-tensor' is not valid; expected one of {known}"
     assert str(unknown.value).endswith(message) and "\n" not in str(unknown.value)
+    assert {"'onnxruntime'", "'nncf'", "'inc'", "'qat'"} <= set(known.split(", "))
     QUANTIZERS.append(extra_quantizer.PER_TENSOR)
     try:
         assert engine_names()[-1] == extra_quantizer.ENGINE
