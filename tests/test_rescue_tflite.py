@@ -187,3 +187,71 @@ def test_the_float_rule_matches_exactly_its_ops():
     rule = float_rule([Op("CONV_2D", ("MatMul_1;Relu",), ()), Op("SPLIT", ("a", "b"), ())])
     assert re.search(rule, "MatMul_1;Relu;") and re.search(rule, "a;b;")
     assert not re.search(rule, "Relu;") and not re.search(rule, "a;") and not re.search(rule, "xa;b;")
+
+
+def transpose_conv_model(tmp: Path) -> Path:
+    """Conv -> ConvTranspose -> Add of a [1, C, 1, 1] bias -> BatchNorm -> Relu, as PP-OCRv4's text
+    detector head: the AI Edge Quantizer gives the fused [1, 1, 1, C] TRANSPOSE_CONV bias C per-axis
+    scales on its dimension of 1, which LiteRT refuses (issue 10)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as h
+
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (8, 3, 3, 3), "b1": (8,), "wt": (8, 4, 2, 2), "tb": (1, 4, 1, 1), "bb": (4,), "m": (4,)}
+    weights = {name: rng.normal(0, 0.3, shape) for name, shape in shapes.items()}
+    weights |= {"s": rng.uniform(0.5, 1.5, 4), "v": rng.uniform(0.5, 1.5, 4)}
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c"], ["r"]),
+        h.make_node("ConvTranspose", ["r", "wt"], ["t0"], strides=[2, 2]),
+        h.make_node("Add", ["t0", "tb"], ["t"]),
+        h.make_node("BatchNormalization", ["t", "s", "bb", "m", "v"], ["n"]),
+        h.make_node("Relu", ["n"], ["y"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "head",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32, 32])],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp / "head.onnx")
+    np.save(tmp / "cal.npy", rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32))
+    return tmp / "head.onnx"
+
+
+def test_an_op_litert_refuses_quantized_stays_float_and_the_model_runs(tmp_path):
+    import onnxruntime as ort
+
+    from edgesmith.converter import tflite_fb
+
+    model = transpose_conv_model(tmp_path)
+    artifact = convert(model, tmp_path, tmp_path / "cal.npy")["artifacts"][0]
+    refused = artifact["quantization"]["float_refused"]
+    assert "invalid quantization parameters" in refused["because"] and len(refused["layers"]) == 1
+    assert "ConvTranspose" in refused["layers"][0]
+    path = Path(artifact["path"])
+    assert {"TRANSPOSE_CONV", "CONV_2D", "QUANTIZE"} <= set(tflite_fb.op_names(path.read_bytes()))
+    x = np.random.default_rng(5).normal(0, 1, (4, 3, 16, 16)).astype(np.float32)  # unseen inputs
+    [got] = run_all(path, x, "x")  # LiteRT loads and runs it
+    want = ort.InferenceSession(str(model)).run(None, {"x": x[:1]})[0]
+    assert cosine(want, got[0]) >= 0.98
+
+
+def test_a_model_litert_still_refuses_is_an_engine_failure_in_one_line(tmp_path, monkeypatch):
+    """Not the user's input (exit 2): an internal failure naming the op kept float, no temporary path."""
+    from edgesmith.converter.steps import aeq_quantize, aeq_rescue
+    from edgesmith.errors import InputError
+
+    why = "num_scales must be 1 for per-layer quantization, but got 4.Tensor 1 has invalid quantization parameters."
+    monkeypatch.setattr(aeq_rescue, "refusal", lambda data: why)  # every attempt refused
+    model = transpose_conv_model(tmp_path)
+    with pytest.raises(aeq_quantize.EngineFailure) as raised:
+        convert(model, tmp_path, tmp_path / "cal.npy")
+    message = str(raised.value)
+    assert not isinstance(raised.value, InputError) and "\n" not in message and str(tmp_path) not in message
+    assert "TRANSPOSE_CONV" in message and "limitation of the quantizer" in message and why in message
+    assert not (tmp_path / "out").exists()

@@ -77,8 +77,29 @@ class Calibrated:
     signature: str
     samples: list[dict]
     ranges: dict  # the AI Edge Quantizer's calibration result: tensor name -> {"min", "max"}
+    # ops whose INT8 parameters LiteRT refused (`quantize`): float in every attempt, shared by copies
+    refused: list = dataclasses.field(default_factory=list)
+    because: str = ""  # LiteRT's first refusal
 
     def quantize(self, float_ops=()) -> bytes:
+        """The INT8 model with `float_ops` kept float, and the ops LiteRT refuses quantized too: the AI
+        Edge Quantizer can write parameters LiteRT rejects (PP-OCRv4's TRANSPOSE_CONV bias, shaped
+        [1, 1, 1, 24], got 24 per-axis scales on its dimension of 1). Each refusal names a tensor; the
+        ops using it stay float and the model is re-quantized, up to MAX_REFUSALS times."""
+        ops = aeq_rescue.graph_ops(self.fp32)
+        for _ in range(MAX_REFUSALS + 1):
+            data = self._quantized([*float_ops, *(op for op in self.refused if op not in float_ops)])
+            why = aeq_rescue.refusal(data)
+            if why is None:
+                return data
+            self.because = self.because or why
+            blamed = [op for op in aeq_rescue.ops_using(data, why, ops) if op not in self.refused]
+            if not blamed or len(self.refused) >= MAX_REFUSALS:
+                raise EngineFailure(_engine_message(why, self.refused))
+            self.refused.extend(blamed)
+        raise EngineFailure(_engine_message(why or "", self.refused))  # unreachable: the loop raises first
+
+    def _quantized(self, float_ops) -> bytes:
         aeq = require(
             "ai_edge_quantizer.quantizer", "convert-tflite", "TFLite quantization (ai-edge-quantizer)"
         )
@@ -86,6 +107,21 @@ class Calibrated:
         with quiet():
             result = quantizer.quantize(self.ranges, enable_progress_bar=False, enable_progress_report=False)
         return bytes(result.quantized_model)
+
+
+MAX_REFUSALS = 8  # ops kept float because LiteRT refused their INT8 parameters, before giving up
+
+
+class EngineFailure(RuntimeError):
+    """The quantizer could not write a model LiteRT loads: an internal failure, not bad input."""
+
+
+def _engine_message(why: str, refused: list) -> str:
+    tried = f" (with {', '.join(f'{op.kind} {op.name!r}' for op in refused)} kept float)" if refused else ""
+    return (
+        f"the AI Edge Quantizer wrote an INT8 model LiteRT refuses{tried}: {why} - a limitation of the "
+        "quantizer, not of the input model; preset fp16 or dynamic, or format onnx, avoid it"
+    )
 
 
 def calibrate(fp32: bytes, calibration, names: list[str]) -> Calibrated:
@@ -161,6 +197,12 @@ def quantize_tflite(config, model: TFLiteHandle, ctx: ExportContext) -> StepResu
     data, report = calibrated.quantize(divisors), _report("static", calibrated, calibration)
     if divisors:
         report["float_divisors"] = {"layers": [op.name for op in divisors], "because": ZERO_DIVISOR}
+    if calibrated.refused:
+        because = (
+            f"LiteRT refuses the INT8 parameters the AI Edge Quantizer wrote for it ({calibrated.because})"
+        )
+        _refuse_float(calibrated.refused, ctx, because)
+        report["float_refused"] = {"layers": [op.name for op in calibrated.refused], "because": because}
     if ctx.gate is not None and config.search == "rescue":  # "off": the gate only checks
         data, report = _rescued(calibrated, divisors, data, report, ctx)
     return StepResult(TFLiteHandle(data, of_mode("static"), model.io), report)

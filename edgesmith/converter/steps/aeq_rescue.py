@@ -94,6 +94,33 @@ def graph_ops(data: bytes) -> list[Op]:
     ]
 
 
+def refusal(data: bytes) -> str | None:
+    """LiteRT's reason for refusing a quantized model (its first line), or None when it loads. The AI
+    Edge Quantizer can write parameters LiteRT rejects: PP-OCRv4's TRANSPOSE_CONV got a [1, 1, 1, 24]
+    bias quantized per axis on dimension 0 (24 scales for a dimension of 1)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=data).allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def ops_using(data: bytes, why: str, ops: list[Op]) -> list[Op]:
+    """The ops of `ops` (the float model's) that read or write the tensor LiteRT names in `why`
+    ("Tensor 1 has invalid quantization parameters"): matched by output name in the quantized model
+    `data`, whose tensor indices the message counts. Empty when no tensor is named or none matches."""
+    found = re.search(r"Tensor (\d+) has invalid", why)
+    if found is None:
+        return []
+    index = int(found.group(1))
+    graph = tflite_fb.read(data).subgraphs[0]
+    names = {graph.tensors[i].name.decode() for op in graph.operators
+             if index in (*op.inputs, *op.outputs) for i in op.outputs if i >= 0}  # fmt: skip
+    return [op for op in ops if op.name in names]
+
+
 MOVES = ("RESHAPE", "CONCATENATION", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "GATHER", "STRIDED_SLICE")
 
 
