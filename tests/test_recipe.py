@@ -95,7 +95,7 @@ target = "host"
 exclude = []
 preprocess = true
 engine = "auto"
-search = "off"
+search = "rescue"
 bits = 8
 block_size = 128
 
