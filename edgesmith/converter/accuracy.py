@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import sensitivity
 
@@ -92,7 +93,7 @@ class Search:
     evaluate: Callable[[Path], dict]  # -> {"score": ..., "drop": ..., "cosine_min": ...}
     budget: Budget
     float_model: Path  # the float model the INT8 ones are compared with (steps.quantize.prepared)
-    batches: Callable[[], object]  # calibration/eval batches for the SQNR pass
+    batches: Callable[[], Iterable[Any]]  # calibration/eval batches for the SQNR pass
     latency: Callable[[Path], float] | None = None  # host p50 ms
     score_key: str = "score"  # what `metric_change` measures
     # (quantized model, float model, batches) -> layers, most sensitive first: the SQNR of static QDQ
@@ -107,7 +108,8 @@ class Trials:
     """Candidates made and measured once each, by the nodes they keep float, in the order tried."""
 
     def __init__(self, search: Search):
-        self.search, self.tried = search, {}
+        self.search = search
+        self.tried: dict[tuple[str, ...], Candidate] = {}
 
     def __call__(self, nodes: list[str]) -> Candidate:
         key = tuple(nodes)
@@ -126,6 +128,7 @@ class Trials:
 def ranked_layers(search: Search, trials: Trials) -> list:
     """Sensitivity of the all-INT8 candidate, with the metric change of the first `probe` layers."""
     everything = trials([])
+    assert everything.path is not None  # made by `trials` (only reports drop the path)
     ranked = search.rank(everything.path, search.float_model, search.batches())
     _probe(ranked, search, everything, trials)
     return ranked
@@ -136,6 +139,7 @@ def run(search: Search, trials: Trials | None = None) -> dict:
     `trials`: candidates already made (e.g. the first attempt, keeping nothing float)."""
     started, trials = time.perf_counter(), trials or Trials(search)
     everything = trials([])
+    assert everything.path is not None
     if everything.holds:
         ranked, chosen = search.rank(everything.path, search.float_model, search.batches()), everything
     else:

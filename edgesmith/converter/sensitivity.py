@@ -121,8 +121,8 @@ def quantized_tensors(qmodel, fmodel) -> list[QuantizedTensor]:
 
 def _is_8_or_16_bit(tensor: QuantizedTensor) -> bool:
     """int32 biases (scale = input scale x weight scale) add no error worth ranking."""
-    dtype = tensor.zero_point.dtype if tensor.zero_point is not None else tensor.quantized_weight.dtype
-    return np.dtype(dtype).itemsize <= 2
+    known = tensor.zero_point if tensor.zero_point is not None else tensor.quantized_weight
+    return known is not None and np.dtype(known.dtype).itemsize <= 2
 
 
 def _named_after(node, fnames: set[str]) -> str | None:
@@ -220,12 +220,18 @@ def tensor_errors(qmodel, fmodel, batches: Iterable[dict[str, np.ndarray]]) -> l
     finits = {t.name: t for t in fmodel.graph.initializer}
     for t in tensors:
         weight = numpy_helper.to_array(finits[t.float_name]) if t.float_name in finits else None
-        if t.kind == "weight" and weight is not None and weight.shape == t.quantized_weight.shape:
+        stored = t.quantized_weight
+        if t.kind == "weight" and weight is not None and stored is not None and weight.shape == stored.shape:
             weight = weight.astype(np.float64)
             zero, scale = _broadcast(t.zero_point, weight, t.axis), _broadcast(t.scale, weight, t.axis)
-            dequantized = (t.quantized_weight.astype(np.float64) - zero) * scale
+            dequantized = (stored.astype(np.float64) - zero) * scale
             total = _Sums()
-            total.add(weight, dequantized, weight, axis=t.axis if np.size(t.scale) > 1 else -1)
+            total.add(
+                weight,
+                dequantized,
+                weight,
+                axis=t.axis if t.scale is not None and np.size(t.scale) > 1 else -1,
+            )
             t.sqnr_db, t.channel_sqnr_db, t.worst_channel_sqnr_db, _ = total.result()
     activations = [t for t in tensors if t.kind == "activation"]
     fnames = [t.float_name for t in activations]

@@ -33,8 +33,9 @@ def _torchvision_stub() -> dict:
     def missing(*args, **kwargs):
         raise InputError(f"this op needs a working torchvision; {HINT}")
 
-    ops.nms = ops.roi_align = ops.box_convert = missing
-    vision.ops = ops
+    for name in ("nms", "roi_align", "box_convert"):
+        setattr(ops, name, missing)
+    vision.ops = ops  # type: ignore[attr-defined]  # a stand-in module gets its attributes set here
     return {"torchvision": vision, "torchvision.ops": ops}
 
 
