@@ -48,19 +48,9 @@ def cli_estimate(path: Path) -> float:
 
 
 def wall_p50(path: Path, runs: int) -> float:
-    from edgesmith.runtime import load
-    from edgesmith.targets.latency import random_feeds
+    from edgesmith.targets.hostcal import run_times_ms
 
-    session = load(path, backend="ort", threads=1)
-    feeds = random_feeds(session)
-    for _ in range(3):
-        session.run(feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(run_times_ms(path, threads=1, runs=runs))
 
 
 def main() -> None:

@@ -204,8 +204,8 @@ def parallel_fraction(path: Path, cores: int, default: float) -> float:
     return round(min(max(p, 0.0), 0.99), 3)
 
 
-def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
-    """The fastest of `runs` (a shared machine only adds time), after warm-up."""
+def run_times_ms(path: Path, threads: int, runs: int) -> list[float]:
+    """Wall time of each of `runs` ONNX Runtime runs of `path` on random inputs, after 3 warm-up runs."""
     from ..runtime import load
     from .latency import random_feeds
 
@@ -217,8 +217,13 @@ def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
     for _ in range(runs):
         start = time.perf_counter()
         session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _best_ms(path: Path, threads: int, runs: int = 15) -> float:
+    """The fastest of `runs` (a shared machine only adds time), after warm-up."""
+    return min(run_times_ms(path, threads, runs))
 
 
 def build_net(path: Path, spec: list[tuple[Any, ...]] = LAYERS, shape: tuple[int, ...] = INPUT) -> Path:
