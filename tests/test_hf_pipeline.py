@@ -189,7 +189,7 @@ def test_folder_without_config_json(cli, tmp_path):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "model.safetensors").write_bytes(b"")
     code, _, err = cli("convert", tmp_path / "weights", "--format", "onnx", "--out", tmp_path / "out")
-    assert code == 2 and "without config.json" in _error(err)
+    assert code == 2 and "neither config.json nor saved_model.pb" in _error(err)
     assert not (tmp_path / "out").exists()
 
 
