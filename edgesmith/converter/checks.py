@@ -212,9 +212,9 @@ def _what_to_try(entry) -> str:
         most = max(t["float_layers"] for t in kept["tried"])
         best = max(t["cosine_min"] or -1.0 for t in kept["tried"])
         return (
-            f"keeping up to {most} of its most sensitive layers in float reached cosine {best:.4f} at "
-            "best; try another calibration.method or more calibration data, or set [verify] min_cosine "
-            "if this is expected"
+            f"the rescue tried {len(kept['tried'])} candidates with up to {most} of its most sensitive "
+            f"layers in float and none met the bar (the best of them: cosine {best:.4f}); try another "
+            "calibration.method or more calibration data, or set [verify] min_cosine if this is expected"
         )
     return (
         "keep sensitive layers in float (quantize.exclude), try another calibration.method, or set "
