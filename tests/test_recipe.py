@@ -100,6 +100,7 @@ bits = 8
 block_size = 128
 
 [verify]
+metric = "auto"
 batch_size = 64
 sensitivity = false
 

@@ -60,6 +60,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument(
+        "--metric",
+        metavar="NAME",
+        help="the task metric on the eval data: auto (top-1 for class-id labels), top1, spearman (sentence "
+        "pairs, e.g. a .tsv of sentence/sentence/score), or module:function / file.py:function of your own, "
+        "f(outputs, labels) -> float, higher is better ([verify] metric)",
+    )
+    p.add_argument(
         "--format",
         action="append",
         metavar="FMT",
@@ -104,7 +111,8 @@ def main(args) -> int:
     from .summary import print_summary
 
     recipe = build_recipe(args.recipe, args.preset, args.calibration, args.eval, args.format, args.model,
-                          targets=args.target, input_shapes=parse_shapes(args.input_shape))  # fmt: skip
+                          targets=args.target, input_shapes=parse_shapes(args.input_shape),
+                          metric=args.metric)  # fmt: skip
     if args.dump_recipe:
         sys.stdout.write(recipe.to_toml())
         return 0

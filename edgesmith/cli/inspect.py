@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="D", help="samples: .npz (with `labels` for top-1), .npy or image folder")  # fmt: skip
     p.add_argument("--top", type=int, default=5, metavar="N", help="layers to re-quantize in float, one at a time (default 5; 0: SQNR only)")  # fmt: skip
     p.add_argument("--samples", type=int, default=128, help="samples of D to use (default 128)")
+    p.add_argument("--metric", default="auto", metavar="NAME", help="the metric of the re-quantized models: auto (top-1 with class-id labels, else agreement or cosine), top1, spearman or module:function (as convert --metric)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     return p
 
@@ -65,7 +66,8 @@ def _quantize_config(artifact: Path):
     return build(QuantizeConfig, {k: v for k, v in step.items() if k != "kind"}, "quantize")
 
 
-def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int, workdir: Path) -> dict:
+def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int, workdir: Path,
+         metric: str = "auto") -> dict:  # fmt: skip
     """The ranking and, for the first `top` layers, the metric change of keeping each alone float."""
     from ..converter import budget, frontends, sensitivity, verify
     from ..converter.data.arrays import ArraySource
@@ -86,18 +88,19 @@ def rank(artifact: Path, original: Path, data_path: str, top: int, samples: int,
             "artifact was quantized from"
         )
     ranked = sensitivity.analyse(artifact, float_model, data.batches())
-    metric = None
+    measured_by = None
     if top:
-        reference = verify.reference(source, data, quiet=True)
+        reference = verify.reference(source, data, quiet=True, metric=metric)
 
         def score(path: Path) -> float:
             result = verify.verify(path, reference, data, quiet=True)
-            return result.get("artifact") or result.get("agreement") or result["cosine_min"]
+            found = (result.get(key) for key in ("artifact", "agreement", "cosine_min"))
+            return next(value for value in found if value is not None)
 
-        metric = reference.metric or ("agreement" if reference.outputs[0][0].ndim == 2 else "cosine_min")
+        measured_by = reference.metric or ("agreement" if reference.outputs[0][0].ndim == 2 else "cosine_min")
         sensitivity.metric_changes(ranked, top, quantize_with, score, score(quantize_with([])))
     return {"artifact": str(artifact), "against": str(original), "samples": len(data),
-            "metric": metric, "layers": sensitivity.to_json(ranked)}  # fmt: skip
+            "metric": measured_by, "layers": sensitivity.to_json(ranked)}  # fmt: skip
 
 
 def table(result: dict, limit: int = 20) -> list[list[str]]:
@@ -126,7 +129,7 @@ def main(args) -> int:
 
     artifact, original = _check(args)
     with work_folder() as tmp:
-        result = rank(artifact, original, args.data, args.top, args.samples, Path(tmp))
+        result = rank(artifact, original, args.data, args.top, args.samples, Path(tmp), args.metric)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -20,6 +20,7 @@ def build_recipe(
     model: str | Path | None = None,
     targets: list[str] | None = None,
     input_shapes: dict[str, list[int]] | None = None,
+    metric: str | None = None,
 ) -> Recipe:
     """A Recipe from a TOML file (or object), with a preset, data paths and the model layered on top.
 
@@ -41,6 +42,8 @@ def build_recipe(
         result = replace(result, calibration=replace(result.calibration, path=str(calibration)))
     if evaluation is not None:
         result = replace(result, verify=replace(result.verify, eval=str(evaluation)))
+    if metric is not None:  # --metric NAME: the task metric max_drop is in
+        result = replace(result, verify=replace(result.verify, metric=metric))
     if formats:
         from .recipe import ExportConfig
 

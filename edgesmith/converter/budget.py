@@ -73,7 +73,7 @@ def pipeline_search(quantize, handle, ctx, recipe, source, data, everything: boo
     from .verify import DEFAULT_MIN_COSINE
 
     float_model, quantize_with = step_quantizer(quantize, handle.path, ctx, everything)
-    reference = verify.reference(source, data, quiet=True)
+    reference = verify.reference(source, data, quiet=True, metric=recipe.verify.metric)
 
     def evaluate(path: Path) -> dict:
         result = verify.verify(path, reference, data, quiet=True)

@@ -23,7 +23,7 @@ from ..targets.records import (
     Verification,
     write_report,
 )
-from . import budget, checks, exporters, fastest, input_shapes, plan
+from . import budget, checks, exporters, fastest, input_shapes, metrics, plan
 from .data.arrays import ArraySource
 from .handle import ModelHandle, file_info, sha256
 from .outdir import OutputDir
@@ -196,6 +196,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
         check_utf8_path(model_path, "the model")
     torch_steps, steps, quantize = _split_steps(recipe)
     _check_step_data(torch_steps, recipe)
+    metrics.resolve(recipe.verify.metric)  # a user's module:function that does not import fails now
     # what no quantizer can do for an export (or without data) is refused now, before the model is loaded
     plan.exports(recipe.exports, quantize, plan.recipe_facts(recipe, model, kind, bool(steps)))
     input_hash = sha256(model_path) if model_path else None
@@ -226,7 +227,7 @@ def run(recipe: Recipe, model: Any, out: str | Path, force: bool = False, quiet:
             hf_folder = None
             if torch_steps:
                 hf_folder = _save_hf_folder(changed.module, output, f"{stem}-hf", model_path)
-            reference = _Reference(source, checked_on, quiet)
+            reference = _Reference(source, checked_on, quiet, recipe.verify.metric)
             export_ctx = ExportContext(changed, ctx, gate=_gate(recipe, reference, checked_on))
             recipe = fastest.resolve(recipe, handle, quantize, export_ctx, found)  # targets, format auto
             artifacts: list[Artifact] = []
@@ -346,15 +347,15 @@ class _Reference:
     """The original's outputs on the verification data, computed at the first call (by a quantizer's
     gate, or by verification after the exports) and kept."""
 
-    def __init__(self, source, data, quiet: bool):
-        self.source, self.data, self.quiet = source, data, quiet
+    def __init__(self, source, data, quiet: bool, metric: str):
+        self.source, self.data, self.quiet, self.metric = source, data, quiet, metric
         self.value: Any = None  # verify.Reference
 
     def __call__(self):
         from . import verify
 
         if self.value is None:
-            self.value = verify.reference(self.source, self.data, self.quiet)
+            self.value = verify.reference(self.source, self.data, self.quiet, self.metric)
         return self.value
 
 

@@ -51,6 +51,15 @@ class VerifyConfig(Checked):
     section = "verify"
 
     eval: str | None = None  # .npz with the model inputs plus `labels`
+    # the task metric max_drop is in: "auto" (top-1 with class-id labels), "top1", "spearman" (sentence
+    # pairs), or "module:function" / "file.py:function" of your own (converter/metrics.py)
+    metric: str = spec(
+        "auto",
+        pattern=(
+            r"auto|top1|spearman|[^:]+:[A-Za-z_][A-Za-z0-9_]*",
+            "auto, top1, spearman, or module:function",
+        ),
+    )
     max_drop: float | None = spec(None, ge=0)  # metric points (e.g. 0.5 = half a percent of top-1)
     max_samples: int | None = spec(None, ge=1)
     batch_size: int = spec(64, ge=1)

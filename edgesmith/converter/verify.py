@@ -3,7 +3,8 @@
 Every artifact is checked, labels or not: the original and the artifact run on the same batches
 (the eval set, else the calibration set, else seeded random inputs), and for each output the report
 gives the cosine of each sample's output to the original's (min and mean) and the max abs error.
-With labels there is also the task metric (top-1 for class ids); with class scores the arg-max
+There is also the task metric, `[verify] metric` (converter/metrics.py): top-1 when the labels are class
+ids, Spearman of sentence-pair cosines, or the user's `module:function`; with class scores the arg-max
 agreement; with L2-normalised embeddings their mean cosine.
 """
 
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..runtime import load as load_session
+from . import metrics
 from .frontends import Source
+from .metrics import Metric
 from .precision import FP16, FP32, INT4_WEIGHT_ONLY, INT8, INT8_DYNAMIC, INT8_WEIGHT_ONLY
 from .progress import bar
 
@@ -40,6 +43,11 @@ class Reference:
     metric: str | None
     score: float | None
     data: str  # "eval", "calibration" or "random inputs": what the samples were
+    scorer: Metric | None = None  # what `metric` names (converter/metrics.py)
+
+    def score_of(self, outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
+        """The artifact's score on the same samples, by the metric the original was scored with."""
+        return None if self.scorer is None else self.scorer(outputs, labels)
 
 
 class RandomSamples:
@@ -69,35 +77,32 @@ class RandomSamples:
         yield from self._batches
 
 
-def _metric(labels: np.ndarray | None, outputs: np.ndarray) -> str | None:
-    if labels is None:
-        return None
-    if labels.ndim == 1 and labels.dtype.kind in "iu" and outputs.ndim == 2:
-        return "top1"
-    return None
-
-
-def _score(metric: str | None, labels: np.ndarray | None, outputs: np.ndarray) -> float | None:
-    if metric == "top1" and labels is not None:
-        return round(float((outputs.argmax(1) == labels[: len(outputs)]).mean() * 100), 4)
-    return None
-
-
 def _output_names(source: Source) -> list[str]:
     return [s.name for s in load_session(source.onnx.path).outputs]  # a .tflite when tf2onnx could not
 
 
-def reference(source: Source, data, quiet: bool = False) -> Reference:
+def reference(source: Source, data, quiet: bool = False, metric: str | None = None) -> Reference:
+    """The original's outputs on `data` and its score by `metric` ([verify] metric: "auto", "top1",
+    "spearman" or "module:function"; converter/metrics.py)."""
+    named = metrics.resolve(metric)  # a wrong name or module fails before the original runs
     outputs = []
     with bar(len(data), "evaluating original", "sample", quiet) as progress:
         for batch in data.batches():
             outputs.append([np.asarray(o) for o in source.reference(batch)])
             progress.update(data.feed_size(batch))
-    first = np.concatenate([b[0] for b in outputs]) if outputs[0][0].ndim else None
     labels = getattr(data, "labels", None)
-    metric = _metric(labels, first) if first is not None else None
-    score = _score(metric, labels, first) if metric and first is not None else None
-    return Reference(outputs, _output_names(source), metric, score, getattr(data, "what", "eval"))
+    whole = _concatenated(outputs)
+    scorer = metrics.choose(named, labels, whole[0]) if whole is not None else None
+    score = scorer(whole, labels) if scorer is not None and whole is not None else None
+    return Reference(outputs, _output_names(source), scorer.name if scorer else None, score,
+                     getattr(data, "what", "eval"), scorer)  # fmt: skip
+
+
+def _concatenated(batches: list[list[np.ndarray]]) -> list[np.ndarray] | None:
+    """Every output over all batches (samples on the first axis); None when an output is a scalar."""
+    if any(np.ndim(o) == 0 for o in batches[0]):
+        return None
+    return [np.concatenate([b[i] for b in batches]) for i in range(len(batches[0]))]
 
 
 def _aligned(got: dict[str, np.ndarray], names: list[str], want: list[np.ndarray]) -> list[np.ndarray]:
@@ -184,7 +189,7 @@ def _failed(stats: list[_OutputStats], exc: Exception) -> None:
 def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     session = load_session(artifact, exact=True)
     stats = [_OutputStats(n) for n in ref.names]
-    firsts = []
+    everything: list[list[np.ndarray]] = []
     with bar(len(data), f"evaluating {artifact.name}", "sample", quiet) as progress:
         for batch, want in zip(data.batches(), ref.outputs, strict=True):
             samples = data.feed_size(batch)
@@ -195,7 +200,7 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
                 break
             for stat, g, w in zip(stats, got, want, strict=True):
                 stat.add(g, w, samples)
-            firsts.append(np.asarray(got[0]))
+            everything.append([np.asarray(g) for g in got])
             progress.update(samples)
     outputs = [s.to_json() for s in stats]
     result = {
@@ -210,9 +215,10 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     }
     if any("error" in o for o in outputs):
         return result
-    first, expected = np.concatenate(firsts), np.concatenate([b[0] for b in ref.outputs])
-    if ref.metric:
-        result["artifact"] = _score(ref.metric, data.labels, first)
+    first, expected = np.concatenate([b[0] for b in everything]), np.concatenate([b[0] for b in ref.outputs])
+    whole = _concatenated(everything)
+    if ref.scorer is not None and whole is not None:
+        result["artifact"] = ref.score_of(whole, getattr(data, "labels", None))
     if first.ndim == 2 and np.allclose(np.linalg.norm(expected, axis=1), 1.0, atol=1e-3):
         # L2-normalised rows are embeddings (a sentence encoder): what matters is their direction
         cosine = (first * expected).sum(1) / np.maximum(np.linalg.norm(first, axis=1), 1e-12)

@@ -147,14 +147,14 @@ class ArraySource:
         suffix = self.path.suffix.lower()
         if suffix in (".npy", ".npz"):
             found = read_arrays(self.path, f"{self.what} data", labels=LABELS)
-        elif suffix == ".txt":
+        elif suffix in (".txt", ".tsv"):
             if self._tokenize is None:
                 raise InputError(
                     f"{self.what} data {self.path}: sentences need a tokenizer; give a Hugging Face model "
                     "folder with one (tokenizer.json or vocab.txt), or an .npz of input_ids/attention_mask"
                 )
             try:
-                found = self._read_text()
+                found = self._read_pairs() if suffix == ".tsv" else self._read_text()
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or str(exc)
                 raise InputError(
@@ -163,7 +163,7 @@ class ArraySource:
         else:
             raise InputError(
                 f"{self.what} data {self.path}: expected an .npz, an .npy or a folder of images"
-                + (" (or a .txt of sentences)" if self._tokenize is not None else "")
+                + (" (or a .txt of sentences, a .tsv of scored pairs)" if self._tokenize is not None else "")
             )
         if LABELS in found:
             self.labels = np.asarray(found.pop(LABELS))
@@ -196,6 +196,33 @@ class ArraySource:
             raise InputError(f"{self.what} data {self.path} holds no sentences; write one per line")
         length = self.inputs[0].shape[1] if len(self.inputs[0].shape) > 1 else None
         return self._tokenize(lines, length if isinstance(length, int) and length > 0 else None)
+
+    def _read_pairs(self) -> dict[str, np.ndarray]:
+        """Scored sentence pairs, `sentence<TAB>sentence<TAB>score` a line (STS-B's form): samples 2i and
+        2i+1 are pair i, both labelled with its score (the `spearman` metric, converter/metrics.py)."""
+        sentences, scores = [], []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            try:
+                score = float(fields[2]) if len(fields) == 3 else None
+            except ValueError:
+                score = None
+            if score is None or not all(f.strip() for f in fields[:2]):
+                raise InputError(
+                    f"{self.what} data {self.path}, line {number}: expected sentence<TAB>sentence<TAB>score"
+                )
+            sentences += [fields[0].strip(), fields[1].strip()]
+            scores += [score, score]
+        pairs = min(self._max_samples or len(sentences), len(sentences)) // 2 * 2
+        if pairs < 4:
+            raise InputError(
+                f"{self.what} data {self.path} holds fewer than 2 scored pairs; write one a line"
+            )
+        length = self.inputs[0].shape[1] if len(self.inputs[0].shape) > 1 else None
+        found = self._tokenize(sentences[:pairs], length if isinstance(length, int) and length > 0 else None)
+        return {**found, LABELS: np.asarray(scores[:pairs], dtype=np.float64)}
 
     def check_finite(self) -> None:
         """Scan array data for NaN/Inf up front, so bad data fails before any long work.
