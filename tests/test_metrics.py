@@ -61,7 +61,9 @@ def test_a_users_function_is_the_metric_and_max_drop_applies_to_it(cli, tmp_path
     expected = 100 * float((np.argsort(logits, axis=1)[:, -2:] == mnist_test[1][:2000, None]).any(1).mean())
     assert verification["original"] == pytest.approx(expected, abs=1e-3)
     assert 95 < expected <= 100 and verification["artifact"] > 95
-    assert verification["drop"] == pytest.approx(verification["original"] - verification["artifact"], abs=1e-3)
+    assert verification["drop"] == pytest.approx(
+        verification["original"] - verification["artifact"], abs=1e-3
+    )
 
 
 def test_max_drop_is_held_in_the_users_metric(cli, tmp_path, mnist_2000):
@@ -109,9 +111,9 @@ def test_a_function_that_raises_or_returns_nan_is_named():
     with pytest.raises(InputError, match=r"the metric mine raised KeyError: 'logits'"):
         metrics.Metric("mine", broken)([np.zeros((2, 3))], None)
     with pytest.raises(InputError, match="returned nan"):
-        metrics.Metric("mine", lambda o, l: float("nan"))([np.zeros((2, 3))], None)
+        metrics.Metric("mine", lambda outputs, labels: float("nan"))([np.zeros((2, 3))], None)
     with pytest.raises(InputError, match="returned str"):
-        metrics.Metric("mine", lambda o, l: "high")([np.zeros((2, 3))], None)
+        metrics.Metric("mine", lambda outputs, labels: "high")([np.zeros((2, 3))], None)
 
 
 def test_spearman_pairs_samples_two_by_two():
@@ -154,7 +156,9 @@ def test_spearman_of_minilm_on_stsb_pairs_from_a_tsv(cli, tmp_path, monkeypatch)
             feeds = torch_model.tokenize(sentences, None)
             return torch_model(*[torch.from_numpy(v) for v in feeds.values()]).numpy()
 
-    expected = spearman(embed([p[0] for p in pairs]), embed([p[1] for p in pairs]), np.array([p[2] for p in pairs]))
+    expected = spearman(
+        embed([p[0] for p in pairs]), embed([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+    )
     assert verification["metric"] == "spearman"
     assert verification["original"] == pytest.approx(expected, abs=0.05)
     assert verification["artifact"] == pytest.approx(expected, abs=0.05)
