@@ -50,6 +50,24 @@ def test_truncated_onnx(cli, tmp_path, cnn, cal):
     )
 
 
+def test_a_torch_save_checkpoint_named_pt2_is_refused_without_unpickling(cli, tmp_path, monkeypatch):
+    import pickle as pickle_module
+
+    import torch
+
+    checkpoint = tmp_path / "model.pt2"
+    torch.save(torch.nn.Linear(2, 2), checkpoint)  # what people save by mistake: a pickled module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("edgesmith unpickled a user's file")
+
+    monkeypatch.setattr(pickle_module, "load", refuse)
+    monkeypatch.setattr(pickle_module, "loads", refuse)
+    monkeypatch.setattr(pickle_module, "Unpickler", refuse)
+    assert_refused(cli("convert", checkpoint, "--out", tmp_path / "out"), "torch.save checkpoint",
+                   "does not unpickle", "torch.export.save", out=tmp_path / "out")  # fmt: skip
+
+
 def test_pickled_torch_file_is_refused_unread(cli, tmp_path):
     pickle = tmp_path / "weights.pth"
     pickle.write_bytes(b"\x80\x04not really")

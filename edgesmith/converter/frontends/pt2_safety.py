@@ -79,6 +79,9 @@ def check_archive(data: bytes, path: Path) -> None:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
+        if any(n.endswith("/data.pkl") for n in names) and not any("/models/" in n for n in names):
+            raise InputError(f"{path} is a torch.save checkpoint (pickled objects), not a torch.export program; "
+                             f"edgesmith does not unpickle it (unpickling can run code): {RESAVE}")  # fmt: skip
         if any("/data/aotinductor/" in n for n in names):
             raise InputError(f"{path} is an AOTInductor package (compiled code, which edgesmith does not load); "
                              "give a torch.export program saved with torch.export.save")  # fmt: skip
