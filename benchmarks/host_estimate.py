@@ -11,7 +11,8 @@ right after it, as single-thread CPU time (the waits for a core are left out), t
 several turns through all the models (hostcal.best_cpu_ms, the statistic the calibration's own
 anchors use: contention only adds time). Every model's error is printed per round with the load
 average, then per model the median over the rounds and the median over the models. With `--wall`
-the wall-time p50 of the last round is printed beside it; with `--cli` the estimates are also taken
+the wall-time p50 of the last round is printed beside it; `meas/est max/min` says how far the
+measurement and the estimate each moved between rounds; with `--cli` the estimates are also taken
 through the CLI (`profile --target host --estimate --json`) once, to show it gives the same figure.
 
     .venv/bin/python benchmarks/host_estimate.py [--rounds 3] [--passes 4] [--wall] [--cli]
@@ -70,6 +71,7 @@ def main() -> None:
     print(f"{cpu} ({platform.machine()}, {hostcal._cores()} cores)")
     errors: dict[str, list[float]] = {name: [] for name in MODELS}
     rows: dict[str, tuple[float, float]] = {}
+    spread: dict[str, list[tuple[float, float]]] = {name: [] for name in MODELS}  # (measured, estimated)
     for r in range(args.rounds):
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
@@ -80,6 +82,7 @@ def main() -> None:
             estimated = costmodel.estimate(paths[name], target, 1).p50_ms
             errors[name].append(estimated / measured[name] - 1)
             rows[name] = (measured[name], estimated)
+            spread[name].append(rows[name])
         print(f"round {r + 1}: calibrated in {seconds:.1f} s (load {load_before:.1f} -> "
               f"{os.getloadavg()[0]:.1f}); overhead {target.op_overhead_us} us/op + "
               f"{target.run_overhead_us} us/run, K0 {target.depth_half}; "
@@ -87,14 +90,17 @@ def main() -> None:
         absolute = sorted(abs(e[-1]) for e in errors.values())
         print(f"  round {r + 1} median |error| {statistics.median(absolute):.1%}, "
               f"{sum(e <= GOAL for e in absolute)} of {len(absolute)} within {GOAL:.0%}")  # fmt: skip
-    print(f"\n{'model':20} {'cpu ms':>8} {'estimated':>10} {'wall p50':>9}   error per round -> median")
+    print(f"\n{'model':20} {'cpu ms':>8} {'estimated':>10} {'wall p50':>9} {'meas/est max/min':>16}"
+          "   error per round -> median")  # fmt: skip
     medians = {}
     for name in MODELS:
         medians[name] = statistics.median(errors[name])
         measured, estimated = rows[name]
         per_round = " ".join(f"{e:+6.1%}" for e in errors[name])
         wall = wall_p50(paths[name], 30) if args.wall else float("nan")
-        print(f"{name:20} {measured:8.3f} {estimated:10.3f} {wall:9.3f}"
+        # how far the measurement and the estimate each moved between rounds (max / min)
+        moved = [max(v) / min(v) for v in zip(*spread[name], strict=True)]
+        print(f"{name:20} {measured:8.3f} {estimated:10.3f} {wall:9.3f} {moved[0]:7.2f}x/{moved[1]:.2f}x"
               f"   {per_round} -> {medians[name]:+6.1%}")  # fmt: skip
     absolute = sorted(abs(e) for e in medians.values())
     within = sum(e <= GOAL for e in absolute)

@@ -6,7 +6,10 @@ small networks that hold the kernels real models are made of (3x3 and 1x1 convol
 7x7, depthwise convolutions, a residual add, pooling, a fully-connected layer) and a 7x7 RGB stem,
 each as fp32 and as INT8 (QDQ, as `convert --preset int8` writes it), profiles them per layer with
 ONNX Runtime at one thread, and fits the efficiencies, the depth constants (`costmodel.fit_depth`)
-and the per-op and per-run overheads (chains of 1 and 40 tiny convolutions). Every time is the
+and the per-op and per-run overheads (chains of 1 and 40 tiny convolutions). Networks of one class
+each (1x1, 3x3, depthwise convolutions, a fully-connected layer; fp32 and INT8) are then timed
+whole, and each class's level is set so the whole-run estimates match them (`anchor_classes`).
+Every time is the
 fastest of many samples (contention on a shared machine only adds time), and the whole-network
 anchors and the chains are measured in turns (`best_cpu_ms`), so they share the load they ran under.
 The parallel fraction comes from timing the fp32 network at one thread and at all cores. Peaks are
@@ -35,7 +38,7 @@ from .spec import Target
 if TYPE_CHECKING:
     from .layer import Layer
 
-VERSION = 9  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 10  # bump when the benchmark or the fit changes: old cache files are then ignored
 
 # (kind, input channels, output channels, stride) at the spatial size reached so far: an RGB stem,
 # two shallow 1x1 convolutions (16 and 32 deep), then a MobileNetV2 / ResNet mix from 56x56 down to
@@ -55,6 +58,17 @@ INPUT = (1, 3, 112, 112)
 STEM = [("conv7", 3, 64, 2)]
 TINY = [("conv1", 8, 8, 1)] * 40  # 40 kernels of 64 MACs per pixel on 4x4: per-op dispatch cost
 TINY_INPUT = (1, 8, 4, 4)
+# Networks of one op class each (kinds, input shape), timed whole (fp32 and INT8) beside the
+# calibration networks: their CPU times set each class's level (`anchor_classes`).
+CLASS_NETS: dict[str, tuple[list[tuple[Any, ...]], tuple[int, ...]]] = {
+    "pointwise": ([("conv1", 32, 128, 1), ("conv1", 128, 64, 1), ("conv1", 64, 256, 1), ("conv1", 256, 64, 1)],
+                  (1, 32, 56, 56)),
+    "dwconv": ([("dw", 96, 96, 1), ("dw", 96, 96, 2), ("dw", 96, 96, 1), ("dw", 96, 96, 1)], (1, 96, 56, 56)),
+    "conv": ([("conv3", 32, 64, 1), ("conv3", 64, 64, 1), ("conv3", 64, 128, 2), ("conv3", 128, 128, 1)],
+             (1, 32, 56, 56)),
+    "gemm": ([("gap",), ("gemm", 512, 1000)], (1, 512, 7, 7)),
+}  # fmt: skip
+ANCHORED = tuple(CLASS_NETS)  # one whole-run scale each; every other class (stem, pool, add ...) shares one
 
 
 def cache_path() -> Path:
@@ -113,15 +127,22 @@ def calibrate(target: Target) -> dict[str, Any]:
             layers = graph.layers(path)
             samples.append((layers, hostprofile.match(layers, times)))
         efficiency, _, depth_half = costmodel.fit_depth(samples, target, threads=1)
-        one = build_net(Path(tmp) / "tiny1.onnx", TINY[:1], TINY_INPUT)
-        chain = build_net(Path(tmp) / "tiny.onnx", TINY, TINY_INPUT)
-        best = best_cpu_ms({"fp32": fp32, "int8": int8, "one": one, "chain": chain})
+        whole = dict(zip(("fp32", "int8", "stem_fp32", "stem_int8"), nets, strict=True))
+        for name, (kinds, shape) in CLASS_NETS.items():
+            whole[f"{name}_fp32"] = build_net(Path(tmp) / f"{name}_fp32.onnx", kinds, shape)
+            whole[f"{name}_int8"] = quantize_net(
+                whole[f"{name}_fp32"], Path(tmp) / f"{name}_int8.onnx", shape
+            )
+        chains = {"one": build_net(Path(tmp) / "tiny1.onnx", TINY[:1], TINY_INPUT),
+                  "chain": build_net(Path(tmp) / "tiny.onnx", TINY, TINY_INPUT)}  # fmt: skip
+        best = best_cpu_ms(whole | chains)
         overhead, per_run = dispatch_costs(best["one"], best["chain"], len(TINY))
         target = replace(target, efficiency=efficiency, op_overhead_us=overhead, depth_half=depth_half,
                          run_overhead_us=per_run)  # fmt: skip
-        for dtype, (layers, _) in zip(("fp32", "int8"), samples[:2], strict=True):
-            efficiency = anchor(efficiency, layers, best[dtype], target)
-            target = replace(target, efficiency=efficiency)
+        efficiency = anchor_classes(
+            efficiency, [(graph.layers(p), best[n]) for n, p in whole.items()], target
+        )
+        target = replace(target, efficiency=efficiency)
         parallel = parallel_fraction(fp32, target.cores, target.parallel_fraction)
     return {
         "cpu": _cpu_model(),
@@ -165,18 +186,54 @@ def dispatch_costs(one_ms: float, chain_ms: float, length: int) -> tuple[float, 
     return round(per_op, 2), round(max(one_ms * 1e3 - per_op, 0.0), 2)
 
 
-def anchor(
-    efficiency: dict[str, Any], layers: list[Layer], measured_ms: float, target: Target
+def anchor_classes(
+    efficiency: dict[str, Any], nets: list[tuple[list[Layer], float]], target: Target
 ) -> dict[str, Any]:
-    """Scale the efficiencies of the network's dtype so its whole-network estimate is `measured_ms`:
-    the per-layer profile misses what runs between kernels (ORT's executor, memory planning)."""
+    """The efficiencies with each class's level set by whole runs: per dtype, one scale per class of
+    `ANCHORED` and one shared by every other class, least squares on relative residuals so that
+    each network's estimate matches its measured CPU time (`nets`: (layers, ms)).
+
+    The per-layer profile gives the shape within a class (the depth constants, the stems) but not
+    its level: the profiler's per-kernel times miss what runs between kernels, and the miss differs
+    by class (on an AMX Xeon the profile-fitted table over-estimated whole runs of 1x1-only and
+    3x3-only fp32 networks by 1.3x, depthwise-only by 1.15x, INT8 depthwise under-estimated at 0.7x).
+    One scale per dtype, set on one mixed network, carried those differences into every model."""
+    import numpy as np
+
     from . import costmodel
 
-    dtype = max((lay.dtype for lay in layers if lay.macs), key=lambda d: d == "int8")
-    ratio = costmodel.estimate(layers, replace(target, efficiency=efficiency), 1).p50_ms / measured_ms
     table = {d: dict(t) for d, t in efficiency.items()}
-    table[dtype] = {c: round(float(v) * ratio, 4) for c, v in table[dtype].items()}
+    current = replace(target, efficiency=table)
+    groups = [*ANCHORED, "rest"]
+    for dtype in table:
+        rows, rhs = [], []
+        for layers, measured_ms in nets:
+            if _dtype(layers) != dtype:
+                continue
+            row, fixed = [0.0] * len(groups), target.run_overhead_us * 1e-3
+            for lay in layers:
+                ms = costmodel.layer_ms(lay, current, 1)
+                compute = ms - target.op_overhead_us * 1e-3
+                if lay.dtype == dtype and lay.macs and compute > lay.bytes / target.bandwidth_gbs * 1e-6:
+                    op_class = costmodel.kernel_class(lay, table[dtype])
+                    row[groups.index(op_class if op_class in ANCHORED else "rest")] += compute
+                    ms -= compute
+                fixed += ms
+            rows.append([r / measured_ms for r in row])
+            rhs.append((measured_ms - fixed) / measured_ms)
+        if not rows:
+            continue
+        scales, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+        for op_class, value in table[dtype].items():
+            scale = float(scales[groups.index(op_class if op_class in ANCHORED else "rest")])
+            if scale > 0:  # 0: no network timed the class (nothing to say); < 0: noise, keep it
+                table[dtype][op_class] = round(float(value) / scale, 4)
     return table
+
+
+def _dtype(layers: list[Layer]) -> str:
+    """A network's dtype: int8 if any kernel with MACs is INT8 (a QDQ network), else fp32."""
+    return max((lay.dtype for lay in layers if lay.macs), key=lambda d: d == "int8", default="fp32")
 
 
 def cpu_ms(path: Path, runs: int = 15, quantile: float = 0.0) -> float:
