@@ -154,6 +154,7 @@ def calibrate(target: Target) -> dict[str, Any]:
         "op_overhead_us": overhead,
         "run_overhead_us": per_run,
         "parallel_fraction": parallel,
+        "anchor_ms": {"fp32": best["fp32"], "int8": best["int8"]},  # the networks' times, for checks
         "seconds": round(time.perf_counter() - started, 2),
         "version": VERSION,
     }
