@@ -18,6 +18,7 @@ the two, and an error corrected by that ratio is printed beside each round's; wi
 through the CLI (`profile --target host --estimate --json`) once, to show it gives the same figure.
 
     .venv/bin/python benchmarks/host_estimate.py [--rounds 3] [--passes 4] [--wall] [--cli]
+    .venv/bin/python benchmarks/host_estimate.py --estimates-only --rounds 3  # the estimate's spread
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def calibration_nets(folder: Path) -> dict[str, Path]:
     }
 
 
+def estimate_spread(paths: dict[str, Path], rounds: int) -> None:
+    """How far the estimate alone moves between fresh calibrations (no model is timed): what the load
+    during calibration does to it."""
+    from edgesmith.targets import costmodel, hostcal, spec
+
+    estimates: dict[str, list[float]] = {name: [] for name in MODELS}
+    loads = []
+    for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
+        target = hostcal.calibrated(spec.get("host"), refresh=True)
+        for name in MODELS:
+            estimates[name].append(costmodel.estimate(paths[name], target, 1).p50_ms)
+    print(
+        f"hostcal VERSION {hostcal.VERSION}, load at each calibration {', '.join(f'{x:.1f}' for x in loads)}"
+    )
+    for name, values in estimates.items():
+        print(
+            f"{name:20} "
+            + " ".join(f"{v:9.3f}" for v in values)
+            + f"   max/min {max(values) / min(values):.2f}x"
+        )
+
+
 def wall_p50(path: Path, runs: int) -> float:
     from edgesmith.targets.hostcal import run_times_ms
 
@@ -76,6 +100,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=4, help="turns through the models per round")
     parser.add_argument("--wall", action="store_true", help="also print the wall-time p50 (30 runs)")
     parser.add_argument("--cli", action="store_true", help="also estimate through the CLI, once")
+    parser.add_argument("--estimates-only", action="store_true",
+                        help="calibrate --rounds times, print each model's estimates and their spread")  # fmt: skip
     args = parser.parse_args()
     import costmodel_validation
 
@@ -84,6 +110,8 @@ def main() -> None:
     paths = costmodel_validation.models()
     cpu = hostcal._cpu_model()
     print(f"{cpu} ({platform.machine()}, {hostcal._cores()} cores)")
+    if args.estimates_only:
+        return estimate_spread(paths, args.rounds)
     errors: dict[str, list[float]] = {name: [] for name in MODELS}
     rows: dict[str, tuple[float, float]] = {}
     spread: dict[str, list[tuple[float, float]]] = {name: [] for name in MODELS}  # (measured, estimated)
@@ -93,7 +121,7 @@ def main() -> None:
         started = time.perf_counter()
         target = hostcal.calibrated(spec.get("host"), refresh=True)
         seconds = time.perf_counter() - started
-        timed = {name: paths[name] for name in MODELS} | calibration_nets(paths["mnist_cnn"].parent)
+        timed = {name: paths[name] for name in MODELS} | calibration_nets(costmodel_validation.CACHE)
         measured = hostcal.best_cpu_ms(timed, passes=args.passes)
         anchors = hostcal._read(hostcal.cache_path())["anchor_ms"]
         drift = {d: measured[f"calibration {d}"] / anchors[d] for d in anchors}
