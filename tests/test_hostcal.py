@@ -89,3 +89,21 @@ def test_best_cpu_ms_times_every_network_in_turns(tmp_path):
     chain = hostcal.build_net(tmp_path / "chain.onnx", hostcal.TINY, hostcal.TINY_INPUT)
     best = hostcal.best_cpu_ms({"one": one, "chain": chain}, passes=2, runs=3)
     assert set(best) == {"one", "chain"} and 0 < best["one"] < best["chain"]  # 1 kernel against 40
+
+
+def test_a_kernel_within_the_private_cache_is_not_held_to_the_dram_roof(tmp_path):
+    index = tmp_path / "index2"
+    index.mkdir()
+    for name, text in (("level", "2\n"), ("type", "Unified\n"), ("size", "2048K\n")):
+        (index / name).write_text(text)
+    (tmp_path / "index0").mkdir()  # an L1 entry whose files cannot be read is skipped
+    assert hostcal.private_cache_kb(tmp_path) == 2048
+    assert hostcal.private_cache_kb(tmp_path / "absent") == 0
+
+    host = dataclasses.replace(spec.get("host"), bandwidth_gbs=20.0, cache_kb=2048)
+    pool = Layer("pool", "MaxPool", "pool", "fp32", 12_544, 0, 50_176, 12_544)  # the demo CNN's first
+    big = dataclasses.replace(pool, in_bytes=8 << 20)  # 8 MB: streamed from DRAM
+    assert host.memory_s(pool.bytes) == 0 and host.memory_s(big.bytes) == pytest.approx(big.bytes / 20e9)
+    one_roof = dataclasses.replace(host, cache_kb=0)
+    assert costmodel.layer_ms(pool, host) < costmodel.layer_ms(pool, one_roof)
+    assert costmodel.layer_ms(big, host) == costmodel.layer_ms(big, one_roof)

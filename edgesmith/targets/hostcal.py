@@ -38,7 +38,7 @@ from .spec import Target
 if TYPE_CHECKING:
     from .layer import Layer
 
-VERSION = 10  # bump when the benchmark or the fit changes: old cache files are then ignored
+VERSION = 11  # bump when the benchmark or the fit changes: old cache files are then ignored
 
 # (kind, input channels, output channels, stride) at the spatial size reached so far: an RGB stem,
 # two shallow 1x1 convolutions (16 and 32 deep), then a MobileNetV2 / ResNet mix from 56x56 down to
@@ -106,6 +106,7 @@ def apply(target: Target, data: dict[str, Any]) -> Target:
         run_overhead_us=float(data["run_overhead_us"]),
         parallel_fraction=float(data["parallel_fraction"]),
         depth_half={d: float(k) for d, k in data.get("depth_half", {}).items()},
+        cache_kb=int(data.get("cache_kb", 0)),
         fitted=f"calibrated on this CPU ({data['cpu']}, {data['date']}; {cache_path().name})",
     )
 
@@ -116,7 +117,7 @@ def calibrate(target: Target) -> dict[str, Any]:
     from . import costmodel, graph, hostprofile
 
     started = time.perf_counter()
-    target = replace(target, macs_per_cycle=peak_macs_per_cycle(cpu_flags()))
+    target = replace(target, macs_per_cycle=peak_macs_per_cycle(cpu_flags()), cache_kb=private_cache_kb())
     with work_folder("hostcal") as tmp:
         fp32 = build_net(Path(tmp) / "cal_fp32.onnx")
         int8 = quantize_net(fp32, Path(tmp) / "cal_int8.onnx")
@@ -154,6 +155,7 @@ def calibrate(target: Target) -> dict[str, Any]:
         "op_overhead_us": overhead,
         "run_overhead_us": per_run,
         "parallel_fraction": parallel,
+        "cache_kb": target.cache_kb,
         "anchor_ms": {"fp32": best["fp32"], "int8": best["int8"]},  # the networks' times, for checks
         "seconds": round(time.perf_counter() - started, 2),
         "version": VERSION,
@@ -215,7 +217,7 @@ def anchor_classes(
             for lay in layers:
                 ms = costmodel.layer_ms(lay, current, 1)
                 compute = ms - target.op_overhead_us * 1e-3
-                if lay.dtype == dtype and lay.macs and compute > lay.bytes / target.bandwidth_gbs * 1e-6:
+                if lay.dtype == dtype and lay.macs and compute > target.memory_s(lay.bytes) * 1e3:
                     op_class = costmodel.kernel_class(lay, table[dtype])
                     row[groups.index(op_class if op_class in ANCHORED else "rest")] += compute
                     ms -= compute
@@ -289,6 +291,19 @@ class RunTimer:
         for _ in range(self.repeat):
             self.session.run(self.feeds)
         return (time.thread_time() - start) / self.repeat * 1e3
+
+
+def private_cache_kb(cpu: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The size of the first core's L2 in KiB (Linux sysfs; 0 where it is not readable): kernels
+    whose working set fits there are not held to the DRAM bandwidth (`Target.cache_kb`)."""
+    for index in sorted(cpu.glob("index*")):
+        try:
+            level, kind, size = ((index / n).read_text().strip() for n in ("level", "type", "size"))
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit():
+            return int(size[:-1]) * {"K": 1, "M": 1024}.get(size[-1], 0)
+    return 0
 
 
 def peak_macs_per_cycle(flags: frozenset[str]) -> dict[str, float]:
