@@ -135,9 +135,11 @@ CALIBRATED_CHECK = ["mobilenet_v2", "resnet18", "mobilenet_v2_int8", "resnet18_i
 
 def host_calibrated(paths: dict[str, Path]) -> None:
     """Issue 15: the host spec calibrated on this CPU (targets/hostcal.py, a fresh benchmark) against
-    single-thread measurements of models it never saw. Measured as CPU time per run (median of 30):
-    on a machine shared with other jobs the wall time holds the waits for a core, the CPU time does
-    not; the wall-time p10 and the old host.toml estimate are printed beside it."""
+    single-thread measurements of models it never saw. Measured as CPU time per run (the fastest of
+    30 samples, hostcal.cpu_ms): on a machine shared with other jobs the wall time holds the waits
+    for a core, the CPU time does not; the wall-time p10 and the old host.toml estimate are printed
+    beside it. benchmarks/host_estimate.py is the fuller check (10 models, rounds, models timed in
+    turns)."""
     from edgesmith.targets import hostcal
 
     start = time.perf_counter()

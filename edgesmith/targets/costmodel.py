@@ -80,7 +80,7 @@ def layer_ms(layer: Layer, target: Target, threads: int = 1) -> float:
         * target.depth_factor(layer.dtype, op_class, layer.depth)
     )
     compute = layer.macs / rate if rate > 0 else 0.0
-    memory = layer.bytes / (target.bandwidth_gbs * 1e9)
+    memory = target.memory_s(layer.bytes)
     return (max(compute, memory) + target.op_overhead_us * 1e-6) * 1e3
 
 
@@ -219,7 +219,7 @@ def fit_figures(
                 key = (layer.dtype, layer.op_class)
                 peak = target.peak_macs_per_s(layer.dtype, threads, layer.op_class)
                 peak *= target.depth_factor(layer.dtype, layer.op_class, layer.depth)
-                memory = layer.bytes / (target.bandwidth_gbs * 1e9)
+                memory = target.memory_s(layer.bytes)
                 if key in keys and layer.macs / (peak * current.eff(*key)) >= memory:
                     row[keys.index(key)] += layer.macs / peak
                     fixed += target.op_overhead_us * 1e-6

@@ -70,6 +70,11 @@ class Target:
     # paid every K MACs). "dtype.stem" -> the stems' own K0 (ORT's x86 INT8 stem pays ~4x the
     # per-output cost of its other convolutions). Fitted on the host; 0 or absent = no depth effect.
     depth_half: dict[str, float] = field(default_factory=dict)
+    # a kernel whose bytes fit in this much of the core's private cache (the calibrated host's L2)
+    # is not held to the DRAM bandwidth: its class efficiency, fitted on such kernels, is its time
+    # (three max-pools of the demo CNN, 62 KB each, were estimated 3x their time on the DRAM roof).
+    # 0 = every kernel has the DRAM roof (every device spec).
+    cache_kb: int = 0
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -84,6 +89,10 @@ class Target:
         if self.isa.startswith(("x86", "amd64")):
             return "x86"
         return self.isa
+
+    def memory_s(self, nbytes: int) -> float:
+        """Seconds to move `nbytes` on the memory roof: 0 for a working set within `cache_kb`."""
+        return 0.0 if nbytes <= self.cache_kb * 1024 else nbytes / (self.bandwidth_gbs * 1e9)
 
     def peak_macs_per_s(self, dtype: str, threads: int = 1, op_class: str | None = None) -> float:
         """Peak MACs/s of `dtype`; with `op_class`, capped by what the stack's inner loop can issue."""
