@@ -171,13 +171,9 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
         if isinstance(result.model, ModelHandle) and result.model.path == model.path:
             raise RuntimeError(f"quantizer '{quantizer.name}' broke its contract: it must write a new file")
         handle, quantized = result.model, result.report
-    quantization = {
-        **(quantized or {}),
-        **(converted or {}),
-        **({"equalize": equalized} if equalized else {}),
-    }
-    quantization = quantization or None
-    return exporter.write(plan.export, handle, dest, ctx, quantization)
+    equalization = {"equalize": equalized} if equalized else {}
+    quantization = {**(quantized or {}), **(converted or {}), **equalization}
+    return exporter.write(plan.export, handle, dest, ctx, quantization or None)
 
 
 def export(config, model: ModelHandle, quantize: QuantizeConfig | None, dest: Path, ctx: ExportContext):
