@@ -1,7 +1,7 @@
 """PTQ recovery keys of the quantize step (steps/recovery.py), each on a real model, OpenVINO IR (NNCF):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ptq_recovery.py [--only bias|smooth|equalize] [--pairs 150]
-        [--model face-back] [--formats onnx,openvino]
+        [--model face-back] [--formats onnx,openvino] [--weights per-tensor,per-channel]
 
 - `bias_correction` off / fast / full: ccexam's trained MNISTNet (99.05 % top-1), static INT8 calibrated
   on the first 300 images of the real MNIST test set; on the other 9,700: top-1, the mean shift of
@@ -122,7 +122,7 @@ def smooth(work: Path, pairs: int) -> list[tuple]:
     return rows
 
 
-def equalize(work: Path, name: str, formats: list[str]) -> list[tuple]:
+def equalize(work: Path, name: str, formats: list[str], weights: list[str]) -> list[tuple]:
     """Static INT8 of a conformance model with and without `quantize.equalize`, per tensor and per channel."""
     import json
     import subprocess
@@ -135,7 +135,7 @@ def equalize(work: Path, name: str, formats: list[str]) -> list[tuple]:
     edgesmith = Path(sys.executable).parent / "edgesmith"
     rows = []
     for fmt in formats:
-        for per_channel in (False, True):
+        for per_channel in [w == "per-channel" for w in weights]:
             for on in (False, True):
                 recipe = work / f"r-{per_channel}-{on}.toml"
                 recipe.write_text(f'[[steps]]\nkind = "quantize"\nper_channel = {str(per_channel).lower()}\n'
@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["bias", "smooth", "equalize"], default=None)
     ap.add_argument("--model", default="face-back", help="a model of benchmarks/conformance_models.py")
     ap.add_argument("--formats", default="onnx,openvino")
+    ap.add_argument("--weights", default="per-tensor,per-channel", help="INT8 weight scales, in this order")
     ap.add_argument("--pairs", type=int, default=150)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +193,9 @@ def main() -> None:
             )
             print(table_header("format", "weights", "equalize", "exit", "first attempt cos", "written cos",
                                "kept float", "size / original", "8 other crops min cos", "convert s"))  # fmt: skip
-            for row in equalize(Path(tmp) / args.model, args.model, args.formats.split(",")):
+            for row in equalize(
+                Path(tmp) / args.model, args.model, args.formats.split(","), args.weights.split(",")
+            ):
                 print(table_row(*row))
 
 

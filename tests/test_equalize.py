@@ -121,8 +121,8 @@ def test_the_float_model_is_unchanged_and_the_ranges_even_out(separable, tmp_pat
 
 
 def test_shared_parameters_are_copied_so_their_layers_are_scaled(tmp_path):
-    """tf2onnx shares one zero bias among MediaPipe's depthwise convs: AIMET skips a set with a shared
-    parameter, so each layer gets its own copy first."""
+    """tf2onnx shares one bias among MediaPipe's depthwise convs: AIMET skips a set with a shared
+    parameter, so each layer gets its own copy first (kept where it was scaled)."""
     import onnx
     import torch
     from torch import nn
@@ -133,19 +133,19 @@ def test_shared_parameters_are_copied_so_their_layers_are_scaled(tmp_path):
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
                         nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()  # fmt: skip
     with torch.no_grad():
-        net[0].bias.zero_()
-        net[2].bias.zero_()
+        net[0].bias.fill_(0.1)
+        net[2].bias.fill_(0.1)
     path = tmp_path / "shared.onnx"
     torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, input_names=["input"],
                       dynamic_axes={"input": {0: "batch"}}, opset_version=13)  # fmt: skip
     model = onnx.load(str(path))
     stem, depthwise = (n for n in model.graph.node if n.op_type == "Conv" and n.name != "/4/Conv")
-    depthwise.input[2] = stem.input[2]  # both read one zero bias, as tf2onnx writes them
+    depthwise.input[2] = stem.input[2]  # both read one bias, as tf2onnx writes them
     for node in [n for n in model.graph.node if n.op_type == "Identity"]:  # torch's own copy of it
         model.graph.node.remove(node)
     onnx.save(model, str(path))
     handle, report = equalized(ModelHandle(path), tmp_path, Batches(digits(8)))
-    assert report["parameters_unshared"] == 1
+    assert report["parameters_copied"] == 1  # the depthwise conv's bias, scaled
     assert report["layers_scaled"] == ["/0/Conv", "/2/Conv", "/4/Conv"], report
     x = digits()
     before, after = run(path, x), run(handle.path, x)

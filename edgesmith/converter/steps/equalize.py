@@ -12,7 +12,7 @@ s_i = sqrt(r1_i / r2_i) (r: the channel's weight range), which equalizes both ra
 What runs here, in order:
 1. Initializers read by more than one Conv/Gemm/BatchNormalization get a copy each. tf2onnx shares one
    zero bias among all of MediaPipe's depthwise convolutions, and AIMET skips every layer set that
-   holds a shared parameter (face-back: all 33 of its sets).
+   holds a shared parameter (face-back: all 33 of its sets). Copies left unscaled are merged back.
 2. AIMET's batch-norm folding (`fold_all_batch_norms_to_weight`), then its cross-layer scaling
    (`CrossLayerScaling.scale_model`: chains of Conv/ConvTranspose, depthwise triples included; AIMET
    scales no Gemm/MatMul).
@@ -61,8 +61,9 @@ def equalized(model: ModelHandle, workdir: Path, data=None) -> tuple[ModelHandle
         )
     onnx = require("onnx", "convert")
     proto = onnx.load(str(model.path))
-    unshared = _unshare(proto)
+    copies = _unshare(proto)
     folded, sets = _equalize(proto)
+    kept = _reshare(proto, copies)
     out = workdir / f"{model.path.stem}.equalized.onnx"
     onnx.save(proto, str(out))
     report = {
@@ -70,7 +71,7 @@ def equalized(model: ModelHandle, workdir: Path, data=None) -> tuple[ModelHandle
         "batch_norms_folded": folded,
         "layer_sets_scaled": len(sets),
         "layers_scaled": sorted({name for layers in sets for name in layers}),
-        "parameters_unshared": unshared,
+        "parameters_copied": kept,  # shared parameters that each layer now holds scaled
     }
     batch = next(iter(data.batches()), None) if data is not None else None
     if batch is not None:
@@ -78,13 +79,13 @@ def equalized(model: ModelHandle, workdir: Path, data=None) -> tuple[ModelHandle
     return ModelHandle(out, model.precision), report
 
 
-def _unshare(proto) -> int:
+def _unshare(proto) -> dict[str, str]:
     """Give every Conv/Gemm/BatchNormalization its own copy of an initializer other nodes read too (AIMET
-    scales no layer with a shared parameter); how many copies were made."""
+    scales no layer with a shared parameter); {copy's name: the original's}."""
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
     seen: set[str] = set()
-    copies = 0
+    copies: dict[str, str] = {}
     for node in graph.node:
         for index, name in enumerate(node.input):
             if name not in initializers:
@@ -94,9 +95,30 @@ def _unshare(proto) -> int:
                 tensor.name = f"{name}__{node.name or node.output[0]}"
                 graph.initializer.append(tensor)
                 node.input[index] = tensor.name
-                copies += 1
+                copies[tensor.name] = name
             seen.add(name)
     return copies
+
+
+def _reshare(proto, copies: dict[str, str]) -> int:
+    """Undo `_unshare` for the copies equalization left as they were (no duplicated weights in the
+    artifact); how many copies stay (scaled, so now different from the original)."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    same = {
+        name: original
+        for name, original in copies.items()
+        if np.array_equal(
+            numpy_helper.to_array(initializers[name]), numpy_helper.to_array(initializers[original])
+        )
+    }
+    for node in graph.node:
+        node.input[:] = [same.get(name, name) for name in node.input]
+    for name in same:
+        graph.initializer.remove(initializers[name])
+    return len(copies) - len(same)
 
 
 def _equalize(proto) -> tuple[int, list[list[str]]]:
