@@ -12,7 +12,7 @@ s_i = sqrt(r1_i / r2_i) (r: the channel's weight range), which equalizes both ra
 What runs here, in order:
 1. Initializers read by more than one Conv/Gemm/BatchNormalization get a copy each. tf2onnx shares one
    zero bias among all of MediaPipe's depthwise convolutions, and AIMET skips every layer set that
-   holds a shared parameter (face-back: all 33 of its sets). Copies left unscaled are merged back.
+   holds a shared parameter (face-back: every set; with copies, 32 are scaled). Copies left unscaled are merged back.
 2. AIMET's batch-norm folding (`fold_all_batch_norms_to_weight`), then its cross-layer scaling
    (`CrossLayerScaling.scale_model`: chains of Conv/ConvTranspose, depthwise triples included; AIMET
    scales no Gemm/MatMul).
