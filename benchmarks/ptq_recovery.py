@@ -1,6 +1,7 @@
 """PTQ recovery keys of the quantize step (steps/recovery.py), each on a real model, OpenVINO IR (NNCF):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ptq_recovery.py [--only bias|smooth] [--pairs 150]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ptq_recovery.py [--only bias|smooth|equalize] [--pairs 150]
+        [--model face-back] [--formats onnx,openvino] [--weights per-tensor,per-channel]
 
 - `bias_correction` off / fast / full: ccexam's trained MNISTNet (99.05 % top-1), static INT8 calibrated
   on the first 300 images of the real MNIST test set; on the other 9,700: top-1, the mean shift of
@@ -9,7 +10,13 @@
 - `smooth_quant` 0 (off) / 0.5 / unset (NNCF's 0.95 for transformers): all-MiniLM-L6-v2 exported by the
   pipeline (fp32 ONNX, sequence 128), static INT8 calibrated on 128 STS-B train sentences, Spearman x
   100 on the first `--pairs` STS-B test pairs.
-Each variant goes through the openvino exporter's code path (steps/nncf_quantize.quantize_model) and
+- `equalize` false / true (cross-layer equalization, steps/equalize.py): a model of
+  benchmarks/conformance_models.py (default MediaPipe's face-back detector) with its 16 real calibration
+  crops, per-tensor and per-channel static INT8, each through `edgesmith convert --recipe` as a user
+  runs it (the rescue on): exit code, the first attempt's and the written artifact's cosine on the
+  gate's held-out samples, layers the rescue kept float, size / original, and the min cosine on the 8
+  other real crops (conformance_compare.compare, as benchmarks/conformance.py measures it).
+The bias/smooth variants go through the openvino exporter's code path (steps/nncf_quantize.quantize_model) and
 runs in OpenVINO's CPU plugin pinned to f32 inference (so the INT8 model is compared with true fp32).
 """
 
@@ -115,9 +122,57 @@ def smooth(work: Path, pairs: int) -> list[tuple]:
     return rows
 
 
+def equalize(work: Path, name: str, formats: list[str], weights: list[str]) -> list[tuple]:
+    """Static INT8 of a conformance model with and without `quantize.equalize`, per tensor and per channel."""
+    import json
+    import subprocess
+
+    from conformance_compare import compare, prepare
+
+    prepare(name, work, 16, 8)
+    info = json.loads((work / "prepared.json").read_text())
+    original = Path(info["model"]).stat().st_size
+    edgesmith = Path(sys.executable).parent / "edgesmith"
+    rows = []
+    for fmt in formats:
+        for per_channel in [w == "per-channel" for w in weights]:
+            for on in (False, True):
+                recipe = work / f"r-{per_channel}-{on}.toml"
+                recipe.write_text(f'[[steps]]\nkind = "quantize"\nper_channel = {str(per_channel).lower()}\n'
+                                  f"equalize = {str(on).lower()}\n")  # fmt: skip
+                out = work / f"out-{fmt}-{per_channel}-{on}"
+                command = [str(edgesmith), "convert", info["model"], "--recipe", str(recipe), "--calibration",
+                           info["calibration"], "--format", fmt, "--out", str(out), "--force", "--quiet"]  # fmt: skip
+                t0 = time.time()
+                code = subprocess.run(command, capture_output=True, text=True).returncode
+                seconds = time.time() - t0
+                folder = out if code == 0 else out.with_name(out.name + ".rejected")
+                report = json.loads((folder / "report.json").read_text())
+                artifact = report["artifacts"][0]
+                quantization = artifact.get("quantization") or {}
+                kept = quantization.get("kept_float") or {}
+                tried = kept.get("tried") or [{"cosine_min": artifact["verify"]["cosine_min"]}]
+                path = folder / Path(artifact["path"]).name
+                size = sum(
+                    f.stat().st_size
+                    for f in folder.glob(path.stem + ".*")
+                    if f.suffix in (".onnx", ".xml", ".bin")
+                )
+                held_out = min(compare(path, work)["cosine"].values())
+                rows.append((fmt, "per-channel" if per_channel else "per-tensor", "on" if on else "off", code,
+                             f"{tried[0]['cosine_min']:.4f}", f"{artifact['verify']['cosine_min']:.4f}",
+                             f"{len(kept.get('layers', []))} / {kept.get('layers_ranked', '-')}",
+                             f"{size / original:.2f}", f"{held_out:.4f}", f"{seconds:.0f}"))  # fmt: skip
+                log(f"equalize {fmt} per_channel={per_channel} {on}: {rows[-1]}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["bias", "smooth"], default=None)
+    ap.add_argument("--only", choices=["bias", "smooth", "equalize"], default=None)
+    ap.add_argument("--model", default="face-back", help="a model of benchmarks/conformance_models.py")
+    ap.add_argument("--formats", default="onnx,openvino")
+    ap.add_argument("--weights", default="per-tensor,per-channel", help="INT8 weight scales, in this order")
     ap.add_argument("--pairs", type=int, default=150)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +186,16 @@ def main() -> None:
             print(f"\nall-MiniLM-L6-v2, STS-B test (first {args.pairs} pairs), OpenVINO f32 inference\n")
             print(table_header("model", "smooth_quant alpha", "Spearman", "quantize s"))
             for row in smooth(Path(tmp), args.pairs):
+                print(table_row(*row))
+        if args.only in (None, "equalize"):
+            print(
+                f"\n{args.model}, static INT8 with and without quantize.equalize (cross-layer equalization)\n"
+            )
+            print(table_header("format", "weights", "equalize", "exit", "first attempt cos", "written cos",
+                               "kept float", "size / original", "8 other crops min cos", "convert s"))  # fmt: skip
+            for row in equalize(
+                Path(tmp) / args.model, args.model, args.formats.split(","), args.weights.split(",")
+            ):
                 print(table_row(*row))
 
 

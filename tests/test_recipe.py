@@ -98,6 +98,7 @@ engine = "auto"
 search = "rescue"
 bits = 8
 block_size = 128
+equalize = false
 
 [verify]
 metric = "auto"

@@ -26,7 +26,7 @@ from ..errors import InputError
 from . import exporters
 from .handle import ModelHandle
 from .precision import BINARY, of_mode
-from .steps import QUANTIZERS
+from .steps import QUANTIZERS, equalize
 from .steps.base import ExportContext, Facts, Quantizer, returned, run_facts
 from .steps.quantize import QuantizeConfig
 from .steps.weight_only import TFLITE_FIX
@@ -85,6 +85,10 @@ def one(config, quantize: QuantizeConfig | None, facts: Facts) -> ExportPlan:
         # TFLite has no 1-bit weights: int8, full-integer with calibration data (TFLite Micro runs only
         # that), else dynamic range (exporters/binary_tflite.py)
         quantize = QuantizeConfig(mode="static" if facts.calibration else "dynamic")
+    if quantize is not None and quantize.equalize:
+        equalize.check(config.format, facts.source_kind)
+        # the equalized ONNX is a changed model: engines that quantize the source itself do not apply
+        facts = dataclasses.replace(facts, onnx_steps=True)
     mode = quantize.mode if quantize is not None else None
     quantizer = _quantizer(config.format, kind, quantize, facts) if quantize is not None else None
     if kind == "tflite" and config.io != "float" and mode != "static":
@@ -152,6 +156,11 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
     ctx = dataclasses.replace(ctx, io=plan.export.io, format=plan.export.format)
     quantizer, converted, quantized = plan.quantizer, None, None
     handle: Any = model
+    equalized = None
+    if quantizer is not None and plan.quantize is not None and plan.quantize.equalize:
+        data = ctx.step.calibration() or (ctx.gate.data if ctx.gate is not None else None)
+        model, equalized = equalize.equalized(model, ctx.step.workdir, data)
+        handle = model
     if quantizer is None or quantizer.consumes != "source":
         result = exporter.convert(plan.export, model, ctx)
         handle, converted = result.model, result.report
@@ -162,8 +171,9 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
         if isinstance(result.model, ModelHandle) and result.model.path == model.path:
             raise RuntimeError(f"quantizer '{quantizer.name}' broke its contract: it must write a new file")
         handle, quantized = result.model, result.report
-    quantization = {**(quantized or {}), **(converted or {})} or None
-    return exporter.write(plan.export, handle, dest, ctx, quantization)
+    equalization = {"equalize": equalized} if equalized else {}
+    quantization = {**(quantized or {}), **(converted or {}), **equalization}
+    return exporter.write(plan.export, handle, dest, ctx, quantization or None)
 
 
 def export(config, model: ModelHandle, quantize: QuantizeConfig | None, dest: Path, ctx: ExportContext):

@@ -41,8 +41,10 @@ def convert(config, model: ModelHandle, ctx: ExportContext) -> StepResult:
     if model.precision == BINARY:  # built from the ONNX file by `write`
         return StepResult(OpenVINOHandle(None, model.path, BINARY))
     ov = require("openvino", "convert-openvino", "the openvino format is written with it")
-    # OpenVINO's TFLite frontend reads a .tflite source itself (tf2onnx may have no ONNX for it)
-    original = ctx.source.native.path if ctx.source.kind == "tflite" else model.path
+    # OpenVINO's TFLite frontend reads a .tflite source itself (tf2onnx may have no ONNX for it), unless
+    # the ONNX was changed since (quantize.equalize)
+    unchanged = ctx.source.kind == "tflite" and model.path == ctx.source.onnx.path
+    original = ctx.source.native.path if unchanged else model.path
     try:
         ov_model = ov.convert_model(str(original))
     except Exception as exc:  # OpenVINO's frontend names the op it cannot convert

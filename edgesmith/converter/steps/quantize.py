@@ -58,6 +58,8 @@ class QuantizeConfig(StepConfig):
     # PTQ recovery (NNCF; steps/recovery.py). None: the engine's default
     bias_correction: Literal["fast", "full", "off"] | None = None
     smooth_quant: float | None = spec(None, ge=0, le=1)  # SmoothQuant's alpha on MatMuls; 0: off
+    # cross-layer equalization of the float model before any engine quantizes it (AIMET; steps/equalize.py)
+    equalize: bool = False
 
 
 def _qtype(q, name: str):
