@@ -15,7 +15,7 @@ A sample on which the artifact's output is within `QUIET` of the output's scale 
 largest magnitude the original's output reaches on any sample) matches whatever its cosine: when
 the original's own output is near zero on it (a text detector's map of a crop without text, 4e-5
 everywhere, beside maps reaching 1 on text), the cosine measures rounding, not the artifact. Such a
-sample counts as cosine 1 and is left out of its part's cosine.
+sample counts as cosine 1, and as an exact match in its part's cosine.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class _OutputStats:
         self.quiet = max(NOISE_FLOOR, QUIET * scale)
         self.per_sample: list[np.ndarray] = []
         self.shape_error: str | None = None
-        self.sums: dict[int, np.ndarray] = {}  # part -> (dot, got^2, want^2) over its samples that count
+        self.sums: dict[int, np.ndarray] = {}  # part -> (dot, got^2, want^2) over its samples
 
     def add(self, got: np.ndarray, want: np.ndarray, samples: int, part: int = 0) -> None:
         if np.shape(got) != np.shape(want):
@@ -210,14 +210,14 @@ class _OutputStats:
         error = np.where(np.isnan(error), np.inf, error)  # NaN in the artifact's output: never quiet
         counts = ~(error <= self.quiet)
         self.per_sample.append(np.where(counts, cosines(g, w), 1.0))
-        g, w = g[counts], w[counts]
+        g = np.where(counts[:, None], g, w)  # a quiet sample adds to its part as an exact match
         sums = self.sums.setdefault(part, np.zeros(3))
         sums += ((g * w).sum(), (g * g).sum(), (w * w).sum())
         if error.size:  # max() would drop a NaN: it is an infinite error
             self.max_err = max(self.max_err, float(error.max()))
 
     def cosine(self) -> float:
-        """The worst part's cosine (1 when no sample counts: all within the noise)."""
+        """The worst part's cosine."""
         return min((_cosine_of(*sums) for sums in self.sums.values()), default=1.0)
 
     def to_json(self) -> dict:
@@ -232,7 +232,7 @@ class _OutputStats:
 
 def _cosine_of(dot: float, got_sq: float, want_sq: float) -> float:
     if got_sq < 1e-24 and want_sq < 1e-24:
-        return 1.0  # both all zeros (or no sample counts)
+        return 1.0  # both all zeros
     return float(np.clip(dot / max(np.sqrt(got_sq * want_sq), 1e-300), -1.0, 1.0))
 
 
