@@ -6,6 +6,7 @@ import pytest
 
 from conftest import SHIPPED_CALIBRATION, SHIPPED_MODEL
 
+
 def _int8_on_dark_digits(model, digits: np.ndarray, out) -> str:
     """ONNX Runtime's static INT8 (QDQ) of `model`, calibrated on real digits (black background)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
