@@ -102,7 +102,7 @@ def test_a_sample_at_rounding_level_of_the_outputs_scale_matches_whatever_its_co
 
 @pytest.mark.parametrize(
     ("preset", "held", "what"),
-    [("int8", 4, "calibration (4 held out, 12 calibrated on)"), ("int8-dynamic", 0, "calibration")],
+    [("int8", 4, "calibration: 4 held out, 12 calibrated on"), ("int8-dynamic", 0, "calibration")],
 )
 def test_what_verifies_without_eval(digits, tmp_path, preset, held, what):
     """16 calibration samples: static INT8 calibrates on 12 and verifies on the 4 held out and then those
@@ -117,3 +117,31 @@ def test_what_verifies_without_eval(digits, tmp_path, preset, held, what):
     data = pipeline._verification_data(recipe, source, evaluation, calibration, held_out)
     assert evaluation is None and len(calibration) == 16 - held and len(data) == 16 and data.what == what
     assert (held_out is None) == (held == 0)
+
+
+def test_the_gate_names_the_worst_output_and_for_fp16_what_fp16_loses(tmp_path):
+    """basic-pitch's SavedModel in fp16 (docs/conformance.md): three outputs below 0.999; the gate names
+    the worst one (onset), not the first, and says fp16 itself loses it (its float32 ONNX matches
+    TensorFlow to 1e-6): more calibration data would not help."""
+    from edgesmith.converter import build_recipe, checks
+    from edgesmith.errors import VerificationFailed
+    from edgesmith.targets.records import Artifact, OutputCheck, Report, Verification
+
+    outputs = (OutputCheck(name="contour", cosine=0.997549, max_abs_error=0.29),
+               OutputCheck(name="note", cosine=0.999076, max_abs_error=0.24),
+               OutputCheck(name="onset", cosine=0.98792, max_abs_error=0.43))  # fmt: skip
+    tried = [
+        {"float_layers": 0, "cosine_min": 0.9829, "passes": False},
+        {"float_layers": 5, "cosine_min": 0.98792, "passes": False},
+    ]  # the rescue's candidates
+    checked = Verification(data="calibration", metric=None, original=None, artifact=None, samples=16,
+                           outputs=outputs, cosine_min=0.98792, max_abs_error=0.43)  # fmt: skip
+    artifact = Artifact(format="onnx", path=str(tmp_path / "nmp.fp16.onnx"), size_bytes=1, sha256="",
+                        precision="fp16", engine="onnxruntime", verify=checked,
+                        quantization={"kept_float": {"tried": tried}})  # fmt: skip
+    with pytest.raises(VerificationFailed) as failed:
+        checks.check_gate(Report(artifacts=(artifact,)), build_recipe(preset="fp16"))
+    message = str(failed.value)
+    assert "output 'onset' has cosine 0.9879" in message and "on 16 samples of calibration" in message
+    assert "the rescue tried 2 candidates" in message and "best of them: cosine 0.9879" in message
+    assert "fp16 arithmetic itself loses it" in message and "calibration data" not in message

@@ -196,7 +196,7 @@ def _verification_data(recipe: Recipe, source, evaluation: ArraySource | None,
         return verify.Joined([calibrated], "calibration")
     if calibrated is None or not len(calibrated):
         return held_out
-    what = f"calibration ({seen} held out, {len(calibrated)} calibrated on)"
+    what = f"calibration: {seen} held out, {len(calibrated)} calibrated on"
     return verify.Joined([held_out, calibrated], what)
 
 
