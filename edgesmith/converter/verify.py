@@ -69,8 +69,8 @@ class Joined:
         self.parts = [p for p in parts if p is not None and len(p)]
         self.what = what
         self.count = sum(len(p) for p in self.parts)
-        labels = [getattr(p, "labels", None) for p in self.parts]
-        self.labels = None if any(x is None for x in labels) else np.concatenate(labels)
+        labels = [p.labels for p in self.parts if getattr(p, "labels", None) is not None]
+        self.labels: np.ndarray | None = np.concatenate(labels) if len(labels) == len(self.parts) else None
         self.batch_parts = [i for i, p in enumerate(self.parts) for _ in range(p.num_batches())]
 
     def __len__(self) -> int:
