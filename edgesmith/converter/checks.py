@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import VerificationFailed
 from ..targets.records import Latency, Report, Stage, Verification
-from .precision import BINARY
+from .precision import BINARY, FP16
 from .recipe import Recipe
 
 
@@ -193,7 +193,7 @@ def check_gate(report: Report, recipe: Recipe) -> None:
                     f"differ from this host's beyond the {entry.precision} tolerance; see report.json "
                     "artifacts[].emulated"
                 )
-        worst = result.below(min_cosine) if min_cosine is not None else None
+        worst = _worst_below(result, min_cosine)
         if worst is not None and worst.error:
             raise VerificationFailed(f"{name}: output '{worst.name}': {worst.error}")
         if worst is not None:
@@ -204,18 +204,40 @@ def check_gate(report: Report, recipe: Recipe) -> None:
             )
 
 
+def _worst_below(result: Verification, min_cosine: float | None):
+    """The output the gate names: one that raised on a sample, else the least similar of those below
+    the bar (the one to fix first; a NaN cosine is the least), else None."""
+    if min_cosine is None:
+        return None
+    below = [o for o in result.outputs if dataclasses.replace(result, outputs=(o,)).below(min_cosine)]
+    raised = [o for o in below if o.error]
+    return (
+        raised[0]
+        if raised
+        else min(below, key=lambda o: -2.0 if o.cosine != o.cosine else o.cosine, default=None)
+    )
+
+
 def _what_to_try(entry) -> str:
     """The fix a failed gate suggests: what a user can change, or, after the quantizer's rescue kept
     layers float and still missed the bar (`kept_float`), how far it got."""
     kept = (entry.quantization or {}).get("kept_float")
+    fix = (
+        "fp16 arithmetic itself loses it: export fp32 (--preset fp32), or set [verify] min_cosine if this "
+        "is expected"
+        if entry.precision == FP16
+        else "try another calibration.method or more calibration data, or set [verify] min_cosine if "
+        "this is expected"
+    )
     if kept:
         most = max(t["float_layers"] for t in kept["tried"])
         best = max(t["cosine_min"] or -1.0 for t in kept["tried"])
         return (
             f"the rescue tried {len(kept['tried'])} candidates with up to {most} of its most sensitive "
-            f"layers in float and none met the bar (the best of them: cosine {best:.4f}); try another "
-            "calibration.method or more calibration data, or set [verify] min_cosine if this is expected"
+            f"layers in float and none met the bar (the best of them: cosine {best:.4f}); {fix}"
         )
+    if entry.precision == FP16:
+        return f"keep sensitive layers in float32 (quantize.exclude), or {fix.split(': ', 1)[1]}"
     return (
         "keep sensitive layers in float (quantize.exclude), try another calibration.method, or set "
         "[verify] min_cosine if this is expected"

@@ -1,11 +1,22 @@
 """Verify artifacts against the original model: every output compared on the same samples.
 
 Every artifact is checked, labels or not: the original and the artifact run on the same batches
-(the eval set, else the calibration set, else seeded random inputs), and for each output the report
+(the eval set, else calibration samples, else seeded random inputs), and for each output the report
 gives the cosine of each sample's output to the original's (min and mean) and the max abs error.
 There is also the task metric, `[verify] metric` (converter/metrics.py): top-1 when the labels are class
 ids, Spearman of sentence-pair cosines, or the user's `module:function`; with class scores the arg-max
 agreement; with L2-normalised embeddings their mean cosine.
+
+Without an eval set the samples come in parts (`Joined`): those held out from calibration, then
+calibrated-on ones. An output's cosine (the gate's figure) is the worst of its cosines over each
+part's samples, so a few held-out samples cannot pass an artifact the other samples show broken,
+nor the calibrated-on samples one the held-out ones show broken.
+
+A sample on which the artifact's output is within `QUIET` of the output's scale everywhere (the
+largest magnitude the original's output reaches on any sample) matches whatever its cosine: when
+the original's own output is near zero on it (a text detector's map of a crop without text, 4e-5
+everywhere, beside maps reaching 1 on text), the cosine measures rounding, not the artifact. Such a
+sample counts as cosine 1, and as an exact match in its part's cosine.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime import load as load_session
+from ..targets.records import NOISE_FLOOR
 from . import metrics
 from .frontends import Source
 from .metrics import Metric
@@ -48,6 +60,40 @@ class Reference:
     def score_of(self, outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
         """The artifact's score on the same samples, by the metric the original was scored with."""
         return None if self.scorer is None else self.scorer(outputs, labels)
+
+
+# An artifact's output on a sample within this share of the output's scale (its largest magnitude on
+# any verification sample) is the original's up to rounding: half an INT8 step of a [0, 1] output is
+# 2e-3; 1e-3 of the scale is below any error that changes what a model says.
+QUIET = 1e-3
+
+
+class Joined:
+    """Verification samples made of parts, one after another (e.g. the samples held out from
+    calibration, then calibrated-on ones): verify computes each output's cosine per part and keeps the
+    worst (`batch_parts` says which part each batch belongs to)."""
+
+    def __init__(self, parts, what: str):
+        self.parts = [p for p in parts if p is not None and len(p)]
+        self.what = what
+        self.count = sum(len(p) for p in self.parts)
+        labels = [p.labels for p in self.parts if getattr(p, "labels", None) is not None]
+        self.labels: np.ndarray | None = np.concatenate(labels) if len(labels) == len(self.parts) else None
+        self.batch_parts = [i for i, p in enumerate(self.parts) for _ in range(p.num_batches())]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def feed_size(self, feed: dict[str, np.ndarray]) -> int:
+        return self.parts[0].feed_size(feed)
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for part in self.parts:
+            yield from part.batches()
+
+    def samples(self) -> Iterator[dict[str, np.ndarray]]:
+        for part in self.parts:
+            yield from part.samples()
 
 
 class RandomSamples:
@@ -139,34 +185,45 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, np.clip(cos, -1.0, 1.0))
 
 
-class _OutputStats:
-    """One output over the batches: its cosine to the original's over all samples (the outputs of all
-    samples as one vector: what the verification gate checks), each sample's own cosine (the worst
-    and the mean: where an artifact drifts on a few inputs) and the max abs error."""
+def scales(ref: Reference) -> list[float]:
+    """Each output's scale: the largest magnitude the original's output reaches on any sample."""
+    return [
+        max((float(np.abs(np.asarray(b[i], np.float64)).max(initial=0.0)) for b in ref.outputs), default=0.0)
+        for i in range(len(ref.names))
+    ]
 
-    def __init__(self, name: str):
+
+class _OutputStats:
+    """One output over the batches: its cosine to the original's over the samples of each part (the
+    outputs of a part's samples as one vector; the worst part's is what the verification gate checks),
+    each sample's own cosine (the worst and the mean: where an artifact drifts on a few inputs) and the
+    max abs error. Samples within `QUIET` of the output's scale count as cosine 1 (module docstring)."""
+
+    def __init__(self, name: str, scale: float = 0.0):
         self.name, self.max_err = name, 0.0
+        self.quiet = max(NOISE_FLOOR, QUIET * scale)
         self.per_sample: list[np.ndarray] = []
         self.shape_error: str | None = None
-        self.dot = self.got_sq = self.want_sq = 0.0
+        self.sums: dict[int, np.ndarray] = {}  # part -> (dot, got^2, want^2) over its samples
 
-    def add(self, got: np.ndarray, want: np.ndarray, samples: int) -> None:
+    def add(self, got: np.ndarray, want: np.ndarray, samples: int, part: int = 0) -> None:
         if np.shape(got) != np.shape(want):
             self.shape_error = f"shape {list(np.shape(got))}, the original's {list(np.shape(want))}"
             return
         g, w = _rows(got, samples), _rows(want, samples)
-        self.per_sample.append(cosines(g, w))
-        self.dot += float((g * w).sum())
-        self.got_sq += float((g * g).sum())
-        self.want_sq += float((w * w).sum())
-        if g.size:  # NaN in the artifact's output: an infinite error (max() would drop the NaN)
-            error = float(np.abs(g - w).max())
-            self.max_err = max(self.max_err, error if np.isfinite(error) else np.inf)
+        error = np.abs(g - w).max(1, initial=0.0) if g.size else np.zeros(len(g))
+        error = np.where(np.isnan(error), np.inf, error)  # NaN in the artifact's output: never quiet
+        counts = ~(error <= self.quiet)
+        self.per_sample.append(np.where(counts, cosines(g, w), 1.0))
+        g = np.where(counts[:, None], g, w)  # a quiet sample adds to its part as an exact match
+        sums = self.sums.setdefault(part, np.zeros(3))
+        sums += ((g * w).sum(), (g * g).sum(), (w * w).sum())
+        if error.size:  # max() would drop a NaN: it is an infinite error
+            self.max_err = max(self.max_err, float(error.max()))
 
     def cosine(self) -> float:
-        if self.got_sq < 1e-24 and self.want_sq < 1e-24:
-            return 1.0  # both all zeros
-        return float(np.clip(self.dot / max(np.sqrt(self.got_sq * self.want_sq), 1e-300), -1.0, 1.0))
+        """The worst part's cosine."""
+        return min((_cosine_of(*sums) for sums in self.sums.values()), default=1.0)
 
     def to_json(self) -> dict:
         if self.shape_error:
@@ -176,6 +233,12 @@ class _OutputStats:
                 "cosine_worst_sample": round(float(per_sample.min()), 6),
                 "cosine_mean_sample": round(float(per_sample.mean()), 6),
                 "max_abs_error": self.max_err}  # fmt: skip
+
+
+def _cosine_of(dot: float, got_sq: float, want_sq: float) -> float:
+    if got_sq < 1e-24 and want_sq < 1e-24:
+        return 1.0  # both all zeros
+    return float(np.clip(dot / max(np.sqrt(got_sq * want_sq), 1e-300), -1.0, 1.0))
 
 
 def _failed(stats: list[_OutputStats], exc: Exception) -> None:
@@ -188,10 +251,11 @@ def _failed(stats: list[_OutputStats], exc: Exception) -> None:
 
 def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
     session = load_session(artifact, exact=True)
-    stats = [_OutputStats(n) for n in ref.names]
+    stats = [_OutputStats(n, scale) for n, scale in zip(ref.names, scales(ref), strict=True)]
+    parts = getattr(data, "batch_parts", None) or [0] * len(ref.outputs)
     everything: list[list[np.ndarray]] = []
     with bar(len(data), f"evaluating {artifact.name}", "sample", quiet) as progress:
-        for batch, want in zip(data.batches(), ref.outputs, strict=True):
+        for batch, want, part in zip(data.batches(), ref.outputs, parts, strict=True):
             samples = data.feed_size(batch)
             try:
                 got = _aligned(session.run(batch), ref.names, want)
@@ -199,7 +263,7 @@ def verify(artifact: Path, ref: Reference, data, quiet: bool = False) -> dict:
                 _failed(stats, exc)
                 break
             for stat, g, w in zip(stats, got, want, strict=True):
-                stat.add(g, w, samples)
+                stat.add(g, w, samples, part)
             everything.append([np.asarray(g) for g in got])
             progress.update(samples)
     outputs = [s.to_json() for s in stats]

@@ -143,6 +143,18 @@ class ArraySource:
         self._rows, self.count = units[~held].ravel(), self.count - other.count
         return other
 
+    def head(self, count: int, what: str) -> ArraySource:
+        """The first `count` samples (whole fixed batches) as a source of their own named `what`; this
+        one is unchanged (verification also runs on samples that calibrated the model)."""
+        step = 1 if self.whole else self.fixed_batch or 1
+        other = copy.copy(self)
+        rows = self._rows if self._rows is not None else np.arange(self.count)
+        other.count = min(count, self.count) // step * step
+        other._rows, other.what = rows[: other.count], what
+        if self.labels is not None:
+            other.labels = self.labels[: other.count]
+        return other
+
     def _open_arrays(self) -> dict[str, np.ndarray]:
         suffix = self.path.suffix.lower()
         if suffix in (".npy", ".npz"):

@@ -73,6 +73,9 @@ class Gate:
 
     `measure(path)` runs a model file (.onnx, .xml or .tflite) on the run's verification samples and
     compares it with the original: a targets.records.Verification (per-output cosine, metric, drop).
+    Without an eval set those are the calibration samples held out from calibration and calibrated-on
+    ones, each output's cosine the worst of the two parts' (pipeline._verification_data, verify.Joined):
+    a candidate a quantizer chooses holds on both.
     `min_cosine(precision)` is the bar an artifact of that precision is held to (None: no cosine bar).
     """
 
