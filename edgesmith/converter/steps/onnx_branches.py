@@ -383,6 +383,24 @@ def branch_report(plan: Plan) -> dict:
     return {"quantized": quantized, "kept_float": kept, "calibration_samples": plan.samples}
 
 
+def deciding_inputs(graph, node) -> list[str]:
+    """The graph inputs whose values (not just shapes) decide `node`'s condition: silero-vad's `sr`.
+    Empty when it depends on shapes only (a ShapeOf cuts the dependence on values)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    found, todo, seen = set(), [node.input[0]], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs:
+            found.add(name)
+        elif name in producer and producer[name].op_type not in ("Shape", "Size"):
+            todo.extend(i for i in producer[name].input if i)
+    return sorted(found)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Graph walking
 # ---------------------------------------------------------------------------------------------------

@@ -104,8 +104,9 @@ class OpenVINOSession:
 
 def _shareable(array: np.ndarray) -> np.ndarray:
     """An array OpenVINO can wrap without a copy: C-contiguous and writeable (a read-only memory-mapped
-    .npy slice is copied: `Tensor(shared_memory=True)` refuses it)."""
-    contiguous = np.ascontiguousarray(array)
+    .npy slice is copied: `Tensor(shared_memory=True)` refuses it). Not `np.ascontiguousarray`, which
+    makes a 0-d array (a scalar input: silero-vad's sample rate) 1-d."""
+    contiguous = np.asarray(array, order="C")
     return contiguous if contiguous.flags.writeable else contiguous.copy()
 
 
