@@ -383,6 +383,20 @@ def branch_report(plan: Plan) -> dict:
     return {"quantized": quantized, "kept_float": kept, "calibration_samples": plan.samples}
 
 
+def inline_constant_ifs(model) -> list[str]:
+    """Replace each `If` of the main graph whose condition is a constant (an initializer, e.g. after ONNX
+    Runtime folded a condition on sizes made static) by the branch it takes; the `If`s inlined."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    inlined = []
+    for node in [n for n in model.graph.node if n.op_type == "If" and n.input[0] in constants]:
+        branch = BRANCHES[0] if bool(constants[node.input[0]].reshape(-1)[0]) else BRANCHES[1]
+        _inline(model.graph, node, branch, (f"{_key(node)}:{branch}",), Plan())
+        inlined.append(f"{_key(node)}:{branch}")
+    return inlined
+
+
 def deciding_inputs(graph, node) -> list[str]:
     """The graph inputs whose values (not just shapes) decide `node`'s condition: silero-vad's `sr`.
     Empty when it depends on shapes only (a ShapeOf cuts the dependence on values)."""
