@@ -166,3 +166,69 @@ def test_the_artifact_matches_the_float_model_for_both_rates(quantized):
 def test_quantizing_twice_gives_the_same_bytes(quantized):
     _, first, second, _ = quantized
     assert first.model.path.read_bytes() == second.model.path.read_bytes()
+
+
+# -- silero-vad's op15 export: its Ifs are on sizes, so they go away once the sizes are fixed ----------
+
+
+@pytest.fixture(scope="module")
+def silero_op15():
+    """silero-vad's 16 kHz op15 export and one real-ish 512-sample chunk with a carried state."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None:
+        pytest.skip("silero-vad is not installed (pip install --no-deps silero-vad)")
+    model = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad_16k_op15.onnx"
+    t = np.arange(2 * 512) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    original = runtime.load(model, exact=True)
+    first = {"input": audio[None, :512], "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000)}
+    feed = {**first, "input": audio[None, 512:], "state": original.run(first)["stateN"]}
+    return model, feed, original.run(feed)
+
+
+def test_openvino_converts_it_at_the_data_sizes_with_its_ifs_unrolled(silero_op15, tmp_path):
+    """OpenVINO's frontend needs a static rank after its squeeze-if-size-1 Ifs: converted at the data's
+    sizes (batch still dynamic), the Ifs on sizes unrolled (NNCF then quantizes it), same outputs."""
+    import openvino as ov
+
+    from edgesmith.converter.exporters.openvino_export import _converted, _unroll_constant_ifs
+    from edgesmith.runtime.session import TensorSpec
+
+    model, feed, want = silero_op15
+    inputs = (TensorSpec("input", (None, 512), "float32"), TensorSpec("state", (2, 1, 128), "float32"),
+              TensorSpec("sr", (), "int64"))  # fmt: skip
+    converted, report = _converted(ov, model, inputs)
+    assert report["fixed_shapes"]["inputs"] == {"input": [-1, 512], "state": [2, 1, 128], "sr": []}
+    assert "Conv" in report["fixed_shapes"]["why"]  # OpenVINO's own reason, as converted with dynamic axes
+    unrolled = _unroll_constant_ifs(converted)
+    assert "/model/decoder/If_1: then" in unrolled  # the If around the LSTM
+    assert [op.get_type_name() for op in converted.get_ordered_ops()].count("If") == 1  # on the batch size
+    ov.save_model(converted, str(tmp_path / "vad.xml"), compress_to_fp16=False)
+    got = runtime.load(tmp_path / "vad.xml", exact=True).run(feed)  # `sr` stays a 0-d input
+    for name in ("output", "stateN"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4, err_msg=name)
+
+
+def test_tflite_path_folds_the_ifs_and_translates_the_lstm(silero_op15, tmp_path):
+    """To torch for litert-torch: the Ifs fold at batch 1 and 512 samples, the LSTM (which onnx2torch
+    lacks) becomes matmuls and gates, the state's constant-index Gathers are baked; same outputs."""
+    import torch
+
+    from edgesmith.converter.exporters.tflite_onnx import to_torch
+    from edgesmith.runtime.session import TensorSpec
+
+    model, feed, want = silero_op15
+    inputs = (TensorSpec("input", (1, 512), "float32"), TensorSpec("state", (2, 1, 128), "float32"),
+              TensorSpec("sr", (), "int64"))  # fmt: skip
+    module = to_torch(model, inputs, tmp_path)
+    kinds = {
+        type(module.get_submodule(n.target)).__name__ for n in module.graph.nodes if n.op == "call_module"
+    }
+    assert {"OnnxLSTM", "Gather"} <= kinds and "OnnxGather" not in kinds  # the LSTM, the baked Gathers
+    with torch.no_grad():
+        output, state = module(*(torch.from_numpy(np.asarray(feed[n])) for n in ("input", "state", "sr")))
+    np.testing.assert_allclose(output.numpy(), want["output"], atol=1e-5)
+    np.testing.assert_allclose(state.numpy(), want["stateN"], atol=1e-4)

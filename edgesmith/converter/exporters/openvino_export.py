@@ -76,7 +76,9 @@ def _unroll_constant_ifs(model) -> list[str]:
             for link in op.get_input_descriptions(0 if taken else 1):
                 parameters[link.body_parameter_index].output(0).replace(op.input_value(link.input_index))
             for link in op.get_output_descriptions(0 if taken else 1):
-                op.output(link.output_index).replace(results[link.body_value_index].input_value(0))
+                source = results[link.body_value_index].input_value(0)
+                source.add_names(op.output(link.output_index).get_names())  # the model's output names
+                op.output(link.output_index).replace(source)
             unrolled.append(f"{op.get_friendly_name()}: {'then' if taken else 'else'}")
         model.validate_nodes_and_infer_types()
     return unrolled
