@@ -232,3 +232,20 @@ def test_tflite_path_folds_the_ifs_and_translates_the_lstm(silero_op15, tmp_path
         output, state = module(*(torch.from_numpy(np.asarray(feed[n])) for n in ("input", "state", "sr")))
     np.testing.assert_allclose(output.numpy(), want["output"], atol=1e-5)
     np.testing.assert_allclose(state.numpy(), want["stateN"], atol=1e-4)
+
+
+def test_a_conversion_reports_the_branches_kept_float(quantized, tmp_path):
+    """Through `convert` (verification gate included): the summary names the uncalibrated branches."""
+    import edgesmith
+    from edgesmith.cli.summary import branch_lines
+    from edgesmith.targets.records import read_report
+
+    model = quantized[0]
+    (tmp_path / "r.toml").write_text('[profile]\nenabled = false\n[[exports]]\nformat = "onnx"\n')
+    report = edgesmith.convert(model, recipe=tmp_path / "r.toml", preset="int8", calibration=model.parent / "cal.npz",
+                               out=tmp_path / "out")  # fmt: skip
+    assert report["artifacts"][0]["verify"]["cosine_min"] > 0.99
+    [line] = branch_lines(read_report(tmp_path / "out" / "report.json"))
+    assert line.startswith(
+        "two_rates.int8.onnx: 2 If branch(es) kept float: rate_if:else_branch (no calibration sample takes it"
+    ), line
