@@ -297,9 +297,11 @@ def _standalone(context: _Context, graph, scope: Scope, outer: dict):
     # What the branches read, as outputs for the quantizer: else it removes a Relu by renaming the Conv
     # before it (its QuantizeLinear clips at 0) and rewires only the nodes it sees, and a branch reading
     # the Relu's output gets the unclipped values (silero-vad's LSTM did). As an output, the name is kept
-    # for the value after the QuantizeLinear/DequantizeLinear pair.
-    for name in sorted(set().union(*(subgraph_reads(n) for n in graph.node)) & _defined(graph, nested=False)):
-        if name not in {o.name for o in alone.output} and name not in {i.name for i in alone.initializer}:
+    # for the value after the QuantizeLinear/DequantizeLinear pair. (Node outputs only: an input made an
+    # output would lose its name to the QuantizeLinear's.)
+    computed = {o for n in graph.node for o in n.output if o}
+    for name in sorted(set().union(*(subgraph_reads(n) for n in graph.node)) & computed):
+        if name not in {o.name for o in alone.output}:
             added.add(name)
             alone.output.append(_value_info(context, scope, name))
     if scope:
