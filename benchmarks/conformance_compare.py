@@ -79,7 +79,7 @@ def adapt(array: np.ndarray, spec) -> np.ndarray:
             if fits(array.transpose(perm)):
                 array = array.transpose(perm)
                 break
-    return np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    return np.asarray(array.astype(spec.dtype, copy=False), order="C")  # a scalar (sr) stays 0-d
 
 
 def match_outputs(reference: list[np.ndarray], ref_names: list[str], got: dict[str, np.ndarray]):

@@ -133,6 +133,19 @@ def kept_float_lines(report: Report) -> list[str]:
     return lines
 
 
+def branch_lines(report: Report) -> list[str]:
+    """One line per INT8 artifact of a model with `If`s: the branches kept float, uncalibrated, and why
+    (their quantization report's `branches`, steps/onnx_branches.py)."""
+    lines = []
+    for a in report.artifacts:
+        kept = ((a.quantization or {}).get("branches") or {}).get("kept_float") or []
+        if kept:
+            shown = "; ".join(f"{k['branch']} ({k['why']})" for k in kept[:3])
+            more = f"; and {len(kept) - 3} more (report.json)" if len(kept) > 3 else ""
+            lines.append(f"{a.name}: {len(kept)} If branch(es) kept float: {shown}{more}")
+    return lines
+
+
 def print_sensitivity(report: Report) -> None:
     """The accuracy search's outcome (what stayed float) and the most sensitive layers, if computed."""
     search = report.accuracy_search
@@ -169,7 +182,7 @@ def print_summary(report: Report, out) -> None:
         print()
         print_table(target_rows(report))
     print_sensitivity(report)
-    kept = kept_float_lines(report)
+    kept = kept_float_lines(report) + branch_lines(report)
     if kept:
         print("\n" + "\n".join(kept))
     for step in report.steps:

@@ -31,10 +31,14 @@ PIECE = 4  # samples per inference of the augmented model
 
 
 def pieces(source, piece: int = PIECE) -> Iterator[dict[str, np.ndarray]]:
-    """The calibration batches cut along the batch axis into feeds of at most `piece` samples."""
+    """The calibration batches cut along the batch axis into feeds of at most `piece` samples (a source
+    that feeds inputs whole, e.g. a scalar sample rate, gives one sample per batch: kept as it is)."""
     for index in range(source.num_batches()):
         batch = source.batch(index)
-        count = len(next(iter(batch.values())))
+        count = source.feed_size(batch)
+        if count == 1:
+            yield batch
+            continue
         for start in range(0, count, piece):
             yield {k: v[start : start + piece] for k, v in batch.items()}
 

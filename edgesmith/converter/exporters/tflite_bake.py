@@ -101,6 +101,21 @@ def _modules():
                 x = torch.squeeze(x, axis)
             return x
 
+    class Gather(torch.nn.Module):
+        """ONNX Gather with constant indices (onnx2torch reads a scalar index with `.item()`, which
+        litert-torch cannot lower: silero-vad's state[0] and state[1])."""
+
+        def __init__(self, indices, axis: int):
+            super().__init__()
+            self.indices, self.axis = np.asarray(indices).astype(np.int64), axis
+
+        def forward(self, x):
+            if self.indices.ndim == 0:
+                return torch.select(x, self.axis, int(self.indices))
+            flat = torch.index_select(x, self.axis, torch.tensor(self.indices.reshape(-1).tolist()))
+            axis = self.axis % x.dim()
+            return flat.reshape(*x.shape[:axis], *self.indices.shape, *x.shape[axis + 1 :])
+
     class Baked(torch.nn.Module):
         """Calls `inner` with the constant arguments filled in and the graph's tensors in between
         (onnx2torch passes some by keyword: Resize's `sizes` when `scales` is empty)."""
@@ -114,7 +129,7 @@ def _modules():
             args = [next(values) if v is _DYNAMIC else v for v in self.template]
             return self.inner(*args, **self.keywords, **named)
 
-    return Reshape, Pad, Squeeze, Baked
+    return Reshape, Pad, Squeeze, Gather, Baked
 
 
 def _is_attr(arg) -> bool:
@@ -131,13 +146,13 @@ BAKED = ("OnnxSlice", "OnnxResize")  # Resize reads its roi, scales and sizes wi
 
 def bake_constants(module):
     """Rewrite `module` (an onnx2torch fx GraphModule) in place and return it."""
-    Reshape, Pad, Squeeze, Baked = _modules()
+    Reshape, Pad, Squeeze, Gather, Baked = _modules()
     graph = module.graph
     for index, node in enumerate(list(graph.nodes)):
         if node.op != "call_module":
             continue
         kind = type(module.get_submodule(node.target)).__name__
-        if kind not in (*BAKED, *SQUEEZES, "OnnxReshape", "OnnxPadDynamic"):
+        if kind not in (*BAKED, *SQUEEZES, "OnnxReshape", "OnnxPadDynamic", "OnnxGather"):
             continue
         constant = [i > 0 and _is_attr(a) for i, a in enumerate(node.args)]
         keywords = {k: _value(_attr(module, a)) for k, a in node.kwargs.items() if _is_attr(a)}
@@ -157,6 +172,10 @@ def bake_constants(module):
             if mode not in ("constant", "reflect", "replicate"):
                 continue
             replacement = Pad(mode, list(values[1]), values[2] if len(values) > 2 else 0.0)
+        elif kind == "OnnxGather":
+            if not constant[1]:
+                continue
+            replacement = Gather(values[1], module.get_submodule(node.target)._axis)
         elif kind in SQUEEZES:
             if len(values) < 2 or not constant[1]:
                 continue

@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 from ...errors import InputError, require
+from ..steps.onnx_branches import deciding_inputs, inline_constant_ifs
 
 HINT = "export the model without it, or convert from the PyTorch/Keras original"
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -102,11 +103,7 @@ def _fold_static(path: Path, inputs, workdir: Path):
     onnx = require("onnx", "convert")
     ort = require("onnxruntime", "convert")
     model = onnx.load(str(path))
-    flow = next((n.op_type for n in model.graph.node if n.op_type in CONTROL_FLOW), None)
-    if flow:  # onnx2torch has no converter for them; say so before folding, which may fail on their branches
-        raise InputError(
-            f"op '{flow}' has no TFLite conversion path (onnx2torch cannot translate it); {HINT}"
-        )
+    _refuse_control_flow(model)
     shapes = {s.name: input_shape(s.name, s.shape, 1) for s in inputs}
     for value in model.graph.input:
         if value.name in shapes:
@@ -118,28 +115,62 @@ def _fold_static(path: Path, inputs, workdir: Path):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(folded)
-    try:
-        # MatMulAddFusion rewrites MatMul + Add as Reshape -> Gemm -> Reshape, which litert-torch
-        # mistranslates in PP-OCRv4's recognizer (softmax off by 0.56; TFLite's converter fuses the
-        # separate ops into FULLY_CONNECTED itself): the other basic passes only fold constants
-        ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["MatMulAddFusion"])  # fmt: skip
-    except Exception as exc:  # ORT's own types: the graph does not hold at these sizes
-        cause = " ".join(str(exc).split()).replace(f"{static}", static.name)
-        sizes = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items())
+    while True:
+        try:
+            # MatMulAddFusion rewrites MatMul + Add as Reshape -> Gemm -> Reshape, which litert-torch
+            # mistranslates in PP-OCRv4's recognizer (softmax off by 0.56; TFLite's converter fuses the
+            # separate ops into FULLY_CONNECTED itself): the other basic passes only fold constants
+            ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=["MatMulAddFusion"])  # fmt: skip
+        except Exception as exc:  # ORT's own types: the graph does not hold at these sizes
+            cause = " ".join(str(exc).split()).replace(f"{static}", static.name)
+            sizes = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items())
+            raise InputError(
+                f"the model does not run at the input sizes the TFLite file needs ({sizes}): {cause}; give "
+                f"sizes it takes with --input-shape or data of that shape"
+            ) from exc
+        model = onnx.load(str(folded))
+        # an If on sizes, decided now that they are fixed: its branch, folded again (it may hold more)
+        if not inline_constant_ifs(model):
+            break
+        onnx.save(model, str(static))
+    node = next((n for n in model.graph.node if n.op_type in CONTROL_FLOW), None)
+    if node is not None:
         raise InputError(
-            f"the model does not run at the input sizes the TFLite file needs ({sizes}): {cause}; give "
-            f"sizes it takes with --input-shape or data of that shape"
-        ) from exc
-    model = onnx.load(str(folded))
+            f"op '{node.op_type}' (node '{node.name}') has no TFLite conversion path (onnx2torch cannot "
+            f"translate it) and does not fold away at these input sizes; {HINT}"
+        )
     _relax_reshapes(model)
     return model
+
+
+def _refuse_control_flow(model) -> None:
+    """onnx2torch translates no control flow: an `If` on sizes folds away once they are fixed (silero-vad's
+    op15 export), but not a `Loop`, nor an `If` on an input's value (silero-vad's sample rate `sr`),
+    for which a TFLite file would need both branches. Refused before folding, which may fail on them."""
+    for node in model.graph.node:
+        deciding = deciding_inputs(model.graph, node) if node.op_type == "If" else []
+        if deciding:
+            names = ", ".join(f"'{name}'" for name in deciding)
+            raise InputError(
+                f"op 'If' (node '{node.name}', on input {names}) has no TFLite conversion path (onnx2torch "
+                f"cannot translate it, and a TFLite file holds one branch); convert a model exported for "
+                f"one value of {names}, without the If"
+            )
+        if node.op_type in CONTROL_FLOW and node.op_type != "If":
+            raise InputError(
+                f"op '{node.op_type}' has no TFLite conversion path (onnx2torch cannot translate it); {HINT}"
+            )
 
 
 def to_torch(path: Path, inputs, workdir: Path):
     """The fp32 ONNX file as a torch.fx module (batch 1), or an InputError naming the op with no path."""
     model = _fold_static(path, inputs, workdir)
     onnx2torch = _onnx2torch()
+    from .onnx2torch_lstm import register
+
+    register()  # the LSTM converter onnx2torch lacks
+
     try:
         module = onnx2torch.convert(model).eval()
     except NotImplementedError as exc:

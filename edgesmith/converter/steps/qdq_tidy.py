@@ -36,7 +36,7 @@ def float_outputs(model) -> list[str]:
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, int] = {}
     for node in graph.node:
-        for name in node.input:
+        for name in [*node.input, *subgraph_reads(node)]:
             consumers[name] = consumers.get(name, 0) + 1
     changed, todo = set(), [(o.name, o.name) for o in graph.output]
     while todo:
@@ -72,8 +72,20 @@ def _drop_pair(graph, dq, producer: dict, consumers: dict) -> bool:
     return True
 
 
+def subgraph_reads(node) -> set[str]:
+    """The names the subgraphs of `node` (an `If`'s branches, a `Loop`'s body) read, at any depth: values
+    of the graph around them that no edge shows."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            names.update(o.name for o in sub.output)
+            for inner in sub.node:
+                names.update([*inner.input, *subgraph_reads(inner)])
+    return names
+
+
 def _drop_unused_initializers(graph) -> None:
-    used = {name for node in graph.node for name in node.input}
+    used = {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

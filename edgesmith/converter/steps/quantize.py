@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from ...errors import InputError, require
+from ...errors import require
 from ..accuracy import exact
 from ..handle import ModelHandle
 from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
-from . import int8_types, qdq_tidy
+from . import int8_types, onnx_branches, qdq_tidy
 from .base import StepConfig, StepContext, StepResult, engine_names, register
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -70,7 +70,7 @@ def excluded_nodes(model_path, patterns: list[str]) -> list[str]:
     if not patterns:
         return []
     onnx = require("onnx", "convert")
-    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    names = [n.name for n in onnx_branches.nodes(onnx.load(str(model_path), load_external_data=False).graph)]
     regexes = [re.compile(p) for p in patterns]
     return [n for n in names if any(r.search(n) for r in regexes)]
 
@@ -131,10 +131,11 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
             nodes_to_exclude=excluded,
         )
         report.update(weights=config.weights, activations="uint8 (computed at run time)")
+        _share_branch_weights(out)
         check_loads(out)
         return StepResult(ModelHandle(out, INT8_DYNAMIC), report | {"excluded_nodes": excluded})
 
-    _refuse_control_flow(model.path)
+    onnx = require("onnx", "convert")
     op_types, why = _static_op_types(source_path, config.op_types)
     if why:
         report["op_types"] = {"quantized": op_types, "reason": why}
@@ -151,29 +152,37 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
         "CalibStridedMinMax": _stride(cal.num_batches()),
         "CalibPercentile": calib.percentile,
     }
-    cache = _calibration_cache(ctx.workdir, source_path, op_types, calib, len(cal))
+    settings = dict(
+        quant_format=q.QuantFormat.QDQ if config.format == "qdq" else q.QuantFormat.QOperator,
+        op_types_to_quantize=op_types,
+        per_channel=config.per_channel,
+        activation_type=_qtype(q, types.activations),
+        weight_type=_qtype(q, types.weights),
+        nodes_to_exclude=excluded,
+        reduce_range=types.reduce_range,
+        calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
+        extra_options=options,
+    )
     # ONNX Runtime prints its own chatter to stdout, which belongs to `--json` output: keep it out.
     with bar(len(cal), "calibrating", "sample", ctx.quiet) as progress, redirect_stdout(io.StringIO()):
-        if not cache.is_file():  # the same ranges as ONNX Runtime's, in bounded memory
-            from ..calibration import write_cache
+        from ..calibration import pieces, write_cache
 
-            write_cache(source_path, op_types, METHODS[calib.method], options, cal, cache, progress)
-        q.quantize_static(
-            str(source_path),
-            str(out),
-            _Reader(cal, progress),
-            quant_format=q.QuantFormat.QDQ if config.format == "qdq" else q.QuantFormat.QOperator,
-            op_types_to_quantize=op_types,
-            per_channel=config.per_channel,
-            activation_type=_qtype(q, types.activations),
-            weight_type=_qtype(q, types.weights),
-            nodes_to_exclude=excluded,
-            reduce_range=types.reduce_range,
-            calibrate_method=getattr(q.CalibrationMethod, METHODS[calib.method]),
-            extra_options=options,
-            calibration_cache_path=cache,
-        )
-    onnx = require("onnx", "convert")
+        def calibrated(path: Path) -> Path:
+            """ONNX Runtime's calibration cache of `path`: the same ranges as its own, in bounded memory."""
+            cache = _calibration_cache(ctx.workdir, path, op_types, calib, len(cal))
+            if not cache.is_file():
+                write_cache(path, op_types, METHODS[calib.method], options, cal, cache, progress)
+            return cache
+
+        if onnx_branches.control_flow(onnx.load(str(source_path), load_external_data=False)):
+            report["branches"] = onnx_branches.quantize_static(
+                source_path, out, lambda: pieces(cal), calibrated,
+                lambda path, written, cache: q.quantize_static(str(path), str(written), calibration_cache_path=cache, **settings),
+                ctx.workdir,
+            )  # fmt: skip
+        else:
+            q.quantize_static(str(source_path), str(out), _Reader(cal, progress),
+                              calibration_cache_path=calibrated(source_path), **settings)  # fmt: skip
     model_proto = onnx.load(str(out))
     tidied = qdq_tidy.tidy(model_proto, isa="x86" if types.target.startswith("x86") else "arm")
     onnx.save(model_proto, str(out))
@@ -189,21 +198,13 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
     return StepResult(ModelHandle(out, INT8), report)
 
 
-CONTROL_FLOW = ("If", "Loop", "Scan")
-
-
-def _refuse_control_flow(path) -> None:
-    """Refuse, in one line, a graph with control flow: ONNX Runtime's static INT8 calibrates and rewrites
-    the branches' subgraphs too and writes graphs it cannot load or run (silero-vad's `If` on the sample
-    rate: unsorted branch nodes, an LSTM fed 5-D). Dynamic INT8 and fp16 keep such graphs working."""
+def _share_branch_weights(path: Path) -> None:
+    """The weights quant_pre_process copied into several branches of an `If`, kept once
+    (onnx_branches.share_weights; silero-vad's LSTM: dynamic INT8 was 1.43 of the original's size)."""
     onnx = require("onnx", "convert")
-    graph = onnx.load(str(path), load_external_data=False).graph
-    node = next((n for n in graph.node if n.op_type in CONTROL_FLOW), None)
-    if node is not None:
-        raise InputError(
-            f"{path.name}: static INT8 (ONNX Runtime) cannot quantize a graph with control flow (op "
-            f"'{node.op_type}', node '{node.name}'); use --preset int8-dynamic or fp16, which keep it"
-        )
+    model = onnx.load(str(path))
+    if onnx_branches.control_flow(model) and onnx_branches.share_weights(model):
+        onnx.save(model, str(path))
 
 
 def check_loads(path) -> None:

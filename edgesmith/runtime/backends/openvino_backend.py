@@ -33,9 +33,12 @@ def version() -> str:
     return str(require("openvino", EXTRA).__version__)
 
 
-def _spec(port: Any) -> TensorSpec:  # an openvino Output
+def _spec(port: Any, declared: Any) -> TensorSpec:  # openvino Outputs: compiled, and as the IR names it
+    """The compiled port's shape and type under the IR's name: the CPU plugin may fuse the node that
+    wrote an output into the one before (silero-vad: ReduceMean + Unsqueeze), giving the compiled
+    tensor two names, of which `get_any_name` can return the wrong one."""
     shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-    return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+    return TensorSpec(declared.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
 
 
 def error_line(exc: Exception) -> str:
@@ -91,8 +94,8 @@ class OpenVINOSession:
         self.path = Path(path)
         self.threads = threads
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        self.inputs = tuple(_spec(p) for p in compiled.inputs)
-        self.outputs = tuple(_spec(p) for p in compiled.outputs)
+        self.inputs = tuple(_spec(p, d) for p, d in zip(compiled.inputs, model.inputs, strict=True))
+        self.outputs = tuple(_spec(p, d) for p, d in zip(compiled.outputs, model.outputs, strict=True))
         self._compiled = compiled
         self.run = _runner(ov.Tensor, compiled.create_infer_request(), self.inputs, self.outputs)
         batches = {spec.shape[0] if spec.shape else None for spec in self.inputs}
@@ -104,8 +107,9 @@ class OpenVINOSession:
 
 def _shareable(array: np.ndarray) -> np.ndarray:
     """An array OpenVINO can wrap without a copy: C-contiguous and writeable (a read-only memory-mapped
-    .npy slice is copied: `Tensor(shared_memory=True)` refuses it)."""
-    contiguous = np.ascontiguousarray(array)
+    .npy slice is copied: `Tensor(shared_memory=True)` refuses it). Not `np.ascontiguousarray`, which
+    makes a 0-d array (a scalar input: silero-vad's sample rate) 1-d."""
+    contiguous = np.asarray(array, order="C")
     return contiguous if contiguous.flags.writeable else contiguous.copy()
 
 
