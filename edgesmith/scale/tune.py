@@ -26,7 +26,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from ..converter import build_recipe
 from ..converter.recipe import ExportConfig, Recipe
@@ -49,6 +48,7 @@ FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "
 # an MNIST CNN) is dominated only by a point as accurate, and on MNISTNet 50 % cost 0.45 points after
 # distilling on 256 calibration images (docs/scale.md), so lighter ratios are in the space too.
 PRUNE = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
+DISTILL_STEPS = (100, 300, 600)  # after pruning, on the calibration data
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,29 @@ class Space:
         if self.torch:
             prune = trial.suggest_categorical("prune", list(PRUNE))
             if prune:
-                trial.suggest_categorical("distill_steps", [100, 300, 600])
+                trial.suggest_categorical("distill_steps", list(DISTILL_STEPS))
 
     def presets(self) -> list[dict]:
-        """The presets' parameters, tried first: the search starts from what a user would try by hand,
-        and the front shows whether it found better."""
+        """The presets' parameters: the search starts from what a user would try by hand, and the
+        front shows whether it found better."""
         return list(self.named_presets().values())
+
+    def named_seeds(self) -> dict[str, dict]:
+        """The trials run before the sampler proposes any: the presets, then (PyTorch sources) each
+        preset with the lightest pruning and the shortest distillation.
+
+        Why the neighbours: a preset that loses nothing (INT8 of an MNIST CNN) is dominated only by a
+        point as accurate and cheaper, and the lightest pruning is the nearest such step from it
+        (MNISTNet pruned 10 % and distilled 100 steps scores above the fp32 original). A sampler
+        given 8-10 trials over ~1000 points drew it with fp16 but never with INT8 (docs/scale.md,
+        "Tune, second round"). The neighbours share one pruning through the step cache, so all but
+        the first cost a quantization and a verification."""
+        seeds = self.named_presets()
+        if self.torch:
+            light = {"prune": min(p for p in PRUNE if p), "distill_steps": min(DISTILL_STEPS)}
+            seeds |= {f"{name} + prune {light['prune']:.0%}": {**params, **light}
+                      for name, params in self.named_presets().items()}  # fmt: skip
+        return seeds
 
     def named_presets(self) -> dict[str, dict]:
         """int8, int8-dynamic and fp16 in the target's first format, those the target runs (an MCU:
@@ -153,8 +170,10 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         names = ([space.layers[0]] if "first" in keep else []) + (
             [space.layers[-1]] if "last" in keep else []
         )
-        search: Literal["auto", "off"] = "auto" if params.get("layers") == "sensitivity" else "off"
-        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], search=search))
+        # the converter's default (`rescue`: sensitive layers back to float only when the artifact
+        # misses the gate) unless the sensitivity search was drawn: the presets are the presets
+        search = {"search": "auto"} if params.get("layers") == "sensitivity" else {}
+        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], **search))
     calibration = base.calibration
     if params.get("calibration"):
         calibration = replace(calibration, method=params["calibration"])
@@ -253,10 +272,9 @@ def base_recipe(
     return replace(base, verify=replace(base.verify, max_drop=max_drop))
 
 
-def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
-    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
+def searcher(space: Space, trials: int, sampler: str, seed: int):
+    """Optuna's sampler behind Ray Tune's searcher, the seeds (`Space.named_seeds`) asked first."""
     optuna = require("optuna", "scale", "tune's multi-objective sampler")
-    from ray import tune as ray_tune
     from ray.tune.search.optuna import OptunaSearch
 
     population = max(4, min(8, trials // 2))
@@ -273,13 +291,21 @@ def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, o
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate, group
+    seeds = list(space.named_seeds().values())[:trials]
+    return OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+                        sampler=samplers[sampler](), points_to_evaluate=seeds)  # fmt: skip
+
+
+def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
+    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
+    from ray import tune as ray_tune
+
+    search = searcher(space, trials, sampler, seed)
     # Tune's own console tables and its TensorBoard/CSV loggers: the report is ours
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray.tune.logger import JsonLoggerCallback
 
-    search = OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-                          sampler=samplers[sampler](), points_to_evaluate=space.presets()[:trials])  # fmt: skip
     storage = Path(tempfile.mkdtemp(prefix=".tune-", dir=out))  # Ray Tune's bookkeeping, removed after
     try:
         tuner = ray_tune.Tuner(
@@ -320,6 +346,9 @@ def _score(artifact: dict):
 
 
 def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: int, wall: float) -> dict:
+    seeds = space.named_seeds()
+    for t in trials:  # which trials were seeded rather than sampled (a sampled repeat of a seed too)
+        t["seed"] = next((name for name, params in seeds.items() if params == t["params"]), None)
     front = pareto_front(trials)
     for i, point in enumerate(front, 1):
         point["best"] = f"best-{i}.toml"
@@ -330,7 +359,8 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "static": space.static, "search": space.search, "mcu": space.mcu},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
-        "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],
+        "seeds": list(seeds)[:asked],
+        "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
         "trials": trials,
     }  # fmt: skip
 
