@@ -112,19 +112,22 @@ def run(handler, config, handle: TorchHandle, ctx, source, done: tuple) -> StepR
 def _computing(root: Path, key: str) -> Iterator[None]:
     """An exclusive flock on `root/.KEY.lock` while a step is looked up and computed: two tune trials
     that start the same pruning a minute apart would otherwise both prune and distill (each minutes),
-    where the second can wait and load the first's result. The lock files stay (a few bytes per
-    entry): removing one another process may be waiting on would let a third compute alongside."""
+    where the second can wait and load the first's result. The lock file is removed by its holder:
+    a process still waiting on the removed file, or one arriving after, finds the entry published
+    (or, for a step that is not kept, computes it as it would have without the lock)."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; both compute and the first rename wins, as before
         yield
         return
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{key}.lock", "a") as lock:
+    path = root / f".{key}.lock"
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
