@@ -184,8 +184,8 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         )
         # the converter's default (`rescue`: sensitive layers back to float only when the artifact
         # misses the gate) unless the sensitivity search was drawn: the presets are the presets
-        search = {"search": "auto"} if params.get("layers") == "sensitivity" else {}
-        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], **search))
+        quantize = QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names])
+        steps.append(replace(quantize, search="auto") if params.get("layers") == "sensitivity" else quantize)
     calibration = base.calibration
     if params.get("calibration"):
         calibration = replace(calibration, method=params["calibration"])
