@@ -11,8 +11,10 @@ Cases (pick with --case, repeatable; all by default):
   Each front point's and preset's artifact is then scored on the task as well: the STS-B Spearman
   (x100) on --pairs pairs of the STS-B test split, which neither calibration nor eval saw.
 
-The presets (int8, int8-dynamic, fp16 in the target's first format) are tune's first trials, so each
-case reports which front point dominates which preset, the trial count and the wall time. Latency is
+The presets (int8, int8-dynamic, fp16 in the target's first format) are tune's first trials, then
+(PyTorch sources) each preset with the lightest pruning (`Space.named_seeds`), so each case reports
+which front point dominates which preset, whether it was a seed or sampled, the trial count, the
+wall time and the load average. Latency is
 the target's cost-model estimate (no device is attached here).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tune_figures.py --case mnistnet-rpi4 --trials 8 \
@@ -96,7 +98,7 @@ def run_case(name: str, work: Path, args) -> dict:
     from edgesmith.scale.tune import Space, dominates, tune
 
     model, target, calibration, evaluation = case_inputs(name, work, args)
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
                   workers=2, seed=args.seed)  # fmt: skip
     wall = time.perf_counter() - started
@@ -113,8 +115,11 @@ def run_case(name: str, work: Path, args) -> dict:
     return {
         "case": name, "model": str(model.name), "target": target, "trials": report["trials_run"],
         "feasible": report["feasible"], "wall_s": round(wall, 1),
+        "load": [round(x, 1) for x in (*load_before, *os.getloadavg())],  # 1/5/15 min, before then after
+        "seeds": report["seeds"],
         "steps_cached": sum(bool(t.get("steps_cached")) for t in report["trials"]),
-        "front": [{k: p.get(k) for k in ("best", "score", "stsb_spearman", "latency_ms", "size_kb", "params")}
+        "front": [{k: p.get(k) for k in ("best", "seed", "score", "stsb_spearman", "latency_ms", "size_kb",
+                                         "params")}
                   for p in front],
         "presets": {k: None if t is None else {"feasible": t["feasible"], "score": t["score"],
                                                "stsb_spearman": t.get("stsb_spearman"),
@@ -174,6 +179,8 @@ def convert_preset(params: dict, model: Path, target: str, calibration: str, eva
 
 def _row(t: dict) -> str:
     params = ",".join(f"{k}={v}" for k, v in sorted(t["params"].items()))
+    params += f" [seed {t['seed']}]" if t.get("seed") else " [sampled]"
+    params += f" (steps cached: {t['steps_cached']})" if t.get("steps_cached") else ""
     if not t["feasible"]:
         return f"{params}: infeasible ({t['status']}{': ' + t['error'][:100] if t['error'] else ''}) {t['seconds']} s"
     return f"{params}: {t['score']:.4g}, {t['latency_ms']:.4f} ms, {t['size_kb']:.1f} KB, {t['seconds']} s"

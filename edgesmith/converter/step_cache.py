@@ -20,7 +20,8 @@ tensor between two places, or whose result does not come back bit for bit (check
 inputs before anything is stored) is simply not cached.
 
 Two processes may fill one entry at once: each writes a private folder and renames it into place
-(`publish`); the first rename wins and a reader only ever sees a whole entry.
+(`publish`); the first rename wins and a reader only ever sees a whole entry. Processes sharing a
+file system's flock also wait for each other on one step (`_computing`), so it is computed once.
 """
 
 from __future__ import annotations
@@ -90,20 +91,44 @@ def run(handler, config, handle: TorchHandle, ctx, source, done: tuple) -> StepR
         return handler(config, handle, ctx)
     root, stats = active
     key = step_key(source, ctx, (*done, config))
-    hit = _load(root / key, handle)
-    if hit is not None:
-        stats["hits"].append(config.kind)
-        return hit
-    result = handler(config, handle, ctx)
+    with _computing(root, key):  # a second trial asking for the same step waits, then loads it
+        hit = _load(root / key, handle)
+        if hit is not None:
+            stats["hits"].append(config.kind)
+            return hit
+        result = handler(config, handle, ctx)
 
-    def fill(folder: Path) -> bool:
-        kept = _save(folder, handle, result)
-        if kept:
-            stats["stored"].append(config.kind)
-        return kept
+        def fill(folder: Path) -> bool:
+            kept = _save(folder, handle, result)
+            if kept:
+                stats["stored"].append(config.kind)
+            return kept
 
-    publish(root, key, fill)
+        publish(root, key, fill)
     return result
+
+
+@contextlib.contextmanager
+def _computing(root: Path, key: str) -> Iterator[None]:
+    """An exclusive flock on `root/.KEY.lock` while a step is looked up and computed: two tune trials
+    that start the same pruning a minute apart would otherwise both prune and distill (each minutes),
+    where the second can wait and load the first's result. The lock file is removed by its holder:
+    a process still waiting on the removed file, or one arriving after, finds the entry published
+    (or, for a step that is not kept, computes it as it would have without the lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; both compute and the first rename wins, as before
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".{key}.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def step_key(source, ctx, steps: tuple) -> str:

