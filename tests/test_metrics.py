@@ -163,3 +163,15 @@ def test_spearman_of_minilm_on_stsb_pairs_from_a_tsv(cli, tmp_path, monkeypatch)
     assert verification["original"] == pytest.approx(expected, abs=0.05)
     assert verification["artifact"] == pytest.approx(expected, abs=0.05)
     assert 70 < expected < 95
+
+
+def test_tune_takes_the_metric_and_refuses_a_wrong_one_before_ray(cli, tmp_path, mnist_2000):
+    pytest.importorskip("ray")
+    from edgesmith.scale.tune import base_recipe
+
+    (tmp_path / "mymetrics.py").write_text(TOP2)
+    recipe = base_recipe(Path(SHIPPED_MODEL), "rpi4", 1.0, str(mnist_2000), None, "mymetrics.py:top2")
+    assert recipe.verify.metric == f"{Path('mymetrics.py').absolute()}:top2"  # trials run in other folders
+    code, _, err = cli("tune", SHIPPED_MODEL, "--target", "rpi4", "--max-drop", "1", "--eval", mnist_2000,
+                       "--metric", "no_such_module_xyz:f", "--out", tmp_path / "tuned")  # fmt: skip
+    assert code == 2 and "cannot import no_such_module_xyz" in err and len(err.strip().splitlines()) == 1

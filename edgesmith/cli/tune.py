@@ -39,6 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, metavar="MS", help="latency budget on the target")
     p.add_argument("--trials", type=int, default=12, metavar="N", help="trials to run (default: %(default)s)")
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
+    p.add_argument("--metric", metavar="NAME", help="the metric objective on --eval, as convert --metric: auto, top1, spearman (sentence pairs), or module:function / file.py:function")  # fmt: skip
     p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
     p.add_argument(
         "--sampler", choices=("nsga2", "tpe"), default="tpe", help="Optuna sampler (default: %(default)s)"
@@ -71,7 +72,7 @@ def main(args) -> int:
         raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
-                  args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed)  # fmt: skip
+                  args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:

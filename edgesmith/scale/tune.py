@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..converter import build_recipe
+from ..converter import build_recipe, metrics
 from ..converter.recipe import ExportConfig, Recipe
 from ..converter.steps.distill import DistillConfig
 from ..converter.steps.prune import PruneConfig
@@ -255,11 +255,12 @@ def _trial(config: dict, job: dict) -> None:
 def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float | None = None,
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
-         sampler: str = "tpe", seed: int = 0) -> dict:  # fmt: skip
+         sampler: str = "tpe", seed: int = 0, metric: str | None = None) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
-    base = base_recipe(model_path, target, max_drop, evaluation, calibration)
+    base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
+    metrics.resolve(base.verify.metric)  # a user's function that does not import fails before Ray starts
     if space.torch and not calibration:
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     out.mkdir(parents=True, exist_ok=True)
@@ -276,11 +277,21 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
 
 
 def base_recipe(
-    model: Path, target: str, max_drop: float, evaluation: str | None, calibration: str | None
+    model: Path,
+    target: str,
+    max_drop: float,
+    evaluation: str | None,
+    calibration: str | None,
+    metric: str | None = None,
 ) -> Recipe:
-    """What every trial's recipe starts from: fp32, the data, the target's cost model, the budget."""
+    """What every trial's recipe starts from: fp32, the data, the target's cost model, the budget (in
+    `metric`, [verify] metric: a user's file.py:function is made absolute, as trials run elsewhere)."""
+    if metric and ".py:" in metric:
+        where, _, function = metric.rpartition(":")
+        metric = f"{os.path.abspath(where)}:{function}"
     base = build_recipe(None, "fp32", calibration and os.path.abspath(calibration),
-                        evaluation and os.path.abspath(evaluation), model=str(model), targets=[target])  # fmt: skip
+                        evaluation and os.path.abspath(evaluation), model=str(model), targets=[target],
+                        metric=metric)  # fmt: skip
     return replace(base, verify=replace(base.verify, max_drop=max_drop))
 
 
