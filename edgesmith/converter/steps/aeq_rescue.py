@@ -155,6 +155,58 @@ def producers(ops: list[Op], *tensors: str) -> list[Op]:
     return list(found.values())
 
 
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
+
+
+def log_fronts(ops: list[Op], near_zero: Callable[[str], bool]) -> list[Op]:
+    """The front ends that compute the argument of a LOG whose calibrated range comes within one
+    INT8 step of 0 (`near_zero(tensor)`), when that LOG feeds a network (an op with weights after it):
+    every op from the graph's inputs up to the LOG, which stay float together.
+
+    A log-spectrogram is such a front end. basic-pitch takes log(|CQT|^2 + 1e-10): the power spans
+    [1e-10, 4] on speech, and one INT8 (or INT16) scale for the whole tensor rounds every quiet bin to
+    0, which the LOG turns into -23 (or -inf): cosine 0.87 at the outputs, 0.91 with 16-bit activations
+    everywhere; with the CQT float and the network after it INT8, 0.9996. The quantization error of a
+    LOG's argument is relative, so the whole chain that computes it (the filters, their squares and
+    sums) must keep the dynamic range, not only the op before the LOG."""
+    consumers: dict[str, list[Op]] = {}
+    for op in ops:
+        for name in op.inputs:
+            consumers.setdefault(name, []).append(op)
+    fronts: dict[str, Op] = {}
+    for op in ops:
+        if op.kind == "LOG" and op.inputs and near_zero(op.inputs[0]) and _feeds_weights(op, consumers):
+            fronts.update((found.name, found) for found in upstream(ops, op.inputs[0]))
+            fronts[op.name] = op
+    return list(fronts.values())
+
+
+def _feeds_weights(op: Op, consumers: dict[str, list[Op]]) -> bool:
+    """Whether an op with weights (a conv, a matmul) runs on what `op` computes."""
+    todo, seen = list(op.outputs), set()
+    while todo:
+        name = todo.pop()
+        for after in consumers.get(name, []):
+            if after.kind in WEIGHTED and "" in after.operands:
+                return True
+            if after.name not in seen:
+                seen.add(after.name)
+                todo += list(after.outputs)
+    return False
+
+
+def upstream(ops: list[Op], *tensors: str) -> list[Op]:
+    """Every op `tensors` depend on, back to the graph's inputs (in graph order)."""
+    made_by = {name: op for op in ops for name in op.outputs}
+    todo, found = list(tensors), set()
+    while todo:
+        op = made_by.get(todo.pop())
+        if op is not None and op.name not in found:
+            found.add(op.name)
+            todo += list(op.inputs)
+    return [op for op in ops if op.name in found]
+
+
 def _interpreter(data: bytes):
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
@@ -224,6 +276,7 @@ class Search:
     quantize: Callable[[list[Op]], bytes]  # the INT8 model with these ops kept float
     judge: Callable[[Path], tuple[float | None, str | None]]  # (min cosine, failure at MARGIN or None)
     workdir: Path
+    label: str = "rescue"  # names the candidates' files (the judge caches its measures by path)
 
 
 def search(ranked: list[Op], plan: Search) -> tuple[bytes | None, list[Op], list[dict]]:
@@ -237,7 +290,7 @@ def search(ranked: list[Op], plan: Search) -> tuple[bytes | None, list[Op], list
     def passes(count: int) -> bool:
         if count not in made:
             data = plan.quantize(ranked[:count])
-            path = plan.workdir / f"rescue-{count}.tflite"
+            path = plan.workdir / f"{plan.label}-{count}.tflite"
             path.write_bytes(data)
             cosine, failure = plan.judge(path)
             made[count] = (data, failure is None)
