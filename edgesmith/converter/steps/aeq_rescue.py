@@ -14,6 +14,11 @@ output tensor names with `NO_QUANTIZE`) until a candidate passes the gate with a
 between the last failing and the first passing count, so the fewest ops stay float. Calibration runs
 once; each candidate only re-quantizes and is measured by the gate (ExportContext.gate).
 
+Before the search, two kinds of ops stay float in every candidate: the heads of the outputs that
+failed (`head_ops`) and the front ends that compute a LOG of a tensor that rounds to 0 (`log_fronts`).
+When no candidate passes, the search runs again with 16-bit activations (aeq_quantize._widened): the
+answer for a model whose error is spread over all its per-tensor INT8 ranges.
+
 The first attempt is what the recipe asks for: it is kept, byte for byte, when it passes the gate with
 the margin and, on few samples, every held-out sample at the bar (aeq_quantize._judge). The margin (MARGIN) exists
 because the gate sees few samples (a quarter of the calibration set held out; 4 with 16 samples): a
