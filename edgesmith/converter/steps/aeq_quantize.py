@@ -267,9 +267,10 @@ def _refuse_float(ops, ctx: ExportContext, why: str) -> None:
 def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, ctx: ExportContext):
     """The first attempt if it passes (`_judge`: the gate with aeq_rescue.MARGIN and every sample at
     the bar; the same bytes). Else, recalibrated on the true ranges, with the heads of the outputs that
-    failed float (aeq_rescue.head_ops) and the front ends computing a LOG of a near-zero argument
-    (aeq_rescue.log_fronts): the candidate with the fewest ranked ops kept float that passes; if none
-    does, the same search with 16-bit activations (`_widened`). `kept_float` in the report."""
+    failed float (aeq_rescue.head_ops), the front ends computing a LOG of a near-zero argument
+    (aeq_rescue.log_fronts) and the ops on tensors holding +-inf (aeq_rescue.unbounded_ops): the
+    candidate with the fewest ranked ops kept float that passes; if none does, the same search with
+    16-bit activations (`_widened`). `kept_float` in the report."""
     import tempfile
     from pathlib import Path
 
@@ -288,7 +289,8 @@ def _rescued(calibrated: Calibrated, always: list, first: bytes, report: dict, c
     heads = [op for op in aeq_rescue.head_ops(calibrated.fp32, failing) if op not in always]
     fronts = aeq_rescue.log_fronts(aeq_rescue.graph_ops(calibrated.fp32),
                                    lambda name: _near_zero(true_ranges.ranges, name))  # fmt: skip
-    fronts = [op for op in fronts if op not in always and op not in heads]
+    masks = aeq_rescue.unbounded_ops(calibrated.fp32, calibrated.samples, calibrated.signature)
+    fronts = list(dict.fromkeys(op for op in [*fronts, *masks] if op not in always and op not in heads))
     pinned = [*heads, *fronts]  # float in every candidate
     float_ops = [*always, *pinned]
     ranked = aeq_rescue.rank(calibrated.fp32, true_ranges.quantize(float_ops), calibrated.samples,

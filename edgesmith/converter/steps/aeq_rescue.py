@@ -14,8 +14,9 @@ output tensor names with `NO_QUANTIZE`) until a candidate passes the gate with a
 between the last failing and the first passing count, so the fewest ops stay float. Calibration runs
 once; each candidate only re-quantizes and is measured by the gate (ExportContext.gate).
 
-Before the search, two kinds of ops stay float in every candidate: the heads of the outputs that
-failed (`head_ops`) and the front ends that compute a LOG of a tensor that rounds to 0 (`log_fronts`).
+Before the search, three kinds of ops stay float in every candidate: the heads of the outputs that
+failed (`head_ops`), the front ends that compute a LOG of a tensor that rounds to 0 (`log_fronts`) and
+the ops on tensors holding +-inf (`unbounded_ops`: an attention mask).
 When no candidate passes, the search runs again with 16-bit activations (aeq_quantize._widened): the
 answer for a model whose error is spread over all its per-tensor INT8 ranges.
 
@@ -210,6 +211,26 @@ def upstream(ops: list[Op], *tensors: str) -> list[Op]:
             found.add(op.name)
             todo += list(op.inputs)
     return [op for op in ops if op.name in found]
+
+
+def unbounded_ops(fp32: bytes, samples: list[dict], signature: str) -> list[Op]:
+    """The ops that compute or read a tensor holding -inf/inf, NaN or float32's extremes (|x| >= 3e38,
+    as masks are written) on the calibration samples (the first RANK_SAMPLES): the AI Edge Quantizer's
+    calibration skips those values (its `valid_range`), so the tensor's INT8 range misses them.
+    all-MiniLM-L6-v2's attention mask is 0 or -inf (torch's SDPA form): calibrated to [0, 0], it
+    quantizes to 0 everywhere, every head attends to the padding, and the embedding's cosine is 0.5.
+    With the mask and the Adds that apply it float, the softmax's INT8 input clamps -inf to its low end."""
+    ops = graph_ops(fp32)
+    names = {name for op in ops for name in (*op.outputs, *op.inputs)}
+    reference = _interpreter(fp32)
+    bad: set[str] = set()
+    for sample in samples[:RANK_SAMPLES]:
+        found = _tensors(reference, signature, sample, names)
+        bad |= {name for name, value in found.items() if not (np.abs(value) < UNBOUNDED).all()}
+    return [op for op in ops if bad.intersection((*op.outputs, *op.inputs))]
+
+
+UNBOUNDED = 3e38  # the AI Edge Quantizer's calibration ignores values past this (min_max_calibrate)
 
 
 def _interpreter(data: bytes):
