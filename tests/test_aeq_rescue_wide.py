@@ -83,7 +83,7 @@ def test_basic_pitch_keeps_its_log_spectrogram_front_end_float(tmp_path):
     assert fronts[0] == ops[0]  # back to the input
     before = min_cosine(calibrated.quantize(divisors), fp32, held_out)
     after = calibrated.quantize([*divisors, *fronts])
-    assert before < 0.95 < 0.99 < min_cosine(after, fp32, held_out)  # measured: 0.92 -> 0.9996
+    assert before < 0.95 < 0.99 < min_cosine(after, fp32, held_out)  # measured 0.914 -> 0.9995
     assert len(after) < len(fp32)
 
 
@@ -100,7 +100,7 @@ def test_face_back_matches_with_16_bit_activations_where_int8_does_not(tmp_path)
     heads = aeq_rescue.head_ops(fp32)
     int8 = min_cosine(true.quantize(heads), fp32, held_out)
     wide = true.quantize(heads, wide=True)
-    assert int8 < 0.97 and min_cosine(wide, fp32, held_out) > 0.99  # measured 0.96 -> 0.996
+    assert int8 < 0.97 and min_cosine(wide, fp32, held_out) > 0.99  # measured 0.955 -> 0.998
     from edgesmith.converter import tflite_fb
 
     model = tflite_fb.read(wide)  # still integer: int16 activations, int8 weights
