@@ -128,7 +128,8 @@ def kept_float_lines(report: Report) -> list[str]:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         bar = a.verify.cosine_min if a.verify is not None else None
         held = f"cosine {bar:.4f}" if bar is not None else "the gate"
-        lines.append(f"{a.name}: {len(names)} layer(s) kept in float to hold {held} ({shown}; "
+        wide = " with 16-bit activations" if kept.get("activations") == "int16" else ""  # slower on CPUs
+        lines.append(f"{a.name}: {len(names)} layer(s) kept in float{wide} to hold {held} ({shown}; "
                      f"{len(kept['tried'])} candidates, {kept['seconds']:.0f} s)")  # fmt: skip
     return lines
 

@@ -14,6 +14,12 @@ output tensor names with `NO_QUANTIZE`) until a candidate passes the gate with a
 between the last failing and the first passing count, so the fewest ops stay float. Calibration runs
 once; each candidate only re-quantizes and is measured by the gate (ExportContext.gate).
 
+Before the search, three kinds of ops stay float in every candidate: the heads of the outputs that
+failed (`head_ops`), the front ends that compute a LOG of a tensor that rounds to 0 (`log_fronts`) and
+the ops on tensors holding +-inf (`unbounded_ops`: an attention mask).
+When no candidate passes, the search runs again with 16-bit activations (aeq_quantize._widened): the
+answer for a model whose error is spread over all its per-tensor INT8 ranges.
+
 The first attempt is what the recipe asks for: it is kept, byte for byte, when it passes the gate with
 the margin and, on few samples, every held-out sample at the bar (aeq_quantize._judge). The margin (MARGIN) exists
 because the gate sees few samples (a quarter of the calibration set held out; 4 with 16 samples): a
@@ -155,6 +161,78 @@ def producers(ops: list[Op], *tensors: str) -> list[Op]:
     return list(found.values())
 
 
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
+
+
+def log_fronts(ops: list[Op], near_zero: Callable[[str], bool]) -> list[Op]:
+    """The front ends that compute the argument of a LOG whose calibrated range comes within one
+    INT8 step of 0 (`near_zero(tensor)`), when that LOG feeds a network (an op with weights after it):
+    every op from the graph's inputs up to the LOG, which stay float together.
+
+    A log-spectrogram is such a front end. basic-pitch takes log(|CQT|^2 + 1e-10): the power spans
+    [1e-10, 4] on speech, and one INT8 (or INT16) scale for the whole tensor rounds every quiet bin to
+    0, which the LOG turns into -23 (or -inf): cosine 0.87 at the outputs, 0.91 with 16-bit activations
+    everywhere; with the CQT float and the network after it INT8, 0.9996. The quantization error of a
+    LOG's argument is relative, so the whole chain that computes it (the filters, their squares and
+    sums) must keep the dynamic range, not only the op before the LOG."""
+    consumers: dict[str, list[Op]] = {}
+    for op in ops:
+        for name in op.inputs:
+            consumers.setdefault(name, []).append(op)
+    fronts: dict[str, Op] = {}
+    for op in ops:
+        if op.kind == "LOG" and op.inputs and near_zero(op.inputs[0]) and _feeds_weights(op, consumers):
+            fronts.update((found.name, found) for found in upstream(ops, op.inputs[0]))
+            fronts[op.name] = op
+    return list(fronts.values())
+
+
+def _feeds_weights(op: Op, consumers: dict[str, list[Op]]) -> bool:
+    """Whether an op with weights (a conv, a matmul) runs on what `op` computes."""
+    todo, seen = list(op.outputs), set()
+    while todo:
+        name = todo.pop()
+        for after in consumers.get(name, []):
+            if after.kind in WEIGHTED and "" in after.operands:
+                return True
+            if after.name not in seen:
+                seen.add(after.name)
+                todo += list(after.outputs)
+    return False
+
+
+def upstream(ops: list[Op], *tensors: str) -> list[Op]:
+    """Every op `tensors` depend on, back to the graph's inputs (in graph order)."""
+    made_by = {name: op for op in ops for name in op.outputs}
+    todo, found = list(tensors), set()
+    while todo:
+        op = made_by.get(todo.pop())
+        if op is not None and op.name not in found:
+            found.add(op.name)
+            todo += list(op.inputs)
+    return [op for op in ops if op.name in found]
+
+
+def unbounded_ops(fp32: bytes, samples: list[dict], signature: str) -> list[Op]:
+    """The ops that compute or read a tensor holding -inf/inf, NaN or float32's extremes (|x| >= 3e38,
+    as masks are written) on the calibration samples (the first RANK_SAMPLES): the AI Edge Quantizer's
+    calibration skips those values (its `valid_range`), so the tensor's INT8 range misses them.
+    all-MiniLM-L6-v2's attention mask is 0 or -inf (torch's SDPA form): calibrated to [0, 0], it
+    quantizes to 0 everywhere, every head attends to the padding, and the embedding's cosine is 0.5.
+    With the mask and the Adds that apply it float, the softmax's INT8 input clamps -inf to its low end."""
+    ops = graph_ops(fp32)
+    names = {name for op in ops for name in (*op.outputs, *op.inputs)}
+    reference = _interpreter(fp32)
+    bad: set[str] = set()
+    for sample in samples[:RANK_SAMPLES]:
+        found = _tensors(reference, signature, sample, names)
+        bad |= {name for name, value in found.items() if not (np.abs(value) < UNBOUNDED).all()}
+    return [op for op in ops if bad.intersection((*op.outputs, *op.inputs))]
+
+
+UNBOUNDED = 3e38  # the AI Edge Quantizer's calibration ignores values past this (min_max_calibrate)
+
+
 def _interpreter(data: bytes):
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
@@ -224,6 +302,7 @@ class Search:
     quantize: Callable[[list[Op]], bytes]  # the INT8 model with these ops kept float
     judge: Callable[[Path], tuple[float | None, str | None]]  # (min cosine, failure at MARGIN or None)
     workdir: Path
+    label: str = "rescue"  # names the candidates' files (the judge caches its measures by path)
 
 
 def search(ranked: list[Op], plan: Search) -> tuple[bytes | None, list[Op], list[dict]]:
@@ -237,7 +316,7 @@ def search(ranked: list[Op], plan: Search) -> tuple[bytes | None, list[Op], list
     def passes(count: int) -> bool:
         if count not in made:
             data = plan.quantize(ranked[:count])
-            path = plan.workdir / f"rescue-{count}.tflite"
+            path = plan.workdir / f"{plan.label}-{count}.tflite"
             path.write_bytes(data)
             cosine, failure = plan.judge(path)
             made[count] = (data, failure is None)
