@@ -59,7 +59,10 @@ def resolve(recipe, handle, quantize, ctx, report: dict):
 
     models = {"fp32": Path(handle.path)}
     if quantize is not None:
-        models[of_mode(quantize.mode, quantize.bits)] = _quantized_onnx(handle, quantize, folder, ctx)
+        precision = of_mode(quantize.mode, quantize.bits)
+        models[precision] = _quantized_onnx(
+            handle, quantize, folder / f"{Path(handle.path).stem}.{precision}", ctx
+        )
     names = list(recipe.profile.targets) or ["host"]
     threads = recipe.profile.threads or None
     report["fastest"] = {name: compare(name, models, folder, threads) for name in names}
@@ -206,12 +209,13 @@ def _row(stack: str, precision: str, path: Path, ms: float, default: bool, expor
     }
 
 
-def _quantized_onnx(handle, quantize, folder: Path, ctx) -> Path:
-    """The recipe's quantized model as the ONNX export writes it (calibrated on the recipe's data)."""
+def _quantized_onnx(handle, quantize, stem: Path, ctx) -> Path:
+    """The recipe's quantized model as the ONNX export writes it (calibrated on the recipe's data), at
+    `stem`.onnx: the name the summary gives the graph it estimated (model.int8.onnx)."""
     from . import plan
     from .recipe import ExportConfig
 
-    return plan.export(ExportConfig(format="onnx"), handle, quantize, folder / "candidate", ctx).path
+    return plan.export(ExportConfig(format="onnx"), handle, quantize, stem, ctx).path
 
 
 def _openvino_ir(onnx_path: Path, xml: Path) -> Path:
