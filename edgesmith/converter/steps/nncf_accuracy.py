@@ -13,7 +13,7 @@ byte for byte what it always was. One that misses it is rescued:
    read them compute in float from float activations; the weights stay INT8) is cheap: no new
    calibration, one edit of the quantized graph.
 3. Bisect on k, each candidate judged by the gate itself on its held-out samples, with `MARGIN`
-   over the bar (4 held-out samples are few; the chosen artifact should also hold on others): the
+   over the bar (the gate's samples are few; the chosen artifact should also hold on others): the
    smallest k that passes, checked first with every quantizer removed. If even that fails, the
    best candidate is kept and the pipeline stops at exit 1, as before.
 
@@ -47,7 +47,7 @@ from ...targets.records import NOISE_FLOOR
 from ..precision import INT8
 from .base import ExportContext, Gate
 
-MARGIN = 0.005  # over the gate's bar while choosing: 4 held-out samples are few
+MARGIN = 0.005  # over the gate's bar while choosing: the gate's samples are few (16 of a small set)
 RANK_ON = 16  # calibration samples the quantizers are ranked on, at most
 NAMES_SHOWN = 40  # operations named in the report at most (the count is always whole)
 
@@ -290,9 +290,10 @@ def _judged(gate: Gate, path: Path, kept: list[str], seen: float | None = None) 
 
 class SeenSamples:
     """A candidate's worst output cosine to the float model on the calibration samples (at most
-    `RANK_ON`), each output's values over all samples as one vector, as the gate computes it. The
-    gate has 4 held-out samples; a candidate chosen on those alone can pass by luck (PP-OCR det: 0.996
-    on them, 0.975 on 8 others), so a candidate must also hold on these 12-16."""
+    `RANK_ON`), each output's values over all samples as one vector, as the gate computes it. It was
+    added when the gate saw only the held-out samples (4 of 16: PP-OCR det passed at 0.996 on them,
+    0.975 on 8 others); the gate now also measures the calibrated-on samples, so with small sets this
+    repeats it (kept: with large sets the gate's 64 held-out samples are not these)."""
 
     def __init__(self, fp32: Any, calibration):
         self.feeds = list(itertools.islice(calibration.samples(), RANK_ON))

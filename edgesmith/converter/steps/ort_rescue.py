@@ -30,8 +30,9 @@ from .base import ExportContext, Gate, Quantizer, StepResult
 from .quantize import QuantizeConfig, Requantizer, quantize
 
 # How much stricter than the gate's cosine bar a candidate must be, as a share of the distance from the
-# bar to 1 (0.98 -> 0.985, 0.999 -> 0.99925): the gate sees few samples (a quarter of the calibration
-# data: 4 of 16), and an artifact chosen at exactly the bar on those falls below it on others.
+# bar to 1 (0.98 -> 0.985, 0.999 -> 0.99925): the gate sees few samples (of 16 calibration samples, the
+# 4 held out and the 12 calibrated on: pipeline._held_out), and an artifact chosen at exactly the bar
+# on those falls below it on others.
 MARGIN = 0.25
 PROBE = 3  # layers probed alone in float (accuracy.PROBE is 5): each probe costs a candidate
 REFINE = 2  # rounds of accuracy._refined: the layer that tips the model over, to the front
