@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, require
+from . import onnx_graphs as graphs
 
 Scope = tuple[str, ...]  # the branches from the main graph down to a graph: ("If_0:then_branch", ...)
 BRANCHES = ("then_branch", "else_branch")
@@ -39,13 +40,13 @@ OTHER_CONTROL_FLOW = ("Loop", "Scan")
 
 def control_flow(model) -> list[str]:
     """The op types of the control-flow nodes anywhere in `model` (an onnx.ModelProto), sorted."""
-    return sorted({n.op_type for n in nodes(model.graph) if n.op_type in ("If", *OTHER_CONTROL_FLOW)})
+    return sorted({n.op_type for n in graphs.nodes(model.graph) if n.op_type in ("If", *OTHER_CONTROL_FLOW)})
 
 
 def refuse_loops(model, name: str) -> None:
     """A `Loop` or `Scan` runs its body once per iteration; calibrating it as one flat graph is not
     possible, so static INT8 refuses it (dynamic INT8 and fp16 keep such graphs working)."""
-    node = next((n for n in nodes(model.graph) if n.op_type in OTHER_CONTROL_FLOW), None)
+    node = next((n for n in graphs.nodes(model.graph) if n.op_type in OTHER_CONTROL_FLOW), None)
     if node is not None:
         raise InputError(
             f"{name}: static INT8 (ONNX Runtime) cannot calibrate a '{node.op_type}' (node '{node.name}'): "
@@ -92,15 +93,15 @@ def quantize_static(
     onnx.save(flat, str(flat_path))
     ranges = _load_ranges(calibrate(flat_path))
     types = _types(flat)
-    graphs = workdir / f"{source.stem}.branches"
-    graphs.mkdir(exist_ok=True)
-    context = _Context(plan, ranges, types, model, quantize, graphs)
+    folder = workdir / f"{source.stem}.branches"
+    folder.mkdir(exist_ok=True)
+    context = _Context(plan, ranges, types, model, quantize, folder)
     model.graph.CopyFrom(_quantize_graph(context, model.graph, (), outer={}))
     _merge_opsets(model, context.opsets)
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     ONNXModel(model).clean_initializers()  # the float weights the quantized branches replaced
-    share_weights(model)
+    graphs.share_weights(model)
     onnx.save(model, str(out))
     return branch_report(plan)
 
@@ -124,7 +125,7 @@ def flatten(model, feeds: Callable[[], Iterable[dict]]):
         seen, plan.samples = _conditions(flat, [n.input[0] for n in pending], feeds)
         for node in pending:
             decided.add(node.output[0])
-            scope, key = where.get(node.output[0], ((), _key(node)))
+            scope, key = where.get(node.output[0], ((), graphs.key(node)))
             values = seen[node.input[0]]
             if len(values) != 1:
                 plan.both_ways.append((scope, key))
@@ -133,7 +134,7 @@ def flatten(model, feeds: Callable[[], Iterable[dict]]):
             plan.taken[scope, key] = branch
             inner = (*scope, f"{key}:{branch}")
             for nested in _inline(flat.graph, node, branch, inner, plan):
-                where[nested.output[0]] = (inner, _key(nested))
+                where[nested.output[0]] = (inner, graphs.key(nested))
 
 
 def _conditions(model, names: list[str], feeds) -> tuple[dict[str, set[bool]], int]:
@@ -169,10 +170,12 @@ def _inline(graph, node, branch_name: str, scope: Scope, plan: Plan) -> list:
     rest = [*graph.node[:index], *graph.node[index + 1 :]]
     defined = {i.name for i in [*graph.initializer, *graph.input]}
     for other in rest:  # and the names in the branches of other Ifs, which a name here would shadow
-        defined |= {o for o in other.output if o}.union(*(_defined(sub) for sub in _subgraphs(other)))
-    clashes = {name: _fresh(name, defined) for name in sorted(_defined(branch) & defined)}
+        defined |= {o for o in other.output if o}.union(
+            *(graphs.defined(sub) for sub in graphs.subgraphs(other))
+        )
+    clashes = {name: graphs.fresh(name, defined) for name in sorted(graphs.defined(branch) & defined)}
     if clashes:
-        _rename(branch, clashes)
+        graphs.rename(branch, clashes)
         plan.renamed.update({(scope, old): new for old, new in clashes.items()})
     outputs = [
         onnx.helper.make_node(
@@ -228,17 +231,19 @@ def _quantize_graph(context: _Context, graph, scope: Scope, outer: dict):
         kept = [i for i in result.initializer if i.name not in added]
         del result.initializer[:]
         result.initializer.extend(kept)
-        shadowing = _defined(result, nested=False) & context.names
+        shadowing = graphs.defined(result, nested=False) & context.names
         if shadowing:  # e.g. the scale of an outer tensor that the outer graph quantized too
-            _rename(result, {name: _fresh(name, context.names) for name in sorted(shadowing)})
+            graphs.rename(result, {name: graphs.fresh(name, context.names) for name in sorted(shadowing)})
         _float_outputs(result)
-    context.names |= _defined(result, nested=False)
+    context.names |= graphs.defined(result, nested=False)
     visible = {**outer, **{i.name: i for i in result.initializer}}
     for node in result.node:
-        branch = context.plan.taken.get((scope, _key(node))) if node.op_type == "If" else None
+        branch = context.plan.taken.get((scope, graphs.key(node))) if node.op_type == "If" else None
         for attr in node.attribute:
             if attr.name == branch:
-                attr.g.CopyFrom(_quantize_graph(context, attr.g, (*scope, f"{_key(node)}:{branch}"), visible))
+                attr.g.CopyFrom(
+                    _quantize_graph(context, attr.g, (*scope, f"{graphs.key(node)}:{branch}"), visible)
+                )
     _sort(result)
     return result
 
@@ -306,7 +311,7 @@ def _standalone(context: _Context, graph, scope: Scope, outer: dict):
             alone.output.append(_value_info(context, scope, name))
     if scope:
         del alone.input[:]
-        for name in sorted(_reads(graph) - _defined(graph)):
+        for name in sorted(graphs.reads(graph) - graphs.defined(graph)):
             added.add(name)
             if name in outer:
                 alone.initializer.append(outer[name])
@@ -332,7 +337,11 @@ def _save_ranges(context: _Context, graph, scope: Scope, cache: Path) -> None:
     """ONNX Runtime's calibration cache for one graph: the flat graph's ranges under this graph's names."""
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    names = {i.name for i in graph.input} | _reads(graph, nested=False) | _defined(graph, nested=False)
+    names = (
+        {i.name for i in graph.input}
+        | graphs.reads(graph, nested=False)
+        | graphs.defined(graph, nested=False)
+    )
     data = {}
     for name in sorted(names):
         flat = context.plan.flat_name(scope, name)
@@ -360,49 +369,6 @@ def _merge_opsets(model, opsets: dict[str, int]) -> None:
     for domain, version in sorted(opsets.items()):
         if domain not in have:
             model.opset_import.append(require("onnx", "convert").helper.make_opsetid(domain, version))
-
-
-def share_weights(model, smallest: int = 1024) -> int:
-    """Keep once, in the main graph, the initializers of `smallest` bytes or more that several graphs
-    hold identically (ONNX Runtime's preprocessing copies silero-vad's LSTM weights into both branches of
-    the `If` around it: 1.21 of the original's size in INT8 without this, 0.75 with it); returns how many
-    copies were dropped."""
-    import hashlib
-
-    from onnx import numpy_helper
-
-    graphs = [model.graph] + [sub for node in nodes(model.graph) for sub in _subgraphs(node)]
-    copies: dict[tuple, list] = {}  # content -> [(graph, initializer)], in graph order
-    for graph in graphs:
-        for init in graph.initializer:
-            array = numpy_helper.to_array(init)
-            if array.nbytes >= smallest:
-                key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
-                copies.setdefault(key, []).append((graph, init))
-    dropped = 0
-    for found in copies.values():
-        if len(found) < 2:
-            continue
-        (first_graph, first), *others = found
-        if first_graph is not model.graph:  # moved out, where every branch sees it
-            first_graph.initializer.remove(first)
-            model.graph.initializer.append(first)
-        for graph, init in others:
-            name = init.name
-            graph.initializer.remove(init)
-            _rename_reads(graph, {name: first.name})
-            dropped += 1
-    return dropped
-
-
-def _rename_reads(graph, names: dict[str, str]) -> None:
-    """Rename what `graph` and its subgraphs read (not what they define)."""
-    for node in graph.node:
-        node.input[:] = [names.get(n, n) for n in node.input]
-        for sub in _subgraphs(node):
-            _rename_reads(sub, names)
-    for value in graph.output:
-        value.name = names.get(value.name, value.name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -438,8 +404,8 @@ def inline_constant_ifs(model) -> list[str]:
     inlined = []
     for node in [n for n in model.graph.node if n.op_type == "If" and n.input[0] in constants]:
         branch = BRANCHES[0] if bool(constants[node.input[0]].reshape(-1)[0]) else BRANCHES[1]
-        _inline(model.graph, node, branch, (f"{_key(node)}:{branch}",), Plan())
-        inlined.append(f"{_key(node)}:{branch}")
+        _inline(model.graph, node, branch, (f"{graphs.key(node)}:{branch}",), Plan())
+        inlined.append(f"{graphs.key(node)}:{branch}")
     return inlined
 
 
@@ -459,70 +425,3 @@ def deciding_inputs(graph, node) -> list[str]:
         elif name in producer and producer[name].op_type not in ("Shape", "Size"):
             todo.extend(i for i in producer[name].input if i)
     return sorted(found)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Graph walking
-# ---------------------------------------------------------------------------------------------------
-
-
-def _key(node) -> str:
-    return node.name or node.output[0]
-
-
-def _subgraphs(node) -> list:
-    onnx = require("onnx", "convert")
-    graphs = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
-    return graphs + [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
-
-
-def nodes(graph):
-    for node in graph.node:
-        yield node
-        for sub in _subgraphs(node):
-            yield from nodes(sub)
-
-
-def _defined(graph, nested: bool = True) -> set[str]:
-    """The names `graph` defines (initializers, node outputs; with `nested`, its subgraphs' too)."""
-    names = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-    for node in nodes(graph) if nested else graph.node:
-        names.update(o for o in node.output if o)
-    if nested:
-        for node in nodes(graph):
-            for sub in _subgraphs(node):
-                names.update(i.name for i in [*sub.initializer, *sub.input])
-    return names
-
-
-def _reads(graph, nested: bool = True) -> set[str]:
-    """The names `graph`'s nodes read (with `nested`, its subgraphs' nodes and outputs too)."""
-    names = {o.name for o in graph.output}
-    for node in nodes(graph) if nested else graph.node:
-        names.update(i for i in node.input if i)
-    if nested:
-        for node in nodes(graph):
-            for sub in _subgraphs(node):
-                names.update(o.name for o in sub.output)
-    return names
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    index = 1
-    while f"{name}__{index}" in taken:
-        index += 1
-    taken.add(f"{name}__{index}")
-    return f"{name}__{index}"
-
-
-def _rename(graph, names: dict[str, str]) -> None:
-    """Rename `names` wherever `graph` and its subgraphs define or read them."""
-    for init in graph.initializer:
-        init.name = names.get(init.name, init.name)
-    for value in [*graph.output, *graph.value_info]:
-        value.name = names.get(value.name, value.name)
-    for node in graph.node:
-        node.input[:] = [names.get(n, n) for n in node.input]
-        node.output[:] = [names.get(n, n) for n in node.output]
-        for sub in _subgraphs(node):
-            _rename(sub, names)

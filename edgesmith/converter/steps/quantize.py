@@ -23,7 +23,7 @@ from ..accuracy import exact
 from ..handle import ModelHandle
 from ..precision import FP16, INT8, INT8_DYNAMIC, of_mode
 from ..validate import spec
-from . import int8_types, onnx_branches, qdq_tidy
+from . import int8_types, onnx_branches, onnx_graphs, qdq_tidy
 from .base import StepConfig, StepContext, StepResult, engine_names, register
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -70,7 +70,7 @@ def excluded_nodes(model_path, patterns: list[str]) -> list[str]:
     if not patterns:
         return []
     onnx = require("onnx", "convert")
-    names = [n.name for n in onnx_branches.nodes(onnx.load(str(model_path), load_external_data=False).graph)]
+    names = [n.name for n in onnx_graphs.nodes(onnx.load(str(model_path), load_external_data=False).graph)]
     regexes = [re.compile(p) for p in patterns]
     return [n for n in names if any(r.search(n) for r in regexes)]
 
@@ -200,10 +200,10 @@ def quantize(config: QuantizeConfig, model: ModelHandle, ctx: StepContext) -> St
 
 def _share_branch_weights(path: Path) -> None:
     """The weights quant_pre_process copied into several branches of an `If`, kept once
-    (onnx_branches.share_weights; silero-vad's LSTM: dynamic INT8 was 1.43 of the original's size)."""
+    (onnx_graphs.share_weights; silero-vad's LSTM: dynamic INT8 was 1.43 of the original's size)."""
     onnx = require("onnx", "convert")
     model = onnx.load(str(path))
-    if onnx_branches.control_flow(model) and onnx_branches.share_weights(model):
+    if onnx_branches.control_flow(model) and onnx_graphs.share_weights(model):
         onnx.save(model, str(path))
 
 
