@@ -128,7 +128,9 @@ def kept_float_lines(report: Report) -> list[str]:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         bar = a.verify.cosine_min if a.verify is not None else None
         held = f"cosine {bar:.4f}" if bar is not None else "the gate"
-        wide = " with 16-bit activations" if kept.get("activations") == "int16" else ""  # slower on CPUs
+        # LiteRT runs 16-bit activations on reference kernels: say so, as the artifact may be slower than fp32
+        wide = (" with 16-bit activations (for NPUs/MCUs with int16x8 kernels; on CPUs slower than fp32)"
+                if kept.get("activations") == "int16" else "")  # fmt: skip
         lines.append(f"{a.name}: {len(names)} layer(s) kept in float{wide} to hold {held} ({shown}; "
                      f"{len(kept['tried'])} candidates, {kept['seconds']:.0f} s)")  # fmt: skip
     return lines
