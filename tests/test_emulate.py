@@ -126,6 +126,26 @@ def test_compare_flags_outputs_beyond_the_precision_tolerance():
     assert not emulate.compare(ref, off_by_steps, "fp32")["ok"]
 
 
+def test_agreement_counts_only_rows_with_a_decisive_winner():
+    """An embedding's largest components are near-equal: INT8 kernels may swap them within
+    tolerance (all-MiniLM-L6-v2 on emulated ARM: 0.83 arg-max agreement at cosine 0.996). Such rows
+    are not counted; a classifier's confident rows still are."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((64, 384)).astype(np.float32) * 0.05
+    jitter = embeddings + rng.uniform(-0.004, 0.004, embeddings.shape).astype(np.float32)
+    raw = (jitter.argmax(-1) == embeddings.argmax(-1)).mean()
+    result = emulate.compare({"e": embeddings}, {"e": jitter}, "int8")
+    assert raw < 0.98 and result["ok"], (raw, result)
+    assert result["outputs"]["e"]["agreement_rows"] < 64
+    logits = np.zeros((20, 10), np.float32)
+    logits[np.arange(20), np.arange(20) % 10] = 8.0  # one confident class per row
+    flipped = logits.copy()
+    flipped[0] = np.roll(flipped[0], 1)  # one confident row now wins elsewhere
+    result = emulate.compare({"logits": logits}, {"logits": flipped}, "int8")
+    row = result["outputs"]["logits"]
+    assert row["agreement_rows"] == 20 and row["agreement"] == 19 / 20 and not result["ok"]
+
+
 def test_missing_tools_name_the_packages_to_install(cli, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     code, out, err = cli("verify", SHIPPED_MODEL, "--emulate", "aarch64")
@@ -161,3 +181,4 @@ def test_convert_for_an_arm_target_runs_each_artifact_on_arm(arm64, cli, tmp_pat
     emulated = artifact["emulated"]["rpi4"]
     assert emulated["device"]["machine"] == "aarch64" and emulated["device"]["cpu"] == "cortex-a72"
     assert emulated["ok"] and emulated["outputs"]["logits"]["agreement"] == 1.0
+    assert emulated["samples"] == 8  # of the first verification batch: enough to compare kernels

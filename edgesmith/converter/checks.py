@@ -18,8 +18,8 @@ from .recipe import Recipe
 
 def emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
     """A recipe with ARM targets (Raspberry Pis, phones): each ONNX/TFLite artifact also runs on ARM
-    kernels, under qemu-user (targets/emulate.py), on the first verification batch, and is compared
-    with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
+    kernels, under qemu-user (targets/emulate.py), on the first verification batch (at most
+    EMULATED_SAMPLES of it), and is compared with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
     from ..targets import spec
 
     cpus: dict[str, str] = {}  # emulated CPU: the first target with it
@@ -39,17 +39,32 @@ def emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
         emulate.check_tools()
     except EdgesmithError as exc:
         return dataclasses.replace(report, emulation={"skipped": str(exc)})
-    feeds = next(iter(data.batches()))
+    batch = next(iter(data.batches()))
     artifacts = []
     for entry in report.artifacts:
         path = Path(entry.path)
         if path.suffix in (".onnx", ".tflite"):
-            host = load_session(path, exact=True).run(feeds)
-            emulated = {name: emulate.verify(path, feeds, host, entry.precision, cpu=cpu)
+            session = load_session(path, exact=True)
+            feeds, host = _few_samples(session, batch)
+            samples = len(next(iter(feeds.values())))
+            emulated = {name: emulate.verify(path, feeds, host, entry.precision, cpu=cpu) | {"samples": samples}
                         for cpu, name in cpus.items()}  # fmt: skip
             entry = dataclasses.replace(entry, emulated=emulated)
         artifacts.append(entry)
     return dataclasses.replace(report, artifacts=tuple(artifacts))
+
+
+EMULATED_SAMPLES = 8  # enough to compare kernels; qemu runs a transformer's 64 sentences for ~6 min
+
+
+def _few_samples(session, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """The first EMULATED_SAMPLES samples of the batch and the host's outputs for them; the whole
+    batch where the model does not take fewer (an input whose leading dimension is fixed)."""
+    batched = all(not (isinstance(s.shape[0], int) and s.shape[0] > 0) for s in session.inputs if s.shape)
+    sizes = {len(v) for v in batch.values() if np.ndim(v)}
+    if batched and len(sizes) == 1 and sizes.pop() > EMULATED_SAMPLES:
+        batch = {k: v[:EMULATED_SAMPLES] if np.ndim(v) else v for k, v in batch.items()}
+    return batch, session.run(batch)
 
 
 def stages(source, report: Report, ref, evaluation, recipe: Recipe, quiet: bool) -> tuple[Stage, ...]:
