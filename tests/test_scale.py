@@ -352,6 +352,9 @@ def test_tune_finds_a_front_whose_recipes_replay_byte_for_byte(cluster, tmp_path
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["trials_run"] == 2 and report["front"]
+    # the two trials are the int8 and int8-dynamic presets: the table says so, and how they stand
+    assert "seed: int8" in done.stdout and "presets dominated by: int8:" in done.stdout
+    assert set(report["presets"]) == {"int8", "int8-dynamic"}
     assert "<svg" in (out / "report.html").read_text()
     best = report["front"][0]
     replay = tmp_path / "replay"

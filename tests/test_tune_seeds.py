@@ -51,6 +51,33 @@ def test_an_mcu_and_an_onnx_source_get_their_own_seeds():
     assert [search.suggest("a"), search.suggest("b")] == mcu.presets()
 
 
+def test_the_report_says_which_front_point_beats_each_preset():
+    """`_report` over the MNISTNet rpi4 run of docs/scale.md (third round): the pruned INT8 seed
+    dominates every preset; the pruned dynamic one (smaller still) only int8-dynamic; an infeasible
+    preset is left out."""
+    from edgesmith.scale.tune import _report, space_for
+
+    space = space_for(PT2, "rpi4", str(CALIBRATION))
+    seeds = space.named_seeds()
+
+    def trial(seed: str, score: float, latency: float, size: float, feasible: bool = True) -> dict:
+        return {"params": seeds[seed], "score": score, "latency_ms": latency, "size_kb": size,
+                "feasible": feasible, "folder": seed}  # fmt: skip
+
+    trials = [trial("int8", 99.05, 0.336, 419.2), trial("int8-dynamic", 99.05, 0.904, 417.9),
+              trial("fp16", 0.0, 0.0, 0.0, feasible=False), trial("int8 + prune 10%", 99.12, 0.284, 250.2),
+              trial("int8-dynamic + prune 10%", 99.09, 0.844, 249.4)]  # fmt: skip
+    job = {"model": str(PT2), "target": "rpi4", "latency_ms": None, "base": {"verify": {"max_drop": 1.0}}}
+    report = _report(job, trials, space, "tpe", 5, 1.0)
+    assert [p["seed"] for p in report["front"]] == ["int8 + prune 10%", "int8-dynamic + prune 10%"]
+    assert report["presets"]["int8"]["dominated_by"] == ["best-1.toml"]
+    assert report["presets"]["int8-dynamic"]["dominated_by"] == ["best-1.toml", "best-2.toml"]
+    assert "fp16" not in report["presets"] and report["dominates_every_preset"] == ["best-1.toml"]
+    trials[3]["score"] = 99.0  # now less accurate than the presets: on the front beside them
+    report = _report(job, trials, space, "tpe", 5, 1.0)
+    assert report["presets"]["int8"]["dominated_by"] == [] and report["dominates_every_preset"] == []
+
+
 def _hold(root: str, key: str, log: str, seconds: float) -> None:
     from edgesmith.converter.step_cache import _computing
 

@@ -76,17 +76,31 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        table = [["recipe", "metric", f"p50 ms on {args.target}", "size KB", "parameters"]]
+        table = [["recipe", "metric", f"p50 ms on {args.target}", "size KB", "from", "parameters"]]
         for p in report["front"]:
             params = ", ".join(f"{k}={v}" for k, v in sorted(p["params"].items()))
-            table.append(
-                [p["best"], f"{p['score']:.2f}", f"{p['latency_ms']:.4f}", f"{p['size_kb']:.1f}", params]
-            )
+            table.append([p["best"], f"{p['score']:.2f}", f"{p['latency_ms']:.4f}", f"{p['size_kb']:.1f}",
+                          f"seed: {p['seed']}" if p["seed"] else "sampled", params])  # fmt: skip
         if len(table) > 1:
             print_table(table)
+            print(presets_line(report))
         for t in report["trials"]:
             if t["status"] != "ok":
                 print(f"{Path(t['folder']).name}: {t['status']}: {t['error']}", file=sys.stderr)
         print(f"\n{report['trials_run']} trials, {report['feasible']} feasible, {len(report['front'])} on the front, "
               f"in {report['wall_s']:.0f} s; report: {out}/report.html")  # fmt: skip
     return 0 if report["front"] else 1
+
+
+def presets_line(report: dict) -> str:
+    """Whether the search beat the presets: which front points dominate each, or that none does."""
+    presets = report["presets"]
+    if not presets:
+        return "\nno preset was feasible: every front point is better than the presets"
+    every = report["dominates_every_preset"]
+    each = "; ".join(f"{name}: {', '.join(r['dominated_by']) or 'not dominated (on the front or beside it)'}"
+                     for name, r in presets.items())  # fmt: skip
+    verdict = (
+        f"{', '.join(every)} dominates every preset" if every else "no front point dominates every preset"
+    )
+    return f"\npresets dominated by: {each}\n{verdict}"

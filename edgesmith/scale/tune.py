@@ -375,6 +375,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
     front = pareto_front(trials)
     for i, point in enumerate(front, 1):
         point["best"] = f"best-{i}.toml"
+    presets = preset_standing(trials, front, space)
     return {
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
@@ -385,8 +386,25 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
+        "presets": presets,
+        "dominates_every_preset": [p["best"] for p in front
+                                   if presets and all(p["best"] in r["dominated_by"] for r in presets.values())],
         "trials": trials,
     }  # fmt: skip
+
+
+def preset_standing(trials: list[dict], front: list[dict], space: Space) -> dict:
+    """For each preset the search ran (its first trials), its objectives and the front points that
+    dominate it: the question a user asks of a search, did it beat what I would try by hand?
+    Infeasible presets are left out (anything feasible beats them)."""
+    standing = {}
+    for name, params in space.named_presets().items():
+        trial = next((t for t in trials if t["params"] == params and t["feasible"]), None)
+        if trial is not None:
+            standing[name] = {k: trial[k] for k in OBJECTIVES} | {
+                "dominated_by": [p["best"] for p in front if dominates(p, trial)]
+            }
+    return standing
 
 
 def _write_outputs(out: Path, report: dict) -> None:
