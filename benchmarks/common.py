@@ -36,6 +36,17 @@ def load_mnistnet():
     return model.eval()
 
 
+def mnistnet_pt2(work: Path) -> Path:
+    """MNISTNet as a .pt2 with a dynamic batch: a file `tune` can hash, prune and distill."""
+    import torch
+
+    path = work / "mnistnet.pt2"
+    example = (torch.zeros(2, 1, 28, 28),)
+    program = torch.export.export(load_mnistnet(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
     """The real MNIST test set (data/mnist), normalized: float32 (10000, 1, 28, 28) and labels."""
     from edgesmith.converter.data.idx import load_mnist, normalize_mnist

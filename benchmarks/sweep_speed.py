@@ -4,7 +4,8 @@
    another in this process, then as a sweep on a local Ray with 2 workers (goal: <= 0.6x the wall
    time), then the same sweep again into a new folder with the cache warm (goal: >= 10x faster).
    Ray's start is timed apart: a sweep pays it once, and a cluster pays it never. A third sweep
-   without the cache on the same (now warm) workers shows the cost of further batches.
+   without the cache on the same (now warm) workers shows the cost of further batches. With
+   --mnistnet, the same for ccexam's MNISTNet as a .pt2 (longer conversions: export from PyTorch).
 2. The step cache: 3 conversions of models/mnist_cnn.pt2 sharing their pruning and distillation,
    without a cache, with a cold cache, and again (warm).
 3. `tune` on models/mnist_cnn.onnx for rpi4 (~12 trials): the Pareto front against the presets
@@ -51,20 +52,20 @@ def one_after_another(tasks, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def sweeps(work: Path) -> dict:
+def sweeps(work: Path, model: Path = MODEL) -> dict:
     from edgesmith.scale import sweep as sw
 
-    tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "cold", str(CALIBRATION), str(EVAL))
+    tasks = sw.plan([str(model)], [], PRESETS, TARGETS, work / "cold", str(CALIBRATION), str(EVAL))
     serial = one_after_another(tasks, work / "serial")
     started = time.perf_counter()
     ray = sw.start_ray(None, 2)
     ray_start = time.perf_counter() - started
     cold = sw.sweep(tasks, work / "cold")
-    warm_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "warm", str(CALIBRATION), str(EVAL))
+    warm_tasks = sw.plan([str(model)], [], PRESETS, TARGETS, work / "warm", str(CALIBRATION), str(EVAL))
     warm = sw.sweep(warm_tasks, work / "warm")
     # the same 8 conversions again without the cache, on the workers that have imported everything:
     # what each further batch of a long sweep costs
-    again_tasks = sw.plan([str(MODEL)], [], PRESETS, TARGETS, work / "again", str(CALIBRATION), str(EVAL))
+    again_tasks = sw.plan([str(model)], [], PRESETS, TARGETS, work / "again", str(CALIBRATION), str(EVAL))
     again = sw.sweep(again_tasks, work / "again", use_cache=False)
     assert cold["counts"]["ok"] == warm["counts"]["ok"] == len(tasks), (cold["counts"], warm["counts"])
     assert {r["how"] for r in warm["results"]} == {"cached"}
@@ -75,7 +76,7 @@ def sweeps(work: Path) -> dict:
     )
     ray.shutdown()
     return {
-        "conversions": len(tasks), "one_after_another_s": round(serial, 1), "ray_start_s": round(ray_start, 1),
+        "model": model.name, "conversions": len(tasks), "one_after_another_s": round(serial, 1), "ray_start_s": round(ray_start, 1),
         "sweep_2_workers_s": cold["wall_s"], "ratio_sweep_vs_serial": round(cold["wall_s"] / serial, 2),
         "sweep_2_warm_workers_no_cache_s": again["wall_s"],
         "ratio_warm_workers_vs_serial": round(again["wall_s"] / serial, 2),
@@ -193,6 +194,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--sampler", choices=("nsga2", "tpe"), default="tpe")
     parser.add_argument("--skip-sweep", action="store_true", help="only the tune figures")
+    parser.add_argument(
+        "--mnistnet",
+        action="store_true",
+        help="also sweep ccexam's MNISTNet (.pt2 with a dynamic batch): longer conversions",
+    )
     parser.add_argument("--skip-tune", action="store_true", help="only the sweep figures")
     parser.add_argument("--skip-prefix", action="store_true", help="no shared-prefix (step cache) figure")
     parser.add_argument(
@@ -207,6 +213,10 @@ def main() -> None:
             result["shared_prefix"] = shared_prefix(work)
         if not args.skip_sweep and not args.only_prefix:
             result["sweep"] = sweeps(work)
+            if args.mnistnet:  # the same 8 conversions of a larger third-party model, from its .pt2
+                from common import mnistnet_pt2
+
+                result["sweep_mnistnet"] = sweeps(work / "mnistnet", mnistnet_pt2(work))
         if not args.skip_tune and not args.only_prefix:
             result["tune"] = tune_vs_presets(work, args.trials, args.sampler)
         result["load_after"] = os.getloadavg()

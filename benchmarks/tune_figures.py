@@ -38,23 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_mnistnet, mnist_test
+from common import mnist_test, mnistnet_pt2
 from sweep_speed import cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "calibration_data" / "mnist"
 STSB = ROOT / "data" / "stsb"
-
-
-def mnistnet_pt2(work: Path) -> Path:
-    """MNISTNet as a .pt2 with a dynamic batch: a file `tune` can hash, prune and distill."""
-    import torch
-
-    path = work / "mnistnet.pt2"
-    example = (torch.zeros(2, 1, 28, 28),)
-    program = torch.export.export(load_mnistnet(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
-    return path
 
 
 def mnist_eval(work: Path, count: int) -> Path:
