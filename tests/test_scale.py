@@ -342,16 +342,32 @@ def test_a_trials_parameters_make_a_recipe_that_reloads():
     assert mcu.modes == ["static", "none"] and list(mcu.named_presets()) == ["int8", "fp32"]
 
 
+# A user's metric (`--metric file.py:function`): top-1, or it hangs while a file `hang` lies beside it
+SLOW_METRIC = """
+import time
+from pathlib import Path
+
+def top1(outputs, labels):
+    while (Path(__file__).parent / "hang").exists():
+        time.sleep(1)
+    return float(100 * (outputs[0].argmax(-1) == labels).mean())
+"""
+
+
 @pytest.mark.slow
 def test_tune_finds_a_front_whose_recipes_replay_byte_for_byte(cluster, tmp_path):
     out = tmp_path / "tuned"
+    (tmp_path / "metric.py").write_text(SLOW_METRIC)
     cmd = [sys.executable, "-m", "edgesmith", "tune", str(MODEL), "--target", "rpi4", "--max-drop", "1.0",
-           "--trials", "2", "--calibration", str(CALIBRATION), "--address", cluster.address, "--out", str(out)]  # fmt: skip
+           "--calibration", str(CALIBRATION), "--eval", str(CALIBRATION / "holdout.npz"),
+           "--metric", f"{tmp_path / 'metric.py'}:top1", "--address", cluster.address]  # fmt: skip
     env = {**cluster.env, "EDGESMITH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*cmd, "--trials", "2", "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["trials_run"] == 2 and report["front"]
+    assert {t["score"] for t in report["trials"]} <= {p["score"] for p in report["presets"].values()}
     # the two trials are the int8 and int8-dynamic presets: the table says so, and how they stand
     assert "seed: int8" in done.stdout and "presets dominated by: int8:" in done.stdout
     assert set(report["presets"]) == {"int8", "int8-dynamic"}
@@ -362,6 +378,16 @@ def test_tune_finds_a_front_whose_recipes_replay_byte_for_byte(cluster, tmp_path
                                 "--out", str(replay), "--quiet"], env=env, capture_output=True, text=True)  # fmt: skip
     assert converted.returncode == 0, converted.stderr
     assert _artifacts(Path(best["folder"])) == _artifacts(replay)
+
+    # --time-budget: the two presets again (from the cache), then a third trial whose metric hangs;
+    # the budget stops it and the report holds the two that finished (without the budget: the timeout)
+    (tmp_path / "hang").touch()
+    budget = subprocess.run([*cmd, "--trials", "3", "--time-budget", "0.5", "--out", str(tmp_path / "budget")],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert budget.returncode == 0, budget.stderr
+    again = json.loads((tmp_path / "budget" / "report.json").read_text())
+    assert again["trials_run"] == 2 and {t["how"] for t in again["trials"]} == {"cached"}
+    assert "1 not finished within --time-budget" in budget.stdout
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: ONNX Runtime's default is one thread anyway")

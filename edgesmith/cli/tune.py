@@ -38,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-ms", type=float, metavar="MS", help="latency budget on the target")
     p.add_argument("--trials", type=int, default=12, metavar="N", help="trials to run (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="stop the search after MIN minutes: trials still running are stopped, the report "
+                        "and best-N.toml hold those that finished")  # fmt: skip
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument("--metric", metavar="NAME", help="the metric objective on --eval, as convert --metric: auto, top1, spearman (sentence pairs), or module:function / file.py:function")  # fmt: skip
     p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
@@ -68,11 +71,14 @@ def main(args) -> int:
         raise InputError("--trials and --workers take a number of at least 1")
     if args.max_drop < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
         raise InputError("--max-drop must be >= 0 and --latency-ms > 0")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise InputError("--time-budget takes minutes, more than 0")
     if args.workers is not None and args.address:
         raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
-                  args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric)  # fmt: skip
+                  args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric,
+                  None if args.time_budget is None else 60 * args.time_budget)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -87,8 +93,12 @@ def main(args) -> int:
         for t in report["trials"]:
             if t["status"] != "ok":
                 print(f"{Path(t['folder']).name}: {t['status']}: {t['error']}", file=sys.stderr)
-        print(f"\n{report['trials_run']} trials, {report['feasible']} feasible, {len(report['front'])} on the front, "
-              f"in {report['wall_s']:.0f} s; report: {out}/report.html")  # fmt: skip
+        stopped = report["trials_asked"] - report["trials_run"]
+        budget = (
+            f" ({stopped} not finished within --time-budget)" if stopped and report["time_budget_s"] else ""
+        )
+        print(f"\n{report['trials_run']} trials{budget}, {report['feasible']} feasible, {len(report['front'])} on the "
+              f"front, in {report['wall_s']:.0f} s; report: {out}/report.html")  # fmt: skip
     return 0 if report["front"] else 1
 
 

@@ -255,8 +255,11 @@ def _trial(config: dict, job: dict) -> None:
 def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float | None = None,
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
-         sampler: str = "tpe", seed: int = 0, metric: str | None = None) -> dict:  # fmt: skip
-    """Search, then write report.json, report.html and best-N.toml into `out`; returns the report."""
+         sampler: str = "tpe", seed: int = 0, metric: str | None = None,
+         time_budget_s: float | None = None) -> dict:  # fmt: skip
+    """Search, then write report.json, report.html and best-N.toml into `out`; returns the report.
+    With `time_budget_s`, trials still running when it is spent are stopped and the report holds
+    those that finished."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
@@ -265,6 +268,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
+           "time_budget_s": time_budget_s,
            "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
@@ -327,13 +331,19 @@ def _run_search(job: dict, space: Space, trials: int, sampler: str, seed: int, o
     # Tune's own console tables and its TensorBoard/CSV loggers: the report is ours
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if job["time_budget_s"] is not None:
+        # a trial reports once, at its end: at the budget Tune can only stop it by ending its actor,
+        # which it does after this many seconds (default 600: ten minutes past the user's budget)
+        os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "5")
     from ray.tune.logger import JsonLoggerCallback
 
     storage = Path(tempfile.mkdtemp(prefix=".tune-", dir=out))  # Ray Tune's bookkeeping, removed after
     try:
         tuner = ray_tune.Tuner(
             ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job), {"cpu": 1}),
-            tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=trials, reuse_actors=True),
+            tune_config=ray_tune.TuneConfig(
+                search_alg=search, num_samples=trials, reuse_actors=True, time_budget_s=job["time_budget_s"]
+            ),
             run_config=ray_tune.RunConfig(
                 storage_path=str(storage), name="tune", verbose=0, callbacks=[JsonLoggerCallback()]
             ),  # fmt: skip
@@ -383,6 +393,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "static": space.static, "search": space.search, "mcu": space.mcu,
                   "transformer": space.transformer},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
+        "time_budget_s": job["time_budget_s"],
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
