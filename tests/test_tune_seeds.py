@@ -40,6 +40,25 @@ def test_the_seeds_are_asked_first_then_the_sampler_explores(tmp_path):
     assert (pruned[0].target_macs, pruned[1].min_steps) == (0.9, 100)
 
 
+def test_a_pytorch_cnn_may_be_binarized_instead_of_quantized():
+    """The issue's "binarization of eligible layers": 1-bit weights (or weights and activations) for
+    a PyTorch source going to ONNX or OpenVINO, which store the bits; not for an MCU or an ONNX source."""
+    from edgesmith.scale.tune import base_recipe, recipe_for, searcher, space_for
+
+    space = space_for(PT2, "rpi4", str(CALIBRATION))
+    assert space.binarize and all(p["binarize"] == "none" for p in space.named_seeds().values())
+    assert not space_for(PT2, "stm32f746", str(CALIBRATION)).binarize
+    assert not space_for(PT2.with_suffix(".onnx"), "rpi4", str(CALIBRATION)).binarize
+    search = searcher(space, trials=40, sampler="tpe", seed=0)
+    asked = [search.suggest(f"t{i}") for i in range(40)]
+    binarized = [a for a in asked if a["binarize"] != "none"]
+    assert binarized and all("mode" not in a for a in binarized)  # exported as they are
+    base = base_recipe(PT2, "rpi4", 1.0, None, str(CALIBRATION))
+    steps = recipe_for({"format": "onnx", "binarize": "weights", "prune": 0.1, "distill_steps": 100}, base,
+                       space).steps  # fmt: skip
+    assert [s.kind for s in steps] == ["prune", "distill", "binarize"] and steps[2].activations == "float"
+
+
 def test_an_mcu_and_an_onnx_source_get_their_own_seeds():
     from edgesmith.scale.tune import searcher, space_for
 

@@ -26,9 +26,11 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from ..converter import build_recipe, metrics
 from ..converter.recipe import ExportConfig, Recipe
+from ..converter.steps.binarize import BinarizeConfig
 from ..converter.steps.distill import DistillConfig
 from ..converter.steps.prune import PruneConfig
 from ..converter.steps.prune_transformer import TransformerPruneConfig
@@ -53,6 +55,14 @@ DISTILL_STEPS = (100, 300, 600)  # after pruning, on the calibration data
 # A Hugging Face encoder: the fraction of attention heads and of FFN neurons `prune_transformer`
 # removes in every layer (docs/pruning.md: half of both, distilled, kept 81.1 of 82.0 STS-B points)
 TRANSFORMER_PRUNE = (0.0, 0.25, 0.5)
+# 1-bit layers (the `binarize` step, every Conv2d/Linear but the first and last, trained with
+# distillation on the calibration data): weights only, or weights and activations (which needs a
+# BatchNorm before each binary layer; a model without fails that trial in one line)
+BINARIZE: dict[str, Literal["float", "binary"] | None] = {
+    "none": None,
+    "weights": "float",
+    "binary": "binary",
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,12 @@ class Space:
     transformer: bool = False  # a Hugging Face encoder: heads and FFN neurons pruning, then distillation
 
     @property
+    def binarize(self) -> bool:
+        """1-bit layers are open for PyTorch CNNs/MLPs exported to ONNX or OpenVINO (they store the bits;
+        TFLite and TFLite Micro would keep float weights)."""
+        return self.torch and not self.mcu and bool({"onnx", "openvino"} & set(self.formats))
+
+    @property
     def modes(self) -> list[str]:
         """The quantization modes the target can run; static needs calibration data."""
         modes = ["static", "none"] if self.mcu else ["static", "dynamic", "fp16", "none"]
@@ -76,7 +92,9 @@ class Space:
     def sample(self, trial) -> None:
         """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
         fmt = trial.suggest_categorical("format", list(self.formats))
-        mode = trial.suggest_categorical("mode", self.modes)
+        binary = trial.suggest_categorical("binarize", list(BINARIZE)) if self.binarize else "none"
+        # a binarized model is exported as it is: its 1-bit layers are the compression
+        mode = trial.suggest_categorical("mode", self.modes) if binary == "none" else "none"
         if mode == "static":
             trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
             if self.search and fmt == "onnx":  # per-layer precision from the sensitivity ranking
@@ -127,6 +145,8 @@ class Space:
         }
         wanted = ["int8", "fp32"] if self.mcu else ["int8", "int8-dynamic", "fp16"]
         named = {k: points[k] for k in wanted if points[k]["mode"] in self.modes}
+        if self.binarize:
+            named = {k: {"format": p["format"], "binarize": "none", **p} for k, p in named.items()}
         return {k: {**p, "prune": 0.0} if self.torch or self.transformer else p for k, p in named.items()}
 
 
@@ -176,7 +196,10 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
     elif params.get("prune"):
         steps += [PruneConfig(target_macs=round(1 - params["prune"], 3)),
                   DistillConfig(epochs=1, min_steps=params["distill_steps"], lr=2e-3)]  # fmt: skip
-    mode = params["mode"]
+    activations = BINARIZE[params.get("binarize", "none")]
+    if activations is not None:
+        steps.append(BinarizeConfig(activations=activations))
+    mode = params.get("mode", "none")
     if mode != "none":
         keep = params.get("keep_float", "none")
         names = ([space.layers[0]] if "first" in keep else []) + (
@@ -393,7 +416,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "static": space.static, "search": space.search, "mcu": space.mcu,
                   "transformer": space.transformer},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
-        "time_budget_s": job["time_budget_s"],
+        "time_budget_s": job.get("time_budget_s"),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
