@@ -24,13 +24,14 @@ def test_the_seeds_are_asked_first_then_the_sampler_explores(tmp_path):
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
     seeds = space.named_seeds()
-    assert list(seeds) == ["int8", "int8-dynamic", "fp16",
-                           "int8 + prune 10%", "int8-dynamic + prune 10%", "fp16 + prune 10%"]  # fmt: skip
-    search = searcher(space, trials=9, sampler="tpe", seed=0)
-    asked = [search.suggest(f"t{i}") for i in range(8)]
-    assert asked[:6] == list(seeds.values())  # in this order, every parameter given
-    for config in asked[6:]:  # then sampled, within the space
-        assert config not in asked[:6] and config["mode"] in space.modes and config["prune"] in PRUNE
+    assert list(seeds) == ["int8", "int8-dynamic", "fp16", "int8 + prune 10%", "int8-dynamic + prune 10%",
+                           "fp16 + prune 10%", "bnn-weights"]  # fmt: skip
+    search = searcher(space, trials=10, sampler="tpe", seed=0)
+    asked = [search.suggest(f"t{i}") for i in range(9)]
+    assert asked[:7] == list(seeds.values())  # in this order, every parameter given
+    for config in asked[7:]:  # then sampled, within the space
+        assert config not in asked[:7] and config["prune"] in PRUNE
+        assert config.get("mode", "none") in space.modes
 
     base = base_recipe(PT2, "rpi4", 1.0, None, str(CALIBRATION))
     preset = build_recipe(None, "int8", str(CALIBRATION), model=str(PT2), targets=["rpi4"])
@@ -46,7 +47,8 @@ def test_a_pytorch_cnn_may_be_binarized_instead_of_quantized():
     from edgesmith.scale.tune import base_recipe, recipe_for, searcher, space_for
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
-    assert space.binarize and all(p["binarize"] == "none" for p in space.named_seeds().values())
+    assert space.binarize and all(p["binarize"] == "none" for p in space.named_presets().values())
+    assert space.named_seeds()["bnn-weights"] == {"format": "onnx", "binarize": "weights", "prune": 0.0}
     assert not space_for(PT2, "stm32f746", str(CALIBRATION)).binarize
     assert not space_for(PT2.with_suffix(".onnx"), "rpi4", str(CALIBRATION)).binarize
     search = searcher(space, trials=40, sampler="tpe", seed=0)

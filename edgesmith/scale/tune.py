@@ -120,7 +120,11 @@ class Space:
         (MNISTNet pruned 10 % and distilled 100 steps scores above the fp32 original). A sampler
         given 8-10 trials over ~1000 points drew it with fp16 but never with INT8 (docs/scale.md,
         "Tune, second round"). The neighbours share one pruning through the step cache, so all but
-        the first cost a quantization and a verification."""
+        the first cost a quantization and a verification.
+
+        Last, where the space binarizes, the converter's `bnn-weights` preset (1-bit weights): the
+        smallest point a user would try by hand, which a sampler with a few trials may not draw.
+        It is a seed, not one of the presets the front is judged against (those quantize)."""
         seeds = self.named_presets()
         # not a transformer's: its lightest pruning loses ~6 STS-B points untrained, and won them back
         # only after 2 epochs on 10k sentences (docs/pruning.md), far from a trial's budget
@@ -128,6 +132,9 @@ class Space:
             light = {"prune": min(p for p in PRUNE if p), "distill_steps": min(DISTILL_STEPS)}
             seeds |= {f"{name} + prune {light['prune']:.0%}": {**params, **light}
                       for name, params in self.named_presets().items()}  # fmt: skip
+        if self.binarize:
+            bits = next(f for f in self.formats if f in ("onnx", "openvino"))
+            seeds["bnn-weights"] = {"format": bits, "binarize": "weights", "prune": 0.0}
         return seeds
 
     def named_presets(self) -> dict[str, dict]:
