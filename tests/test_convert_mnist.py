@@ -129,8 +129,22 @@ def test_verification_gate_exits_1_when_the_drop_is_too_big(cli, tmp_path, mnist
     )
     assert code == 1, stderr
     assert "more than [verify] max_drop = 0.5" in stderr and "this run is in" in stderr
+    assert "calibration.method = 'percentile'" in stderr  # a quantizer's remedy for a quantizer's drop
     assert json.loads((tmp_path / "out.rejected" / "report.json").read_text())["verify"]["drop"] > 0.5
     assert not (tmp_path / "out").exists(), "a rejected run never takes the output folder's place"
+
+
+def test_a_drop_after_binarizing_names_that_step_not_calibration(cli, tmp_path, mnist_eval_npz):
+    """1-bit weights without training lose far more than 0.5 points; calibration has nothing to do
+    with it, so the hint says to compress less or train longer."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[verify]\nmax_drop = 0.5\nmax_samples = 500\n[profile]\nenabled = false\n"
+                      '[[steps]]\nkind = "binarize"\nactivations = "float"\nepochs = 0\n')  # fmt: skip
+    code, _, stderr = cli("convert", SHIPPED_MODEL.with_suffix(".pt2"), "--recipe", recipe, "--format", "onnx",
+                          "--calibration", SHIPPED_CALIBRATION, "--eval", mnist_eval_npz, "--out", tmp_path / "out",
+                          "-q")  # fmt: skip
+    assert code == 1, stderr
+    assert "compress less or train longer after binarize" in stderr and "percentile" not in stderr
 
 
 @pytest.mark.parametrize(("preset", "max_drop"), [("int8-dynamic", 0.3), ("fp16", 0.02)])

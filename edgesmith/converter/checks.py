@@ -186,6 +186,20 @@ def cosine_bar(recipe: Recipe, precision: str) -> float | None:
     return DEFAULT_MIN_COSINE.get(precision)
 
 
+# steps that change the model's function on purpose: a drop after them is theirs to win back
+RESHAPING = ("prune", "prune_transformer", "binarize", "lowrank", "sparsify")
+
+
+def _drop_hint(recipe: Recipe) -> str:
+    """What to try when the metric dropped: compress less or train longer after a reshaping step,
+    else a quantizer's remedies."""
+    reshaping = [step.kind for step in recipe.steps if step.kind in RESHAPING]
+    if reshaping:
+        return (f"compress less or train longer after {', '.join(reshaping)} (a smaller ratio, more "
+                "distill steps or epochs, more layers kept float)")  # fmt: skip
+    return "try calibration.method = 'percentile' or exclude sensitive layers"
+
+
 def check_gate(report: Report, recipe: Recipe) -> None:
     """Exit 1 (VerificationFailed) when an artifact's metric dropped more than `max_drop`, or one of
     its outputs is further from the original's than `min_cosine` (default: by precision, for runs
@@ -198,7 +212,7 @@ def check_gate(report: Report, recipe: Recipe) -> None:
         if limit is not None and result.drop is not None and result.drop > limit:
             raise VerificationFailed(
                 f"{name}: {result.metric} dropped {result.drop:.2f} points, more than [verify] "
-                f"max_drop = {limit}; try calibration.method = 'percentile' or exclude sensitive layers"
+                f"max_drop = {limit}; {_drop_hint(recipe)}"
             )
         min_cosine = cosine_bar(recipe, entry.precision or "")
         for target, emulated in (entry.emulated or {}).items():
