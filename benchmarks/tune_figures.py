@@ -106,7 +106,8 @@ def run_case(name: str, work: Path, args) -> dict:
     metric = "spearman" if name == "minilm-rpi4" and args.minilm_metric == "spearman" else None
     started, load_before = time.perf_counter(), os.getloadavg()
     report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
-                  workers=2, seed=args.seed, metric=metric)  # fmt: skip
+                  workers=2, seed=args.seed, metric=metric,
+                  time_budget_s=None if args.time_budget is None else 60 * args.time_budget)  # fmt: skip
     wall = time.perf_counter() - started
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
     labels = space.named_presets()
@@ -121,7 +122,8 @@ def run_case(name: str, work: Path, args) -> dict:
     feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
     return {
         "case": name, "model": str(model.name), "target": target, "metric": metric or "auto",
-        "trials": report["trials_run"],
+        "trials": report["trials_run"], "trials_asked": report["trials_asked"],
+        "time_budget_s": report["time_budget_s"],
         "feasible": report["feasible"], "wall_s": round(wall, 1),
         "load": [round(x, 1) for x in (*load_before, *os.getloadavg())],  # 1/5/15 min, before then after
         "seeds": report["seeds"],
@@ -215,6 +217,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--time-budget", type=float, metavar="MIN", help="each case's tune --time-budget")
     parser.add_argument("--work", type=Path, help="a folder to keep the trials in (default: a temporary one)")
     args = parser.parse_args()
     results = {"cpu": cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg(), "cases": []}
