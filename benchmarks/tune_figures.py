@@ -112,8 +112,9 @@ def run_case(name: str, work: Path, args) -> dict:
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
     labels = space.named_presets()
     presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
-               or convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name,
-                                 metric)
+               or (None if args.time_budget else  # stopped by the budget: not converted again here
+                   convert_preset(params, model, target, calibration, evaluation, args.max_drop, work / name,
+                                  metric))
                for label, params in labels.items()}  # fmt: skip
     front = report["front"]
     if name == "minilm-rpi4":  # the task metric of what the search kept, beside its objective
