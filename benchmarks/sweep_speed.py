@@ -1,8 +1,10 @@
 """`edgesmith sweep` and `edgesmith tune` figures, measured side by side in one run.
 
 1. 8 conversions (models/mnist_cnn.onnx x int8, int8-dynamic, fp16, fp32 x rpi4, pixel3a) one after
-   another in this process, then as a sweep on a local Ray with 2 workers (goal: <= 0.6x the wall
-   time), then the same sweep again into a new folder with the cache warm (goal: >= 10x faster).
+   another as `edgesmith convert` commands (a shell loop: each a new process), one after another in
+   this process (Python API: the frameworks imported once), then as a sweep on a local Ray with 2
+   workers (goal: <= 0.6x the wall time), then the same sweep again into a new folder with the
+   cache warm (goal: >= 10x faster).
    Ray's start is timed apart: a sweep pays it once, and a cluster pays it never. A third sweep
    without the cache on the same (now warm) workers shows the cost of further batches. With
    --mnistnet, the same for ccexam's MNISTNet as a .pt2 (longer conversions: export from PyTorch).
@@ -52,10 +54,29 @@ def one_after_another(tasks, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def one_command_after_another(tasks, out: Path) -> float:
+    """What a user without `sweep` runs: `edgesmith convert --recipe` once per conversion, in a shell
+    loop, each a new process that imports the frameworks again (the recipes are the tasks' own)."""
+    import sys
+
+    from edgesmith.converter.recipe import Recipe
+
+    out.mkdir(parents=True)
+    for i, task in enumerate(tasks):
+        (out / f"{i}.toml").write_text(Recipe.from_dict(task.recipe).to_toml())
+    started = time.perf_counter()
+    for i, task in enumerate(tasks):
+        cmd = [sys.executable, "-m", "edgesmith", "convert", "--recipe", str(out / f"{i}.toml"),
+               "--out", str(out / Path(task.out).name), "--quiet"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def sweeps(work: Path, model: Path = MODEL) -> dict:
     from edgesmith.scale import sweep as sw
 
     tasks = sw.plan([str(model)], [], PRESETS, TARGETS, work / "cold", str(CALIBRATION), str(EVAL))
+    commands = one_command_after_another(tasks, work / "commands")
     serial = one_after_another(tasks, work / "serial")
     started = time.perf_counter()
     ray = sw.start_ray(None, 2)
@@ -78,6 +99,9 @@ def sweeps(work: Path, model: Path = MODEL) -> dict:
     return {
         "model": model.name, "conversions": len(tasks), "one_after_another_s": round(serial, 1), "ray_start_s": round(ray_start, 1),
         "sweep_2_workers_s": cold["wall_s"], "ratio_sweep_vs_serial": round(cold["wall_s"] / serial, 2),
+        "one_command_after_another_s": round(commands, 1),
+        "ratio_sweep_vs_commands": round(cold["wall_s"] / commands, 2),
+        "ratio_sweep_with_ray_start_vs_commands": round((cold["wall_s"] + ray_start) / commands, 2),
         "sweep_2_warm_workers_no_cache_s": again["wall_s"],
         "ratio_warm_workers_vs_serial": round(again["wall_s"] / serial, 2),
         "warm_cache_s": warm["wall_s"], "speedup_warm_vs_cold": round(cold["wall_s"] / warm["wall_s"], 1),
