@@ -19,7 +19,8 @@ from .recipe import Recipe
 def emulate_on_arm(report: Report, recipe: Recipe, data) -> Report:
     """A recipe with ARM targets (Raspberry Pis, phones): each ONNX/TFLite artifact also runs on ARM
     kernels, under qemu-user (targets/emulate.py), on the first verification batch (at most
-    EMULATED_SAMPLES of it), and is compared with its own run here. Skipped, with the reason in the report, where qemu is not installed."""
+    EMULATED_SAMPLES of it), and is compared with its own run here. Skipped, with the reason in the
+    report, where qemu is not installed."""
     from ..targets import spec
 
     cpus: dict[str, str] = {}  # emulated CPU: the first target with it

@@ -310,7 +310,8 @@ def verify(
 # --- comparing the emulated run with the host's ---------------------------------------------------
 
 # Per precision: the least cosine and arg-max agreement (on the rows with a decisive winner,
-# `_agreement`), and the largest max abs error relative to the largest reference magnitude. fp32: the kernels differ only in rounding and summation order.
+# `_agreement`), and the largest max abs error relative to the largest reference magnitude.
+# fp32: the kernels differ only in rounding and summation order.
 # INT8: ARM runs s8 x s8 kernels and another requantization path than x86's u8 x s8, so single
 # rounding steps of a quantized output may differ.
 TOLERANCES = {
