@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +58,6 @@ def one_after_another(tasks, out: Path) -> float:
 def one_command_after_another(tasks, out: Path) -> float:
     """What a user without `sweep` runs: `edgesmith convert --recipe` once per conversion, in a shell
     loop, each a new process that imports the frameworks again (the recipes are the tasks' own)."""
-    import sys
-
     from edgesmith.converter.recipe import Recipe
 
     out.mkdir(parents=True)

@@ -153,7 +153,7 @@ class Space:
         wanted = ["int8", "fp32"] if self.mcu else ["int8", "int8-dynamic", "fp16"]
         named = {k: points[k] for k in wanted if points[k]["mode"] in self.modes}
         if self.binarize:
-            named = {k: {"format": p["format"], "binarize": "none", **p} for k, p in named.items()}
+            named = {k: {**p, "binarize": "none"} for k, p in named.items()}
         return {k: {**p, "prune": 0.0} if self.torch or self.transformer else p for k, p in named.items()}
 
 
