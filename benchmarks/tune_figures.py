@@ -100,7 +100,8 @@ def case_inputs(name: str, work: Path, args) -> tuple[Path, str, str, str]:
 
 
 def run_case(name: str, work: Path, args) -> dict:
-    from edgesmith.scale.tune import Space, dominates, tune
+    from edgesmith.scale.space import Space
+    from edgesmith.scale.tune import dominates, tune
 
     model, target, calibration, evaluation = case_inputs(name, work, args)
     metric = "spearman" if name == "minilm-rpi4" and args.minilm_metric == "spearman" else None
@@ -175,8 +176,9 @@ def stsb_spearman(artifact: Path | None, model: Path, pairs: int) -> float | Non
 def convert_preset(params: dict, model: Path, target: str, calibration: str, evaluation: str, max_drop: float,
                    out: Path, metric: str | None = None) -> dict:  # fmt: skip
     """A preset's point when no trial ran exactly its parameters: converted as a trial would be."""
+    from edgesmith.scale.space import recipe_for, space_for
     from edgesmith.scale.sweep import Task, run_task
-    from edgesmith.scale.tune import base_recipe, objectives, recipe_for, space_for
+    from edgesmith.scale.tune import base_recipe, objectives
 
     recipe = recipe_for(params, base_recipe(model, target, max_drop, evaluation, calibration, metric),
                         space_for(model, target, calibration))  # fmt: skip

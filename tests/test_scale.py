@@ -308,7 +308,7 @@ def test_pareto_front_keeps_only_undominated_feasible_points():
 def test_a_trials_parameters_make_a_recipe_that_reloads():
     from edgesmith.converter import build_recipe
     from edgesmith.converter.recipe import Recipe
-    from edgesmith.scale.tune import recipe_for, space_for
+    from edgesmith.scale.space import recipe_for, space_for
 
     space = space_for(MODEL, "rpi4", str(CALIBRATION))
     assert "onnx" in space.formats and ".xml" not in space.formats and space.layers[0] == "node_conv2d"

