@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgesmith.converter.handle import ModelHandle
 from edgesmith.converter.recipe import CalibrationConfig, Recipe
@@ -18,29 +17,7 @@ from edgesmith.converter.steps.quantize import QuantizeConfig, excluded_nodes
 from edgesmith.converter.steps.weight_only import quantize_onnx
 from edgesmith.errors import InputError
 
-from models import IR_VERSION
-
-
-def mlp(path: Path) -> Path:
-    """x (batch, 256) -> MatMul 256x256 -> Relu -> MatMul 256x64: weights ~ 320 KB in fp32."""
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(0, 0.06, (256, 256)).astype(np.float32)
-    w2 = rng.normal(0, 0.06, (256, 64)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("Relu", ["h"], ["r"], name="relu"),
-            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
-        ],  # fmt: skip
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = IR_VERSION
-    onnx.save(model, str(path))
-    return path
+from models import mlp
 
 
 def weight_only(model: Path, work: Path, **config):

@@ -8,8 +8,8 @@ import sys
 
 HELP = """\
 Searches what a recipe can vary (quantization mode, calibration method, the first/last layer kept
-in float, the format the target runs, and for PyTorch sources pruning with distillation) for MODEL
-on TARGET. Optuna's multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the
+in float, the format the target runs, weight-only INT4/INT8 for transformers, and for PyTorch
+sources and Hugging Face encoders pruning with distillation) for MODEL on TARGET. Optuna's multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the
 cluster at --address), each trial a full conversion with verification. Objectives: the metric on
 --eval (else the arg-max agreement with the original), the latency on the target (cost-model
 estimate; measured here for --target host) and the size. Trials over --max-drop or --latency-ms are
@@ -19,6 +19,8 @@ plot) and DIR/best-N.toml, one recipe per front point: `edgesmith convert --reci
 examples:
   edgesmith tune models/mnist_cnn.onnx --target rpi4 --max-drop 1.0 --trials 12 \\
       --calibration calibration_data/mnist --eval calibration_data/mnist/holdout.npz --out tuned/
+  edgesmith tune MINILM_FOLDER --target rpi4 --max-drop 1.0 --metric spearman --eval dev-pairs.tsv \\
+      --calibration 256-sentences.txt --train-data 4000-sentences.txt --time-budget 60
 
 exit codes: 0 a front was found; 1 no trial was feasible; 2 bad input; 3 internal error
 """
@@ -44,6 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument("--metric", metavar="NAME", help="the metric objective on --eval, as convert --metric: auto, top1, spearman (sentence pairs), or module:function / file.py:function")  # fmt: skip
     p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
+    p.add_argument("--train-data", metavar="PATH",
+                   help="what pruned models are distilled on (default: the calibration data); a few "
+                        "thousand samples generalize where a few hundred are learnt by heart")  # fmt: skip
     p.add_argument(
         "--sampler", choices=("nsga2", "tpe"), default="tpe", help="Optuna sampler (default: %(default)s)"
     )
@@ -78,7 +83,7 @@ def main(args) -> int:
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
                   args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric,
-                  None if args.time_budget is None else 60 * args.time_budget)  # fmt: skip
+                  None if args.time_budget is None else 60 * args.time_budget, args.train_data)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -46,6 +46,12 @@ BINARIZE: dict[str, Literal["float", "binary"] | None] = {
     "weights": "float",
     "binary": "binary",
 }
+# Weight-only quantization (steps/weight_only.py: MatMul weights in 4 or 8 bits, one scale per 128
+# input channels, activations float) for models whose weights are MatMuls: the smallest artifact of a
+# transformer (all-MiniLM-L6-v2 at 4 bits, embeddings included: 12.1 MB of 90, STS-B within noise;
+# docs/accuracy.md). ONNX and OpenVINO store it; TFLite has no such kernels (that trial fails in one line).
+WEIGHT_BITS = (4, 8)
+WEIGHT_ONLY_FORMATS = ("onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class Space:
     search: bool = False  # small enough for the sensitivity search per trial (see SEARCH_MAX_BYTES)
     mcu: bool = False  # TFLite Micro runs float32 and full-integer INT8 only (no hybrid, no fp16 kernels)
     transformer: bool = False  # a Hugging Face encoder: heads and FFN neurons pruning, then distillation
+    matmuls: bool = False  # its weights are MatMuls' (an encoder, an ONNX transformer): weight-only is open
 
     @property
     def binarize(self) -> bool:
@@ -67,10 +74,17 @@ class Space:
         return self.torch and not self.mcu and bool({"onnx", "openvino"} & set(self.formats))
 
     @property
+    def weight_only(self) -> bool:
+        """Weight-only INT4/INT8 is open for MatMul models going to a format that stores it."""
+        return self.matmuls and not self.mcu and bool(set(WEIGHT_ONLY_FORMATS) & set(self.formats))
+
+    @property
     def modes(self) -> list[str]:
         """The quantization modes the target can run; static needs calibration data."""
-        modes = ["static", "none"] if self.mcu else ["static", "dynamic", "fp16", "none"]
-        return [m for m in modes if m != "static" or self.static]
+        modes = ["static", "none"] if self.mcu else ["static", "dynamic", "fp16", "weight-only", "none"]
+        return [
+            m for m in modes if (m != "static" or self.static) and (m != "weight-only" or self.weight_only)
+        ]
 
     def sample(self, trial) -> None:
         """Optuna's define-by-run space: the parameters a trial depends on, conditionally."""
@@ -82,6 +96,8 @@ class Space:
             trial.suggest_categorical("calibration", ["minmax", "percentile", "entropy"])
             if self.search and fmt == "onnx":  # per-layer precision from the sensitivity ranking
                 trial.suggest_categorical("layers", ["rule", "sensitivity"])
+        if mode == "weight-only":
+            trial.suggest_categorical("bits", list(WEIGHT_BITS))
         if mode in ("static", "dynamic") and self.layers:
             trial.suggest_categorical("keep_float", ["none", "first", "last", "first+last"])
         if self.torch or self.transformer:
@@ -107,7 +123,8 @@ class Space:
 
         Last, where the space binarizes, the converter's `bnn-weights` preset (1-bit weights): the
         smallest point a user would try by hand, which a sampler with a few trials may not draw.
-        It is a seed, not one of the presets the front is judged against (those quantize)."""
+        It is a seed, not one of the presets the front is judged against (those quantize). Likewise,
+        where weight-only is open, INT4 weight-only: the smallest point of a transformer."""
         seeds = self.named_presets()
         # not a transformer's: its lightest pruning loses ~6 STS-B points untrained, and won them back
         # only after 2 epochs on 10k sentences (docs/pruning.md), far from a trial's budget
@@ -118,6 +135,10 @@ class Space:
         if self.binarize:
             bits = next(f for f in self.formats if f in ("onnx", "openvino"))
             seeds["bnn-weights"] = {"format": bits, "binarize": "weights", "prune": 0.0}
+        if self.weight_only:
+            fmt = next(f for f in self.formats if f in WEIGHT_ONLY_FORMATS)
+            pruning = {"prune": 0.0} if self.torch or self.transformer else {}
+            seeds["int4 weight-only"] = {"format": fmt, "mode": "weight-only", "bits": 4, **pruning}
         return seeds
 
     def named_presets(self) -> dict[str, dict]:
@@ -158,9 +179,10 @@ def space_for(model: Path, target: str, calibration: str | None) -> Space:
                          "run `pip install 'edgesmith[all]'`")  # fmt: skip
     kind = kind_of(model)
     small = model_bytes(model) <= SEARCH_MAX_BYTES
-    return Space(formats, _compute_layers(model) if kind == "onnx" else (), kind in ("pt2", "torch"),
-                 calibration is not None, search=small, mcu=spec.is_mcu,
-                 transformer=kind == "hf" and calibration is not None)  # fmt: skip
+    layers, matmuls = _onnx_layers(model) if kind == "onnx" else ((), kind == "hf")
+    return Space(formats, layers, kind in ("pt2", "torch"), calibration is not None, search=small,
+                 mcu=spec.is_mcu, transformer=kind == "hf" and calibration is not None,
+                 matmuls=matmuls)  # fmt: skip
 
 
 def model_bytes(model: Path) -> int:
@@ -170,22 +192,28 @@ def model_bytes(model: Path) -> int:
     return file_info(model)["size_bytes"]
 
 
-def _compute_layers(model: Path) -> tuple[str, ...]:
+def _onnx_layers(model: Path) -> tuple[tuple[str, ...], bool]:
+    """An ONNX model's compute nodes, first to last, and whether any is a MatMul of a constant weight."""
     onnx = require("onnx", "convert")
     graph = onnx.load(str(model), load_external_data=False).graph
-    return tuple(n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"))
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    layers = tuple(n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"))
+    matmuls = any(n.op_type == "MatMul" and n.input[1] in constants for n in graph.node)
+    return layers, matmuls
 
 
-def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
-    """The recipe a trial's parameters stand for (what best-N.toml will hold)."""
+def recipe_for(params: dict, base: Recipe, space: Space, train: str | None = None) -> Recipe:
+    """The recipe a trial's parameters stand for (what best-N.toml will hold); a pruned model is
+    distilled on `train` (an absolute path) if given, else on the calibration data."""
     steps: list = []
     if params.get("prune") and space.transformer:  # distilled on the embeddings and every hidden state
         steps += [TransformerPruneConfig(heads=params["prune"], ffn=params["prune"]),
                   DistillConfig(losses=["embedding", "hidden"], epochs=1, min_steps=params["distill_steps"],
-                                lr=2e-4, batch_size=32)]  # fmt: skip
+                                lr=2e-4, batch_size=32, data=train)]  # fmt: skip
     elif params.get("prune"):
         steps += [PruneConfig(target_macs=round(1 - params["prune"], 3)),
-                  DistillConfig(epochs=1, min_steps=params["distill_steps"], lr=2e-3)]  # fmt: skip
+                  DistillConfig(epochs=1, min_steps=params["distill_steps"], lr=2e-3, data=train)]  # fmt: skip
     activations = BINARIZE[params.get("binarize", "none")]
     if activations is not None:
         steps.append(BinarizeConfig(activations=activations))
@@ -197,7 +225,9 @@ def recipe_for(params: dict, base: Recipe, space: Space) -> Recipe:
         )
         # the converter's default (`rescue`: sensitive layers back to float only when the artifact
         # misses the gate) unless the sensitivity search was drawn: the presets are the presets
-        quantize = QuantizeConfig(mode=mode, exclude=[f"^{re.escape(n)}$" for n in names])
+        quantize = QuantizeConfig(
+            mode=mode, exclude=[f"^{re.escape(n)}$" for n in names], bits=params.get("bits", 8)
+        )
         steps.append(replace(quantize, search="auto") if params.get("layers") == "sensitivity" else quantize)
     calibration = base.calibration
     if params.get("calibration"):

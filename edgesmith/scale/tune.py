@@ -75,7 +75,7 @@ def _trial(config: dict, job: dict) -> None:
     name = f"trial-{tune.get_context().get_trial_id()}"
     folder = str(Path(job["out"]) / "trials" / name)
     try:
-        recipe = recipe_for(params, base, space)
+        recipe = recipe_for(params, base, space, job.get("train"))
     except Exception as exc:  # a bug, but one trial's: the search goes on and the report says it
         record = {
             "status": "error",
@@ -95,19 +95,26 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
          sampler: str = "tpe", seed: int = 0, metric: str | None = None,
-         time_budget_s: float | None = None) -> dict:  # fmt: skip
+         time_budget_s: float | None = None, train: str | None = None) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report.
     With `time_budget_s`, trials still running when it is spent are stopped and the report holds
-    those that finished."""
+    those that finished. Pruned models are distilled on `train` (default: the calibration data)."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
     metrics.resolve(base.verify.metric)  # a user's function that does not import fails before Ray starts
     if space.torch and not calibration:
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
+    if train is not None:
+        if not (space.torch or space.transformer):
+            raise InputError("--train-data is what pruned models are distilled on, and this model is not "
+                             "pruned (an ONNX/TFLite source, or an encoder without --calibration): drop it")  # fmt: skip
+        if not Path(train).exists():
+            raise InputError(f"--train-data {train}: no such file or folder")
+        train = os.path.abspath(train)
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
-           "time_budget_s": time_budget_s,
+           "time_budget_s": time_budget_s, "train": train,
            "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
@@ -230,7 +237,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
         "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
                   "static": space.static, "search": space.search, "mcu": space.mcu,
-                  "transformer": space.transformer},
+                  "transformer": space.transformer, "weight_only": space.weight_only},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "time_budget_s": job.get("time_budget_s"),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
