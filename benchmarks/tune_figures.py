@@ -12,6 +12,8 @@ Cases (pick with --case, repeatable; all by default):
   embeddings to the original's (no labels: what tune uses for an embedder without a metric).
   Each front point's and preset's artifact is then scored on the task as well: the STS-B Spearman
   (x100) on --pairs pairs of the STS-B test split, which neither calibration nor eval saw.
+  Pruned trials are distilled on the calibration sentences, or on --train-sentences STS-B train
+  sentences (`tune --train-data`).
 
 The presets (int8, int8-dynamic, fp16 in the target's first format) are tune's first trials, then
 (PyTorch sources) each preset with the lightest pruning (`Space.named_seeds`), so each case reports
@@ -106,9 +108,12 @@ def run_case(name: str, work: Path, args) -> dict:
     model, target, calibration, evaluation = case_inputs(name, work, args)
     metric = "spearman" if name == "minilm-rpi4" and args.minilm_metric == "spearman" else None
     started, load_before = time.perf_counter(), os.getloadavg()
+    train = None  # what pruned models are distilled on: the calibration data, or more (--train-sentences)
+    if name == "minilm-rpi4" and args.train_sentences:
+        train = str(stsb_sentences(work, "train", args.train_sentences))
     report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
                   workers=2, seed=args.seed, metric=metric,
-                  time_budget_s=None if args.time_budget is None else 60 * args.time_budget)  # fmt: skip
+                  time_budget_s=None if args.time_budget is None else 60 * args.time_budget, train=train)  # fmt: skip
     wall = time.perf_counter() - started
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
     labels = space.named_presets()
@@ -124,6 +129,7 @@ def run_case(name: str, work: Path, args) -> dict:
     feasible_presets = {k: t for k, t in presets.items() if t is not None and t["feasible"]}
     return {
         "case": name, "model": str(model.name), "target": target, "metric": metric or "auto",
+        "train_sentences": args.train_sentences if train else None,
         "trials": report["trials_run"], "trials_asked": report["trials_asked"],
         "time_budget_s": report["time_budget_s"],
         "feasible": report["feasible"], "wall_s": round(wall, 1),
@@ -209,6 +215,9 @@ def main() -> None:
     parser.add_argument("--mnist-eval", type=int, default=2000)
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--pairs", type=int, default=500, help="STS-B test pairs for the Spearman")
+    parser.add_argument("--train-sentences", type=int, default=0,
+                        help="minilm-rpi4: distill pruned trials on this many STS-B train sentences "
+                             "(tune --train-data; default 0: on the calibration sentences)")  # fmt: skip
     parser.add_argument(
         "--minilm-metric",
         choices=("spearman", "cosine"),
