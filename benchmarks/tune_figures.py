@@ -113,7 +113,8 @@ def run_case(name: str, work: Path, args) -> dict:
         train = str(stsb_sentences(work, "train", args.train_sentences))
     report = tune(str(model), target, work / name, args.max_drop, None, args.trials, evaluation, calibration,
                   workers=2, seed=args.seed, metric=metric,
-                  time_budget_s=None if args.time_budget is None else 60 * args.time_budget, train=train)  # fmt: skip
+                  time_budget_s=None if args.time_budget is None else 60 * args.time_budget, train=train,
+                  tolerance=args.tolerance)  # fmt: skip
     wall = time.perf_counter() - started
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
     labels = space.named_presets()
@@ -147,6 +148,12 @@ def run_case(name: str, work: Path, args) -> dict:
         "dominated_by": {k: [p["best"] for p in front if dominates(p, t)] for k, t in feasible_presets.items()},
         "dominates_every_preset": [p["best"] for p in front
                                    if feasible_presets and all(dominates(p, t) for t in feasible_presets.values())],
+        "tolerance": args.tolerance,  # and with the metric's ties (tune --tolerance)
+        "dominated_within_tolerance_by": {k: [p["best"] for p in front if dominates(p, t, args.tolerance)]
+                                          for k, t in feasible_presets.items()},
+        "dominates_every_preset_within_tolerance": [
+            p["best"] for p in front
+            if feasible_presets and all(dominates(p, t, args.tolerance) for t in feasible_presets.values())],
         "trials_tried": [_row(t) for t in report["trials"]],
     }  # fmt: skip
 
@@ -228,6 +235,8 @@ def main() -> None:
         "--dev-pairs", type=int, default=500, help="STS-B dev pairs (--minilm-metric spearman)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="tune --tolerance: metric points counted as ties against the presets")  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--time-budget", type=float, metavar="MIN", help="each case's tune --time-budget")
     parser.add_argument("--work", type=Path, help="a folder to keep the trials in (default: a temporary one)")

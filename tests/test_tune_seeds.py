@@ -80,6 +80,7 @@ def test_the_report_says_which_front_point_beats_each_preset():
     dominates every preset; the pruned dynamic one (smaller still) only int8-dynamic; an infeasible
     preset is left out."""
     from edgesmith.scale.space import space_for
+    from edgesmith.cli.tune import presets_line
     from edgesmith.scale.tune import _report
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
@@ -101,6 +102,14 @@ def test_the_report_says_which_front_point_beats_each_preset():
     trials[3]["score"] = 99.0  # now less accurate than the presets: on the front beside them
     report = _report(job, trials, space, "tpe", 5, 1.0)
     assert report["presets"]["int8"]["dominated_by"] == [] and report["dominates_every_preset"] == []
+    # --tolerance 0.1: 0.05 points below the presets on 2,000 images counts as as accurate, so the
+    # faster, smaller point beats them again; the front itself stays strict, and the table says so
+    report = _report({**job, "tolerance": 0.1}, trials, space, "tpe", 5, 1.0)
+    assert report["dominates_every_preset"] == ["best-1.toml"] and report["tolerance"] == 0.1
+    assert len(report["front"]) == 3  # int8 (99.05) is on the strict front beside the pruned points
+    assert "(metrics within 0.1 points counted as equal: --tolerance)" in presets_line(report)
+    report = _report({**job, "tolerance": 0.04}, trials, space, "tpe", 5, 1.0)
+    assert report["dominates_every_preset"] == []
 
 
 def _hold(root: str, key: str, log: str, seconds: float) -> None:

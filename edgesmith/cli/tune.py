@@ -39,6 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--max-drop", type=float, required=True, metavar="POINTS", help="largest metric drop allowed"
     )
     p.add_argument("--latency-ms", type=float, metavar="MS", help="latency budget on the target")
+    p.add_argument("--tolerance", type=float, default=0.0, metavar="POINTS",
+                   help="when the front is compared with the presets, metrics this close count as equal: "
+                        "the noise of your eval set (default: 0, strict)")  # fmt: skip
     p.add_argument("--trials", type=int, default=12, metavar="N", help="trials to run (default: %(default)s)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop the search after MIN minutes: trials still running are stopped, the report "
@@ -74,8 +77,8 @@ def main(args) -> int:
     get(args.target)  # an unknown name fails now, with a suggestion
     if args.trials < 1 or (args.workers is not None and args.workers < 1):
         raise InputError("--trials and --workers take a number of at least 1")
-    if args.max_drop < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
-        raise InputError("--max-drop must be >= 0 and --latency-ms > 0")
+    if args.max_drop < 0 or args.tolerance < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
+        raise InputError("--max-drop and --tolerance must be >= 0, --latency-ms > 0")
     if args.time_budget is not None and args.time_budget <= 0:
         raise InputError("--time-budget takes minutes, more than 0")
     if args.workers is not None and args.address:
@@ -83,7 +86,7 @@ def main(args) -> int:
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
                   args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric,
-                  None if args.time_budget is None else 60 * args.time_budget, args.train_data)  # fmt: skip
+                  None if args.time_budget is None else 60 * args.time_budget, args.train_data, args.tolerance)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -118,4 +121,6 @@ def presets_line(report: dict) -> str:
     verdict = (
         f"{', '.join(every)} dominates every preset" if every else "no front point dominates every preset"
     )
+    if report.get("tolerance"):
+        verdict += f" (metrics within {report['tolerance']:g} points counted as equal: --tolerance)"
     return f"\npresets dominated by: {each}\n{verdict}"

@@ -44,10 +44,17 @@ def objectives(record: dict, target: str, latency_budget: float | None) -> dict:
     return {**values, "feasible": feasible} if feasible else {**WORST, "feasible": False}
 
 
-def dominates(a: dict, b: dict) -> bool:
-    """a is at least as good as b in every objective and better in one."""
-    better = [(a[k] >= b[k]) if mode == "max" else (a[k] <= b[k]) for k, mode in OBJECTIVES.items()]
-    strictly = [(a[k] > b[k]) if mode == "max" else (a[k] < b[k]) for k, mode in OBJECTIVES.items()]
+def dominates(a: dict, b: dict, tolerance: float = 0.0) -> bool:
+    """a is at least as good as b in every objective and better in one. With `tolerance`, scores that
+    differ by up to that many points count as equal (additive epsilon-dominance on the metric): a
+    metric measured on a few hundred samples does not rank two points 0.08 apart."""
+    tol = {"score": tolerance}
+    better = [
+        (a[k] >= b[k] - tol.get(k, 0)) if mode == "max" else (a[k] <= b[k]) for k, mode in OBJECTIVES.items()
+    ]
+    strictly = [
+        (a[k] > b[k] + tol.get(k, 0)) if mode == "max" else (a[k] < b[k]) for k, mode in OBJECTIVES.items()
+    ]
     return all(better) and any(strictly)
 
 
@@ -95,10 +102,11 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
          sampler: str = "tpe", seed: int = 0, metric: str | None = None,
-         time_budget_s: float | None = None, train: str | None = None) -> dict:  # fmt: skip
+         time_budget_s: float | None = None, train: str | None = None, tolerance: float = 0.0) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report.
     With `time_budget_s`, trials still running when it is spent are stopped and the report holds
-    those that finished. Pruned models are distilled on `train` (default: the calibration data)."""
+    those that finished. Pruned models are distilled on `train` (default: the calibration data).
+    `tolerance`: metric points within which the front and the presets count as equally accurate."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
@@ -114,7 +122,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
         train = os.path.abspath(train)
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
-           "time_budget_s": time_budget_s, "train": train,
+           "time_budget_s": time_budget_s, "train": train, "tolerance": tolerance,
            "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
@@ -231,10 +239,12 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
     front = pareto_front(trials)
     for i, point in enumerate(front, 1):
         point["best"] = f"best-{i}.toml"
-    presets = preset_standing(trials, front, space)
+    tolerance = job.get("tolerance", 0.0)
+    presets = preset_standing(trials, front, space, tolerance)
     return {
         "model": job["model"], "target": job["target"], "objectives": OBJECTIVES,
         "constraints": {"max_drop": job["base"]["verify"]["max_drop"], "latency_ms": job["latency_ms"]},
+        "tolerance": tolerance,
         "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
                   "static": space.static, "search": space.search, "mcu": space.mcu,
                   "transformer": space.transformer, "weight_only": space.weight_only},
@@ -250,16 +260,17 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
     }  # fmt: skip
 
 
-def preset_standing(trials: list[dict], front: list[dict], space: Space) -> dict:
+def preset_standing(trials: list[dict], front: list[dict], space: Space, tolerance: float = 0.0) -> dict:
     """For each preset the search ran (its first trials), its objectives and the front points that
-    dominate it: the question a user asks of a search, did it beat what I would try by hand?
-    Infeasible presets are left out (anything feasible beats them)."""
+    dominate it (metrics within `tolerance` points counting as equal): the question a user asks of a
+    search, did it beat what I would try by hand? Infeasible presets are left out (anything feasible
+    beats them). The front itself is strict: its most accurate point stays on it."""
     standing = {}
     for name, params in space.named_presets().items():
         trial = next((t for t in trials if t["params"] == params and t["feasible"]), None)
         if trial is not None:
             standing[name] = {k: trial[k] for k in OBJECTIVES} | {
-                "dominated_by": [p["best"] for p in front if dominates(p, trial)]
+                "dominated_by": [p["best"] for p in front if dominates(p, trial, tolerance)]
             }
     return standing
 
