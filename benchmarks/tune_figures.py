@@ -28,6 +28,7 @@ the target's cost-model estimate (no device is attached here).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -116,7 +117,10 @@ def run_case(name: str, work: Path, args) -> dict:
                   time_budget_s=None if args.time_budget is None else 60 * args.time_budget, train=train,
                   tolerance=args.tolerance)  # fmt: skip
     wall = time.perf_counter() - started
-    space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items()})
+    fields = {f.name for f in dataclasses.fields(Space)}  # the report also has derived flags
+    space = Space(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in report["space"].items() if k in fields}
+    )
     labels = space.named_presets()
     presets = {label: next((t for t in report["trials"] if t["params"] == params), None)
                or (None if args.time_budget else  # stopped by the budget: not converted again here

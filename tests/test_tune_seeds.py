@@ -79,8 +79,8 @@ def test_the_report_says_which_front_point_beats_each_preset():
     """`_report` over the MNISTNet rpi4 run of docs/scale.md (third round): the pruned INT8 seed
     dominates every preset; the pruned dynamic one (smaller still) only int8-dynamic; an infeasible
     preset is left out."""
-    from edgesmith.scale.space import space_for
     from edgesmith.cli.tune import presets_line
+    from edgesmith.scale.space import space_for
     from edgesmith.scale.tune import _report
 
     space = space_for(PT2, "rpi4", str(CALIBRATION))
@@ -167,9 +167,11 @@ def test_a_hugging_face_encoder_may_be_pruned_and_distilled_but_is_seeded_with_t
     trained = recipe_for({"format": "onnx", "mode": "none", "prune": 0.5, "distill_steps": 300}, base, space,
                          train)  # fmt: skip
     assert trained.steps[1].data == train and Recipe.from_dict(tomllib.loads(trained.to_toml())) == trained
-    untrained = space_for(
-        minilm, "rpi4", None
-    )  # nothing to score heads or distill on; weight-only needs neither
+    with_train = space_for(minilm, "rpi4", str(sentences), train)  # more to distill on: a pruned seed
+    assert list(with_train.named_seeds())[3:] == ["int8-dynamic + prune 10%", "int4 weight-only"]
+    assert with_train.named_seeds()["int8-dynamic + prune 10%"] == {**seeds["int8-dynamic"], "prune": 0.1,
+                                                                   "distill_steps": 600}  # fmt: skip
+    untrained = space_for(minilm, "rpi4", None)  # nothing to prune heads or distill on
     assert not untrained.transformer and untrained.weight_only and "weight-only" in untrained.modes
 
 

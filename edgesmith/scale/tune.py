@@ -108,7 +108,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     those that finished. Pruned models are distilled on `train` (default: the calibration data).
     `tolerance`: metric points within which the front and the presets count as equally accurate."""
     model_path = Path(model).absolute()
-    space = space_for(model_path, target, calibration)
+    space = space_for(model_path, target, calibration, train)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
     metrics.resolve(base.verify.metric)  # a user's function that does not import fails before Ray starts
     if space.torch and not calibration:
@@ -247,7 +247,8 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
         "tolerance": tolerance,
         "space": {"formats": list(space.formats), "layers": list(space.layers), "torch": space.torch,
                   "static": space.static, "search": space.search, "mcu": space.mcu,
-                  "transformer": space.transformer, "weight_only": space.weight_only},
+                  "transformer": space.transformer, "weight_only": space.weight_only,
+                  "matmuls": space.matmuls, "trained": space.trained},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "time_budget_s": job.get("time_budget_s"),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
