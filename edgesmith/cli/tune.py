@@ -46,6 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop the search after MIN minutes: trials still running are stopped, the report "
                         "and best-N.toml hold those that finished")  # fmt: skip
+    p.add_argument("--trial-timeout", type=float, metavar="MIN",
+                   help="stop a trial still converting after MIN minutes (it counts as infeasible, the "
+                        "search goes on); each trial then runs in a process of its own")  # fmt: skip
     p.add_argument("--eval", metavar="PATH", help=".npz with the model inputs plus `labels`")
     p.add_argument("--metric", metavar="NAME", help="the metric objective on --eval, as convert --metric: auto, top1, spearman (sentence pairs), or module:function / file.py:function")  # fmt: skip
     p.add_argument("--calibration", metavar="PATH", help="calibration data (opens static INT8 and pruning)")
@@ -79,14 +82,15 @@ def main(args) -> int:
         raise InputError("--trials and --workers take a number of at least 1")
     if args.max_drop < 0 or args.tolerance < 0 or (args.latency_ms is not None and args.latency_ms <= 0):
         raise InputError("--max-drop and --tolerance must be >= 0, --latency-ms > 0")
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise InputError("--time-budget takes minutes, more than 0")
+    if any(m is not None and m <= 0 for m in (args.time_budget, args.trial_timeout)):
+        raise InputError("--time-budget and --trial-timeout take minutes, more than 0")
     if args.workers is not None and args.address:
         raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
                   args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric,
-                  None if args.time_budget is None else 60 * args.time_budget, args.train_data, args.tolerance)  # fmt: skip
+                  None if args.time_budget is None else 60 * args.time_budget, args.train_data, args.tolerance,
+                  None if args.trial_timeout is None else 60 * args.trial_timeout)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:

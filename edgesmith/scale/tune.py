@@ -26,6 +26,7 @@ from ..converter import build_recipe, metrics
 from ..converter.recipe import Recipe
 from ..errors import InputError, require
 from .cache import cache_dir
+from .deadline import run_within
 from .space import Space, recipe_for, space_for
 from .sweep import Task, run_task
 
@@ -93,7 +94,11 @@ def _trial(config: dict, job: dict) -> None:
             {**WORST, "feasible": False, "params": params, "recipe": base.to_dict(), "record": record}
         )
         return
-    record = run_task(Task(job["model"], name, recipe.to_dict(), job["target"], folder), job["cache"])
+    task = Task(job["model"], name, recipe.to_dict(), job["target"], folder)
+    if job.get("trial_timeout_s") is None:
+        record = run_task(task, job["cache"])
+    else:  # in a process of its own, killed at the limit (Tune cannot stop a trial that never reports)
+        record = run_within(task, job["cache"], job["trial_timeout_s"])
     scores = objectives(record, job["target"], job["latency_ms"])
     tune.report({**scores, "params": params, "recipe": recipe.to_dict(), "record": record})
 
@@ -102,11 +107,13 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
          trials: int = 12, evaluation: str | None = None, calibration: str | None = None,
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
          sampler: str = "tpe", seed: int = 0, metric: str | None = None,
-         time_budget_s: float | None = None, train: str | None = None, tolerance: float = 0.0) -> dict:  # fmt: skip
+         time_budget_s: float | None = None, train: str | None = None, tolerance: float = 0.0,
+         trial_timeout_s: float | None = None) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report.
     With `time_budget_s`, trials still running when it is spent are stopped and the report holds
     those that finished. Pruned models are distilled on `train` (default: the calibration data).
-    `tolerance`: metric points within which the front and the presets count as equally accurate."""
+    `tolerance`: metric points within which the front and the presets count as equally accurate.
+    `trial_timeout_s`: a trial still converting after that long is stopped (status `stopped`)."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration, train)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
@@ -123,6 +130,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
            "time_budget_s": time_budget_s, "train": train, "tolerance": tolerance,
+           "trial_timeout_s": trial_timeout_s,
            "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
@@ -250,7 +258,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "transformer": space.transformer, "weight_only": space.weight_only,
                   "matmuls": space.matmuls, "trained": space.trained},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
-        "time_budget_s": job.get("time_budget_s"),
+        "time_budget_s": job.get("time_budget_s"), "trial_timeout_s": job.get("trial_timeout_s"),
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
