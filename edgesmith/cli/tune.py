@@ -9,8 +9,9 @@ import sys
 HELP = """\
 Searches what a recipe can vary (quantization mode, calibration method, the first/last layer kept
 in float, the format the target runs, weight-only INT4/INT8 for transformers, and for PyTorch
-sources and Hugging Face encoders pruning with distillation) for MODEL on TARGET. Optuna's multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the
-cluster at --address), each trial a full conversion with verification. Objectives: the metric on
+sources and Hugging Face encoders pruning with distillation) for MODEL on TARGET. Optuna's
+multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the cluster at
+--address), each trial a full conversion with verification. Objectives: the metric on
 --eval (else the arg-max agreement with the original), the latency on the target (cost-model
 estimate; measured here for --target host) and the size. Trials over --max-drop or --latency-ms are
 infeasible. Writes DIR/report.json (every trial and the front), DIR/report.html (the front as a
@@ -33,7 +34,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="an .onnx file or a .pt2 (pruning is searched for .pt2)")
+    p.add_argument("model", metavar="MODEL", help="a model file or Hugging Face folder, as for convert "
+                   "(pruning is searched for .pt2 and, with --calibration, Hugging Face encoders)")  # fmt: skip
     p.add_argument("--target", required=True, metavar="NAME", help="the device (`edgesmith targets`)")
     p.add_argument(
         "--max-drop", type=float, required=True, metavar="POINTS", help="largest metric drop allowed"
