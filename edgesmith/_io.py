@@ -80,7 +80,7 @@ def read_arrays(path: Path, what: str = "data", labels: str | None = "labels") -
         if str(exc).startswith("Object arrays"):
             raise InputError(f"{what} {path} holds Python objects (pickled), which edgesmith never loads; "
                              "save numeric arrays with numpy.savez") from None  # fmt: skip
-        reason = "not the .npy/.npz format" if "pickled data" in str(exc) else str(exc)
+        reason = "not the .npy/.npz format" if "pickled" in str(exc) else str(exc)
         raise InputError(
             f"{what} {path} is not a readable numpy file ({reason}); re-save it with numpy.savez"
         ) from None

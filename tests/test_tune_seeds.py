@@ -221,4 +221,8 @@ def test_train_data_is_refused_in_one_line_where_nothing_is_distilled(cli, tmp_p
     assert code == 2 and "this model is not pruned" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("tune", PT2, *common, "--train-data", train)
     assert code == 2 and f"--train-data {train}: no such file" in err and len(err.strip().splitlines()) == 1
+    train.write_bytes(b"not an npz")  # a PyTorch model's training inputs are an .npz
+    code, _, err = cli("tune", PT2, *common, "--train-data", train)
+    assert code == 2 and "--train-data" in err and len(err.strip().splitlines()) == 1
+    assert "not the .npy/.npz format" in err and "pickle" not in err  # never a hint to unpickle it
     assert not out.exists()

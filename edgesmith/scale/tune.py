@@ -124,9 +124,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
         if not (space.torch or space.transformer):
             raise InputError("--train-data is what pruned models are distilled on, and this model is not "
                              "pruned (an ONNX/TFLite source, or an encoder without --calibration): drop it")  # fmt: skip
-        if not Path(train).exists():
-            raise InputError(f"--train-data {train}: no such file or folder")
-        train = os.path.abspath(train)
+        train = check_train_data(train, space)
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
            "time_budget_s": time_budget_s, "train": train, "tolerance": tolerance,
@@ -140,6 +138,24 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     report = _report(job, results, space, sampler, trials, time.perf_counter() - started)
     _write_outputs(out, report)
     return report
+
+
+def check_train_data(train: str, space: Space) -> str:
+    """`train` as an absolute path, after the checks the distill step would make in every pruned trial
+    (an InputError now instead of the same failure in each): a PyTorch model's is an .npz of inputs,
+    an encoder's a .txt of sentences or an .npz of token arrays."""
+    path = Path(train)
+    if not path.is_file():
+        raise InputError(f"--train-data {train}: no such file")
+    if space.torch:
+        from ..converter.steps.binarize import load_training_data
+
+        load_training_data(path, "--train-data")  # one input array (and maybe labels), readable
+    elif path.suffix.lower() not in (".txt", ".npz"):
+        from ..converter.steps.torch_steps import TEXT_DATA
+
+        raise InputError(f"--train-data {train}: an encoder is distilled on {TEXT_DATA}")
+    return str(path.absolute())
 
 
 def base_recipe(

@@ -48,15 +48,17 @@ class BinarizeConfig(StepConfig):
 
 def load_training_data(path: str | Path, what: str = "binarize.data") -> tuple[np.ndarray, np.ndarray | None]:
     """(inputs float32, labels int64 or None) from an .npz holding one input array and maybe `labels`."""
+    from ..._io import read_arrays
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what}: {path} does not exist; give an .npz of training inputs")
-    with np.load(path) as npz:
-        names = [n for n in npz.files if n != "labels"]
-        if len(names) != 1:
-            raise InputError(f"{what}: {path} must hold one input array (plus `labels`), found {names}")
-        x = npz[names[0]].astype(np.float32)
-        y = npz["labels"].astype(np.int64) if "labels" in npz.files else None
+    arrays = read_arrays(path, what)  # never unpickled; a file that is not numpy's is one InputError
+    names = [n for n in arrays if n != "labels"]
+    if len(names) != 1:
+        raise InputError(f"{what}: {path} must hold one input array (plus `labels`), found {names}")
+    x = np.asarray(arrays[names[0]], dtype=np.float32)
+    y = np.asarray(arrays["labels"], dtype=np.int64) if "labels" in arrays else None
     if y is not None and len(y) != len(x):
         raise InputError(f"{what}: {len(x)} inputs but {len(y)} labels in {path}")
     return x, y
