@@ -158,6 +158,29 @@ def test_a_new_quantizer_is_one_registry_entry(monkeypatch, tmp_path):
     assert outputs and min(o["cosine"] for o in outputs) >= 0.98
 
 
+def test_the_fastest_comparison_and_the_onnx_export_share_one_quantization(monkeypatch, tmp_path):
+    """With a target, the fastest-format comparison quantizes the ONNX model before the exports; the
+    ONNX export takes that result (a transformer's rescue took 20+ minutes, and ran twice); the
+    TFLite export, another format, is quantized by its own engine."""
+    from edgesmith import convert
+
+    calls = []
+
+    def counted(config, model, ctx):
+        calls.append(ctx.format)
+        return _matmul_only(config, model, ctx)
+
+    monkeypatch.setattr(plan, "QUANTIZERS", (Quantizer("counted", "onnx", "onnx", ("dynamic",), ("auto",), counted),
+                                             *QUANTIZERS))  # fmt: skip
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[[exports]]\nformat = "onnx"\n[profile]\ntargets = ["host"]\nruns = 3\nwarmup = 1\n')
+    report = convert(SHIPPED_MODEL, recipe=recipe, preset="int8-dynamic", out=tmp_path / "out")
+    assert calls == ["onnx"]  # once, for both
+    assert {c["graph"] for c in report["fastest"]["host"]["candidates"]} >= {"mnist_cnn.int8-dynamic.onnx"}
+    (artifact,) = report["artifacts"]
+    assert artifact["engine"] == "gemm-only" and artifact["verify"]["outputs"]
+
+
 def test_a_new_engine_is_one_file_and_one_registry_line(tmp_path, mnist_test):
     """tests/extra_quantizer.py is a whole engine. Appended to QUANTIZERS, its name becomes a valid
     `quantize.engine` (the validator's choices come from the registry), the planner picks it by that

@@ -165,15 +165,32 @@ def run(plan: ExportPlan, model: ModelHandle, dest: Path, ctx: ExportContext) ->
         result = exporter.convert(plan.export, model, ctx)
         handle, converted = result.model, result.report
     if quantizer is not None:
-        result = returned(
-            f"quantizer '{quantizer.name}'", quantizer.produces, quantizer.run(plan.quantize, handle, ctx)
-        )
+        key = _made_from(quantizer, plan.quantize, handle, ctx)
+        result = ctx.quantized.get(key) if key is not None else None
+        if result is None:
+            result = returned(
+                f"quantizer '{quantizer.name}'", quantizer.produces, quantizer.run(plan.quantize, handle, ctx)
+            )
+            if key is not None:
+                ctx.quantized[key] = result
         if isinstance(result.model, ModelHandle) and result.model.path == model.path:
             raise RuntimeError(f"quantizer '{quantizer.name}' broke its contract: it must write a new file")
         handle, quantized = result.model, result.report
     equalization = {"equalize": equalized} if equalized else {}
     quantization = {**(quantized or {}), **(converted or {}), **equalization}
     return exporter.write(plan.export, handle, dest, ctx, quantization or None)
+
+
+def _made_from(quantizer: Quantizer, quantize, handle, ctx: ExportContext) -> tuple | None:
+    """What a quantization depends on in a run: the quantizer, its config, the file it reads and the
+    export's io and format (the work folder, data and gate are the run's). With targets, the
+    fastest-format comparison (converter/fastest.py) quantizes the ONNX model first; the ONNX export
+    then takes that result instead of quantizing (and rescuing: 20+ minutes for a transformer) again.
+    None where the input is not a file (nothing to name it by)."""
+    path = getattr(handle, "path", None)
+    if path is None:
+        return None
+    return (quantizer.name, repr(quantize), str(path), ctx.io, ctx.format)
 
 
 def export(config, model: ModelHandle, quantize: QuantizeConfig | None, dest: Path, ctx: ExportContext):

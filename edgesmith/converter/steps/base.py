@@ -118,6 +118,9 @@ class ExportContext:
     io: str = "float"  # the export's input/output type ([[exports]] io), for converters that set it
     format: str = ""  # the export's format ([[exports]] format: "tflite", "c-array" ...), set by plan.run
     gate: Gate | None = None  # None outside a pipeline run (e.g. tests calling a quantizer directly)
+    # quantizations made in this run, by what they depend on (plan.run): the fastest-format comparison
+    # quantizes the ONNX model the ONNX export then writes; shared by the copies `replace` makes
+    quantized: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
