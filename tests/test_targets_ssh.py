@@ -189,3 +189,32 @@ def test_probe_missing_on_the_device(sshd):
         ssh.profile(_device(sshd), SHIPPED_MODEL, runs=5, probe="pi5-pmic")
     result = ssh.profile(_device(sshd), SHIPPED_MODEL, runs=5, probe="auto")  # nothing here: no energy
     assert "energy_mj" not in result and result["p50_ms"] > 0
+
+
+def test_tune_measures_a_trials_latency_on_the_board(sshd, tmp_path, cli):
+    """`tune --ssh`: a trial's latency objective is its artifact timed on the board (here sshd on
+    127.0.0.1 and this Python), not the cost model's estimate; a board that cannot be reached fails in
+    one line before Ray starts."""
+    from edgesmith.converter import build_recipe
+    from edgesmith.scale.device import Device, measured
+    from edgesmith.scale.sweep import Task, run_task
+    from edgesmith.scale.tune import objectives
+
+    config, port, _, user = sshd
+    board = Device(ssh=f"{user}@127.0.0.1:{port}", ssh_config=str(config), python=sys.executable, runs=10)
+    board.check()
+    calibration = Path(SHIPPED_MODEL).parent.parent / "calibration_data" / "mnist"
+    recipe = build_recipe(None, "int8", str(calibration), str(calibration / "holdout.npz"),
+                          model=str(SHIPPED_MODEL), targets=["rpi4"])  # fmt: skip
+    record = run_task(Task(str(SHIPPED_MODEL), "t", recipe.to_dict(), "rpi4", str(tmp_path / "t")), None)
+    assert record["status"] == "ok", record.get("error")
+    (artifact,) = measured(record, board)["artifacts"]
+    assert artifact["device"].endswith(f"127.0.0.1:{port}") and artifact["device_p50_ms"] > 0
+    latency = objectives(measured(record, board), "rpi4", None)["latency_ms"]
+    assert latency != artifact["target_p50_ms"] and latency > 0  # the board's, not the estimate
+
+    away = f"{user}@127.0.0.1:{_free_port()}"
+    code, _, err = cli("tune", SHIPPED_MODEL, "--target", "rpi4", "--max-drop", "1", "--ssh", away,
+                       "--ssh-config", config, "--out", tmp_path / "tuned")  # fmt: skip
+    assert code == 2 and "cannot reach" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tuned").exists()

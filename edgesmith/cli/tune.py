@@ -13,7 +13,7 @@ sources and Hugging Face encoders pruning with distillation) for MODEL on TARGET
 multi-objective sampler proposes, Ray Tune runs the trials (locally, or on the cluster at
 --address), each trial a full conversion with verification. Objectives: the metric on
 --eval (else the arg-max agreement with the original), the latency on the target (cost-model
-estimate; measured here for --target host) and the size. Trials over --max-drop or --latency-ms are
+estimate; measured here for --target host, or on the board given by --ssh/--adb) and the size. Trials over --max-drop or --latency-ms are
 infeasible. Writes DIR/report.json (every trial and the front), DIR/report.html (the front as a
 plot) and DIR/best-N.toml, one recipe per front point: `edgesmith convert --recipe DIR/best-1.toml`.
 
@@ -64,6 +64,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="DIR", default="edgesmith-tune", help="output folder (default: %(default)s)"
     )
+    p.add_argument("--ssh", metavar="USER@HOST[:PORT]",
+                   help="measure each trial's latency on this Linux board over SSH (as `edgesmith profile "
+                        "--ssh`), one trial at a time, instead of the cost model's estimate")  # fmt: skip
+    p.add_argument("--adb", metavar="SERIAL", help="measure each trial's latency on this Android device")
+    p.add_argument("--ssh-config", metavar="FILE", help="ssh_config file for --ssh (ssh -F)")
+    p.add_argument("--remote-python", default="python3", help="the board's Python (default python3)")
     p.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR instead of starting one")
     p.add_argument("--workers", type=int, metavar="N", help="local Ray CPUs (default: all cores)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor fill the conversion cache")
@@ -88,11 +94,17 @@ def main(args) -> int:
         raise InputError("--time-budget and --trial-timeout take minutes, more than 0")
     if args.workers is not None and args.address:
         raise InputError("--workers sizes a local Ray; a cluster at --address has its own CPUs: drop one")
+    device = None
+    if args.ssh or args.adb:
+        from ..scale.device import Device
+
+        config = args.ssh_config and str(Path(args.ssh_config).absolute())  # trials run in other folders
+        device = Device(args.ssh, args.adb, config, args.remote_python)
     out = Path(args.out).absolute()
     report = tune(args.model, args.target, out, args.max_drop, args.latency_ms, args.trials, args.eval,
                   args.calibration, args.address, args.workers, not args.no_cache, args.sampler, args.seed, args.metric,
                   None if args.time_budget is None else 60 * args.time_budget, args.train_data, args.tolerance,
-                  None if args.trial_timeout is None else 60 * args.trial_timeout)  # fmt: skip
+                  None if args.trial_timeout is None else 60 * args.trial_timeout, device)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:

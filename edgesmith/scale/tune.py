@@ -14,6 +14,7 @@ The space, what a recipe can vary, and the recipe each point stands for are in `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from ..converter.recipe import Recipe
 from ..errors import InputError, require
 from .cache import cache_dir
 from .deadline import run_within
+from .device import Device, measured
 from .space import Space, recipe_for, space_for
 from .sweep import Task, run_task
 
@@ -40,7 +42,9 @@ def objectives(record: dict, target: str, latency_budget: float | None) -> dict:
     if record["status"] != "ok":
         return {**WORST, "feasible": False}
     artifact = record["artifacts"][0]
-    latency = artifact["p50_ms"] if target == "host" else artifact["target_p50_ms"]
+    latency = artifact.get("device_p50_ms")  # measured on the --ssh/--adb device
+    if latency is None:
+        latency = artifact["p50_ms"] if target == "host" else artifact["target_p50_ms"]
     values = {"score": _score(artifact), "latency_ms": latency, "size_kb": artifact["size_bytes"] / 1024}
     feasible = None not in values.values() and (latency_budget is None or latency <= latency_budget)
     return {**values, "feasible": feasible} if feasible else {**WORST, "feasible": False}
@@ -100,6 +104,8 @@ def _trial(config: dict, job: dict) -> None:
         record = run_task(task, job["cache"])
     else:  # in a process of its own, killed at the limit (Tune cannot stop a trial that never reports)
         record = run_within(task, job["cache"], job["trial_timeout_s"])
+    if job.get("device"):
+        record = measured(record, Device(**job["device"]))
     scores = objectives(record, job["target"], job["latency_ms"])
     tune.report({**scores, "params": params, "recipe": recipe.to_dict(), "record": record})
 
@@ -109,16 +115,19 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
          address: str | None = None, workers: int | None = None, use_cache: bool = True,
          sampler: str = "tpe", seed: int = 0, metric: str | None = None,
          time_budget_s: float | None = None, train: str | None = None, tolerance: float = 0.0,
-         trial_timeout_s: float | None = None) -> dict:  # fmt: skip
+         trial_timeout_s: float | None = None, device: Device | None = None) -> dict:  # fmt: skip
     """Search, then write report.json, report.html and best-N.toml into `out`; returns the report.
     With `time_budget_s`, trials still running when it is spent are stopped and the report holds
     those that finished. Pruned models are distilled on `train` (default: the calibration data).
     `tolerance`: metric points within which the front and the presets count as equally accurate.
-    `trial_timeout_s`: a trial still converting after that long is stopped (status `stopped`)."""
+    `trial_timeout_s`: a trial still converting after that long is stopped (status `stopped`).
+    `device`: the latency objective is measured there (over SSH or adb), one trial at a time."""
     model_path = Path(model).absolute()
     space = space_for(model_path, target, calibration, train)
     base = base_recipe(model_path, target, max_drop, evaluation, calibration, metric)
     metrics.resolve(base.verify.metric)  # a user's function that does not import fails before Ray starts
+    if device is not None:
+        device.check()  # unreachable: one line now, not a failed measurement in every trial
     if space.torch and not calibration:
         raise InputError("pruning a PyTorch model needs data to distill on: pass --calibration PATH")
     if train is not None:
@@ -129,7 +138,7 @@ def tune(model: str, target: str, out: Path, max_drop: float, latency_ms: float 
     out.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model_path), "target": target, "out": str(out), "latency_ms": latency_ms,
            "time_budget_s": time_budget_s, "train": train, "tolerance": tolerance,
-           "trial_timeout_s": trial_timeout_s,
+           "trial_timeout_s": trial_timeout_s, "device": None if device is None else dataclasses.asdict(device),
            "cache": str(cache_dir()) if use_cache else None, "base": base.to_dict(), "space": space.__dict__}  # fmt: skip
     from .sweep import start_ray
 
@@ -271,7 +280,8 @@ def _trial_entry(metrics: dict) -> dict:
     if record["status"] == "ok":
         artifact = record["artifacts"][0]
         entry["measured"] = {"score": _score(artifact), "p50_ms": artifact["p50_ms"],
-                             "target_p50_ms": artifact["target_p50_ms"], "size_bytes": artifact["size_bytes"],
+                             "target_p50_ms": artifact["target_p50_ms"], "device_p50_ms": artifact.get("device_p50_ms"),
+                             "size_bytes": artifact["size_bytes"],
                              "precision": artifact["precision"], "format": artifact["format"]}  # fmt: skip
     return entry
 
@@ -302,6 +312,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "matmuls": space.matmuls, "trained": space.trained},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "time_budget_s": job.get("time_budget_s"), "trial_timeout_s": job.get("trial_timeout_s"),
+        "device": job["device"] and Device(**job["device"]).name,  # where latency was measured, if not estimated
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
@@ -361,6 +372,7 @@ def render_html(report: dict) -> str:
         ],
     }
     where = "measured on this machine" if report["target"] == "host" else "cost-model estimate"
+    where = f"measured on {report['device']}" if report.get("device") else where
     plot = scatter(series, f"p50 latency on {report['target']}, ms ({where})", "metric",
                    title=f"{Path(report['model']).name}: {report['trials_run']} trials")  # fmt: skip
     rows = "".join(
