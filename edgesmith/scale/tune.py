@@ -312,7 +312,7 @@ def _report(job: dict, trials: list[dict], space: Space, sampler: str, asked: in
                   "matmuls": space.matmuls, "trained": space.trained},
         "sampler": sampler, "trials_asked": asked, "trials_run": len(trials),
         "time_budget_s": job.get("time_budget_s"), "trial_timeout_s": job.get("trial_timeout_s"),
-        "device": job["device"] and Device(**job["device"]).name,  # where latency was measured, if not estimated
+        "device": job.get("device") and Device(**job["device"]).name,  # where latency was measured, if not estimated
         "feasible": sum(t["feasible"] for t in trials), "wall_s": round(wall, 1),
         "seeds": list(seeds)[:asked],
         "front": [{k: p[k] for k in (*OBJECTIVES, "params", "seed", "best", "folder")} for p in front],
