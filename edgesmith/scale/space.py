@@ -34,7 +34,7 @@ FORMAT_MODULES = {"onnx": "onnxruntime", "tflite": "litert_torch", "openvino": "
 # an MNIST CNN) is dominated only by a point as accurate, and on MNISTNet 50 % cost 0.45 points after
 # distilling on 256 calibration images (docs/scale.md), so lighter ratios are in the space too.
 PRUNE = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
-DISTILL_STEPS = (100, 300, 600)  # after pruning, on the calibration data
+DISTILL_STEPS = (100, 300, 600)  # after pruning, on the calibration data or --train-data
 # A Hugging Face encoder: the fraction of attention heads and of FFN neurons `prune_transformer`
 # removes in every layer (docs/pruning.md: half of both, distilled, kept 81.1 of 82.0 STS-B points);
 # 10 %: one head of 12, the lightest step from a preset that loses nothing
